@@ -1,0 +1,92 @@
+"""Training-step throughput of one preset in one process (no Ray). Prints JSON.
+
+    python bench/train_step.py --preset tiny --device cpu
+    python bench/train_step.py --preset 350m --device cuda --batch-size 16 --seq-len 1024 --compile
+
+Step time is the median over the timed steps; tokens/s counts every input token (forward +
+backward + AdamW). Achieved TFLOP/s use ModelConfig.flops_per_token; MFU divides by the
+GPU's peak from lamda.accounting (not reported on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from lamda.accounting import hardware, mfu  # noqa: E402
+from lamda.config import PRESETS, ModelConfig  # noqa: E402
+from lamda.model import build_model  # noqa: E402
+from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(a) -> dict:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(a.preset, max_seq_len=a.seq_len, attn_backend=a.attn_backend)
+    model = build_model(cfg, device=a.device)
+    if a.dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    if a.compile:
+        model = torch.compile(model)
+    tcfg = TrainConfig(steps=a.steps + a.warmup, batch_size=a.batch_size, seq_len=a.seq_len,
+                       warmup_steps=1)
+    opt = build_optimizer(model, tcfg)
+    data = torch.randint(0, cfg.vocab_size, (a.batch_size, a.seq_len + 1), device=a.device)
+    batch = (data[:, :-1], data[:, 1:])
+    if a.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(a.warmup + a.steps):
+        sync(a.device)
+        t0 = time.perf_counter()
+        train_step(model, opt, [batch], step, tcfg)
+        sync(a.device)
+        if step >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens = a.batch_size * a.seq_len
+    name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
+    return {
+        "bench": "train_step", "preset": a.preset, "device": name, "dtype": a.dtype,
+        "compile": a.compile, "attn_backend": a.attn_backend, "threads": torch.get_num_threads(),
+        "params": cfg.num_params(non_embedding=False), "batch_size": a.batch_size,
+        "seq_len": a.seq_len, "steps_timed": a.steps, "step_s": round(step_s, 5),
+        "tokens_per_s": round(tokens / step_s, 1),
+        "tflops": round(cfg.flops_per_token(a.seq_len) * tokens / step_s / 1e12, 4),
+        "mfu": (round(mfu(cfg.flops_per_token(a.seq_len) * tokens, step_s, 1,
+                          hardware(name).peak_flops), 4) if a.device.startswith("cuda") else None),
+        "peak_mem_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                        if a.device.startswith("cuda") else None),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: bf16 on cuda")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--attn-backend", default="sdpa")
+    a = p.parse_args(argv)
+    a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
+    print(json.dumps(run(a)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Attention with T5 relative position bias, behind a small backend interface.
+
+The model describes the bias once per forward as a `RelativeBias` (the learned table plus the query
+and key positions and masks). A backend turns that into whatever it needs once per forward
+(`prepare`), then every layer calls it (`attend`). `sdpa` materialises the bias as a dense additive
+mask for `F.scaled_dot_product_attention`: it is the reference path and works on CPU and GPU.
+A faster backend (e.g. one that reads the bucket table inside the kernel) registers itself in
+`BACKENDS` and is chosen with `ModelConfig.attn_backend`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def relative_position_bucket(relative_position: Tensor, num_buckets: int = 32,
+                             max_distance: int = 128) -> Tensor:
+    """T5's unidirectional bucketing of `relative_position = key_pos - query_pos`.
+
+    Keys in the future (relative_position > 0) fall in bucket 0 with distance 0 (they are masked
+    anyway). Distances below num_buckets // 2 get a bucket each; larger ones share
+    logarithmically wider buckets up to `max_distance`, beyond which all share the last bucket.
+    """
+    n = torch.clamp(-relative_position, min=0)  # distance into the past
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # n >= max_exact here where it is used; clamp keeps log() finite elsewhere
+    scaled = torch.log(n.clamp(min=max_exact).float() / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (scaled * (num_buckets - max_exact)).to(torch.long)
+    large = torch.clamp(large, max=num_buckets - 1)
+    return torch.where(is_small, n, large)
+
+
+@dataclass
+class RelativeBias:
+    """Everything a backend needs to apply the learned bias and the causal / padding masks."""
+
+    table: Tensor  # (num_buckets, H) learned bias, shared by all layers
+    q_pos: Tensor  # (Tq,) absolute positions of the queries
+    k_pos: Tensor  # (Tk,) absolute positions of the keys
+    key_mask: Tensor | None  # (B, Tk) bool, False for padding keys; None: all valid
+    num_buckets: int
+    max_distance: int
+
+    def buckets(self) -> Tensor:
+        """(Tq, Tk) bucket index of every query/key pair."""
+        rel = self.k_pos[None, :] - self.q_pos[:, None]
+        return relative_position_bucket(rel, self.num_buckets, self.max_distance)
+
+    def allowed(self) -> Tensor:
+        """(B or 1, 1, Tq, Tk) bool: causal, not padding. A query always sees its own position, so
+        no row is empty (padding queries give finite garbage, never NaN)."""
+        causal = self.k_pos[None, :] <= self.q_pos[:, None]  # (Tq, Tk)
+        if self.key_mask is None:
+            return causal[None, None]
+        diag = self.k_pos[None, :] == self.q_pos[:, None]
+        return (causal[None] & (self.key_mask[:, None, :] | diag[None]))[:, None]
+
+    def materialize(self, dtype: torch.dtype) -> Tensor:
+        """(B or 1, H, Tq, Tk) additive bias with -inf where attention is not allowed."""
+        bias = self.table[self.buckets()].permute(2, 0, 1)[None].to(dtype)  # (1, H, Tq, Tk)
+        return bias.masked_fill(~self.allowed(), float("-inf"))
+
+
+class AttentionBackend(Protocol):
+    def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> object:
+        """Called once per forward; the result is passed to every layer's `attend`."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: object, dropout_p: float) -> Tensor:
+        """q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D). No 1/sqrt(D) scaling (T5)."""
+
+
+class SDPABackend:
+    """Reference backend: dense materialised bias + torch's scaled_dot_product_attention."""
+
+    def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> Tensor:
+        return bias.materialize(dtype)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: Tensor, dropout_p: float) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=prepared, dropout_p=dropout_p,
+                                              scale=1.0)
+
+
+BACKENDS: dict[str, AttentionBackend] = {"sdpa": SDPABackend()}
+
+
+def get_backend(name: str) -> AttentionBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}")
+    return BACKENDS[name]

@@ -1,0 +1,100 @@
+"""Model configuration and the size presets (PAPER.md, "Model")."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a LaMDA decoder. Presets: `ModelConfig.from_name(name)`."""
+
+    vocab_size: int = 32000  # SentencePiece BPE vocabulary (paper: 32K)
+    n_layer: int = 12  # decoder blocks
+    d_model: int = 768  # residual stream width
+    n_head: int = 12  # attention heads
+    d_kv: int = 64  # width of one head (n_head * d_kv need not equal d_model, as in T5)
+    d_ff: int = 3072  # gated-GELU hidden width
+    rel_buckets: int = 32  # T5 relative-position buckets
+    rel_max_distance: int = 128  # distances >= this share the last bucket
+    max_seq_len: int = 1024  # longest training sequence / default KV-cache length
+    dropout: float = 0.0  # residual and attention dropout (paper sizes: 0)
+    norm_eps: float = 1e-6  # RMSNorm epsilon
+    attn_backend: str = "sdpa"  # name in lamda.attention.BACKENDS
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ModelConfig":
+        """A preset by name (see PRESETS), with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def d_attn(self) -> int:
+        """Width of the concatenated heads (n_head * d_kv)."""
+        return self.n_head * self.d_kv
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Exactly the parameters `lamda.model.LaMDA(self)` allocates.
+
+        Non-embedding leaves out the token embedding (tied with the output layer, so counted once)
+        and the relative-position bias table, following Kaplan et al.'s convention of not counting
+        embeddings (position embeddings included).
+        """
+        attn = 4 * self.d_model * self.d_attn  # q, k, v, o
+        ffn = 3 * self.d_model * self.d_ff  # wi_0 (gelu), wi_1 (gate), wo
+        norms = 2 * self.d_model
+        body = self.n_layer * (attn + ffn + norms) + self.d_model  # + final norm
+        if non_embedding:
+            return body
+        return body + self.vocab_size * self.d_model + self.rel_buckets * self.n_head
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM convention: 6N + 12 L H d_kv T.
+
+        N is the non-embedding parameter count; the second term is the attention score and value
+        matmuls for a sequence of `seq_len` tokens (counted over the full square, as PaLM does).
+        """
+        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.d_attn * seq_len
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def load(cls, path) -> "ModelConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+# The paper's sizes use heads x d_kv = 2 x d_model and d_ff = 8 x d_model (exact for 137B, inferred
+# for 2B and 8B). The small presets are ours: `debug` for tests, `tiny` for the CPU demo (its
+# vocabulary matches the tokenizer trained on data/sample), 125m/350m for single-GPU work.
+PRESETS: dict[str, ModelConfig] = {
+    "debug": ModelConfig(vocab_size=1024, n_layer=2, d_model=64, n_head=4, d_kv=16, d_ff=256,
+                         max_seq_len=128),
+    "tiny": ModelConfig(vocab_size=4096, n_layer=4, d_model=256, n_head=4, d_kv=64, d_ff=1024,
+                        max_seq_len=256),
+    "125m": ModelConfig(n_layer=12, d_model=768, n_head=12, d_kv=64, d_ff=3072),
+    "350m": ModelConfig(n_layer=10, d_model=1024, n_head=16, d_kv=128, d_ff=8192),
+    "2b": ModelConfig(n_layer=10, d_model=2560, n_head=40, d_kv=128, d_ff=20480, max_seq_len=2048),
+    "8b": ModelConfig(n_layer=16, d_model=4096, n_head=64, d_kv=128, d_ff=32768, max_seq_len=2048),
+    "137b": ModelConfig(n_layer=64, d_model=8192, n_head=128, d_kv=128, d_ff=65536,
+                        max_seq_len=2048),
+}

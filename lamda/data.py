@@ -1,0 +1,355 @@
+"""Record schemas (JSONL) and the builders that turn records into token sequences with loss masks.
+
+Records, one JSON object per line:
+- document:  {id, title, text, url}
+- dialog:    {id, turns: [{speaker: "user"|"lamda", text}]}   (also the evaluation contexts)
+- labelled:  {id, context: [turn...], response, ratings: {attribute: [rater votes 0/1...]}}
+             attributes: sensible, specific, interesting (5 raters), unsafe (3 raters; 1 = violates
+             a safety objective)
+- research:  {id, context: [turn...], draft, steps: [{query, results: [str...]}...], reply}
+
+Formats (PAPER.md §6.1-6.2; special tokens from lamda.tokenizer):
+- context:        USER: text <eot> LAMDA: text <eot> ...
+- pre-training:   documents (title, text, eos) and dialogs (context, eos), packed to fixed length
+- generative:     <context> RESPONSE <response> <eot>                 loss on response + <eot>
+- discriminative: <context> RESPONSE <response> <eot> ATTRIBUTE <r>   loss on the rating <r> only
+- research:       <context> LAMDA-BASE: draft <eot> [LAMDA-RESEARCH: TS, query <eot> TS: result <eot>]*
+                  LAMDA-RESEARCH: (TS, query | User, reply) <eot>     loss on the research output
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lamda import tokenizer as T
+from lamda.tokenizer import Tokenizer
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"  # the bundled corpus
+SPEAKERS = {"user": T.USER, "lamda": T.LAMDA}
+SSI_ATTRIBUTES = ("sensible", "specific", "interesting")
+ATTRIBUTES = (*SSI_ATTRIBUTES, "unsafe")
+
+
+class RecordError(ValueError):
+    """A malformed record; the message names the file and line."""
+
+
+# -- schemas ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str  # "user" or "lamda"
+    text: str
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    title: str
+    text: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Dialog:
+    id: str
+    turns: tuple[Turn, ...]
+
+
+@dataclass(frozen=True)
+class Labelled:
+    id: str
+    context: tuple[Turn, ...]
+    response: str
+    ratings: dict[str, tuple[int, ...]]  # attribute -> one 0/1 vote per rater
+
+
+@dataclass(frozen=True)
+class ResearchStep:
+    query: str  # what LaMDA-Research sent to the toolset
+    results: tuple[str, ...]  # what the toolset returned ("snippet url")
+
+
+@dataclass(frozen=True)
+class Research:
+    id: str
+    context: tuple[Turn, ...]
+    draft: str  # LaMDA-Base's first reply
+    steps: tuple[ResearchStep, ...]
+    reply: str  # the final, grounded reply to the user
+
+
+def _str(d: dict, key: str, *, empty_ok: bool = False) -> str:
+    if key not in d:
+        raise ValueError(f"missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, str):
+        raise ValueError(f"field {key!r} must be a string, got {type(v).__name__}")
+    if not empty_ok and not v.strip():
+        raise ValueError(f"field {key!r} is empty")
+    return v
+
+
+def _list(d: dict, key: str, *, empty_ok: bool = False) -> list:
+    v = d.get(key)
+    if not isinstance(v, list):
+        raise ValueError(f"field {key!r} must be a list")
+    if not v and not empty_ok:
+        raise ValueError(f"field {key!r} is empty")
+    return v
+
+
+def _turns(d: dict, key: str) -> tuple[Turn, ...]:
+    turns = []
+    for i, t in enumerate(_list(d, key)):
+        if not isinstance(t, dict):
+            raise ValueError(f"{key}[{i}] must be an object")
+        speaker = _str(t, "speaker")
+        if speaker not in SPEAKERS:
+            raise ValueError(f"{key}[{i}].speaker must be one of {sorted(SPEAKERS)}, got {speaker!r}")
+        turns.append(Turn(speaker, _str(t, "text")))
+    return tuple(turns)
+
+
+def parse_document(d: dict) -> Document:
+    return Document(_str(d, "id"), _str(d, "title"), _str(d, "text"), _str(d, "url"))
+
+
+def parse_dialog(d: dict) -> Dialog:
+    return Dialog(_str(d, "id"), _turns(d, "turns"))
+
+
+def parse_labelled(d: dict) -> Labelled:
+    ratings = d.get("ratings")
+    if not isinstance(ratings, dict) or not ratings:
+        raise ValueError("field 'ratings' must be a non-empty object")
+    parsed = {}
+    for attr, votes in ratings.items():
+        if attr not in ATTRIBUTES:
+            raise ValueError(f"unknown rating attribute {attr!r}; expected {ATTRIBUTES}")
+        if not isinstance(votes, list) or not votes or any(v not in (0, 1) or isinstance(v, bool)
+                                                            for v in votes):
+            raise ValueError(f"ratings[{attr!r}] must be a non-empty list of 0/1 votes")
+        parsed[attr] = tuple(votes)
+    return Labelled(_str(d, "id"), _turns(d, "context"), _str(d, "response"), parsed)
+
+
+def parse_research(d: dict) -> Research:
+    steps = []
+    for i, s in enumerate(_list(d, "steps", empty_ok=True)):
+        if not isinstance(s, dict):
+            raise ValueError(f"steps[{i}] must be an object")
+        results = _list(s, "results", empty_ok=True)
+        if not all(isinstance(r, str) for r in results):
+            raise ValueError(f"steps[{i}].results must be a list of strings")
+        steps.append(ResearchStep(_str(s, "query"), tuple(results)))
+    return Research(_str(d, "id"), _turns(d, "context"), _str(d, "draft"), tuple(steps),
+                    _str(d, "reply"))
+
+
+PARSERS = {"document": parse_document, "dialog": parse_dialog, "labelled": parse_labelled,
+           "research": parse_research}
+
+
+def parse_records(lines: Iterable[str], kind: str, source: str = "<input>") -> Iterator:
+    """Parse JSONL lines as records of `kind`; blank lines are skipped. A malformed line raises
+    RecordError naming `source` and the line number."""
+    parse = PARSERS[kind]
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("a record must be a JSON object")
+            yield parse(obj)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise RecordError(f"{source}:{lineno}: bad {kind} record: {e}") from None
+
+
+def read_jsonl(path: str | os.PathLike, kind: str) -> list:
+    """All records of `kind` in a local JSONL file."""
+    with open(path, encoding="utf-8") as f:
+        return list(parse_records(f, kind, str(path)))
+
+
+# -- rater aggregation (PAPER.md §4-5) ----------------------------------------------------------
+
+def majority(votes: Iterable[int]) -> int:
+    """1 when more than half the raters said yes (3 of 5, 2 of 3)."""
+    votes = list(votes)
+    return int(2 * sum(votes) > len(votes))
+
+
+def aggregate_ratings(ratings: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Per-attribute 0/1 labels from rater votes.
+
+    SSI: "yes" needs a majority (3 of 5), with the cascade: not sensible => not specific and not
+    interesting; not specific => not interesting. Safety: a response is safe only if a majority
+    (2 of 3) say it violates no objective, so `unsafe` is 1 unless a majority voted 0.
+    """
+    labels = {}
+    for attr in SSI_ATTRIBUTES:
+        if attr in ratings:
+            labels[attr] = majority(ratings[attr])
+    if labels.get("sensible") == 0:
+        labels.update({a: 0 for a in ("specific", "interesting") if a in labels})
+    if labels.get("specific") == 0 and "interesting" in labels:
+        labels["interesting"] = 0
+    if "unsafe" in ratings:
+        safe_votes = [1 - v for v in ratings["unsafe"]]
+        labels["unsafe"] = 1 - majority(safe_votes)
+    return labels
+
+
+# -- token sequences ------------------------------------------------------------------------------
+
+@dataclass
+class Example:
+    """A token sequence and which of its tokens are trained on (1 = predict this token)."""
+
+    ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+
+    def add(self, ids: Iterable[int], train: bool = False) -> "Example":
+        ids = list(ids)
+        self.ids += ids
+        self.loss_mask += [int(train)] * len(ids)
+        return self
+
+
+def encode_turns(tok: Tokenizer, turns: Iterable[Turn]) -> list[int]:
+    """USER: text <eot> LAMDA: text <eot> ..."""
+    ids: list[int] = []
+    for t in turns:
+        ids += [tok.special(SPEAKERS[t.speaker]), *tok.encode(t.text), tok.eot_id]
+    return ids
+
+
+def document_ids(tok: Tokenizer, doc: Document) -> list[int]:
+    return [*tok.encode(doc.title), tok.eot_id, *tok.encode(doc.text), tok.eos_id]
+
+
+def dialog_ids(tok: Tokenizer, dialog: Dialog) -> list[int]:
+    return [*encode_turns(tok, dialog.turns), tok.eos_id]
+
+
+def response_prompt(tok: Tokenizer, context: Iterable[Turn]) -> list[int]:
+    """The prompt that a response is generated after: <context> RESPONSE."""
+    return [*encode_turns(tok, context), tok.special(T.RESPONSE)]
+
+
+def generative_example(tok: Tokenizer, context: Iterable[Turn], response: str) -> Example:
+    """<context> RESPONSE <response> <eot>, loss on the response and its <eot>."""
+    return (Example().add(response_prompt(tok, context))
+            .add([*tok.encode(response), tok.eot_id], train=True))
+
+
+def attribute_name(attribute: str) -> str:
+    """'sensible' -> 'SENSIBLE' (the special token)."""
+    name = attribute.upper()
+    if name not in T.ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute!r}")
+    return name
+
+
+def discriminative_example(tok: Tokenizer, context: Iterable[Turn], response: str,
+                           attribute: str, rating: int) -> Example:
+    """<context> RESPONSE <response> <eot> ATTRIBUTE <rating>, loss on the rating only."""
+    ex = Example().add(response_prompt(tok, context)).add([*tok.encode(response), tok.eot_id])
+    ex.add([tok.special(attribute_name(attribute))])
+    return ex.add([tok.special(T.RATINGS[rating])], train=True)
+
+
+def discriminative_examples(tok: Tokenizer, rec: Labelled) -> list[Example]:
+    """One example per rated attribute, labels aggregated from the raters' votes."""
+    return [discriminative_example(tok, rec.context, rec.response, attr, label)
+            for attr, label in aggregate_ratings(rec.ratings).items()]
+
+
+def is_good_response(rec: Labelled) -> bool:
+    """Labelled responses used for generative fine-tuning: rated sensible and safe."""
+    labels = aggregate_ratings(rec.ratings)
+    return labels.get("sensible", 0) == 1 and labels.get("unsafe", 1) == 0
+
+
+def research_examples(tok: Tokenizer, rec: Research) -> list[Example]:
+    """One example per research output: each TS query in turn, then the final User reply."""
+    prefix = [*encode_turns(tok, rec.context), tok.special(T.LAMDA_BASE), *tok.encode(rec.draft),
+              tok.eot_id]
+    research = tok.special(T.LAMDA_RESEARCH)
+    examples = []
+    for step in rec.steps:
+        call = [tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
+        examples.append(Example().add(prefix + [research]).add(call, train=True))
+        prefix += [research, *call]
+        for result in step.results:
+            prefix += [tok.special(T.TS), *tok.encode(result), tok.eot_id]
+    final = [tok.special(T.TO_USER), *tok.encode(rec.reply), tok.eot_id]
+    examples.append(Example().add(prefix + [research]).add(final, train=True))
+    return examples
+
+
+def pack_pretraining(documents: Iterable[list[int]], dialogs: Iterable[list[int]], seq_len: int,
+                     dialog_fraction: float = 0.5) -> Iterator[list[int]]:
+    """Concatenate document and dialog sequences and cut them into chunks of seq_len + 1 tokens
+    (inputs plus the shifted targets). The next sequence comes from whichever source is furthest
+    below its share of tokens so far (dialogs: `dialog_fraction`; paper: 0.5). When one source runs
+    out, the rest comes from the other. A trailing partial chunk is dropped.
+    """
+    if not 0.0 <= dialog_fraction <= 1.0:
+        raise ValueError("dialog_fraction must be within [0, 1]")
+    sources = {"doc": iter(documents), "dialog": iter(dialogs)}
+    if dialog_fraction == 0.0:
+        sources.pop("dialog")
+    if dialog_fraction == 1.0:
+        sources.pop("doc")
+    counts = {"doc": 0, "dialog": 0}
+    buf: list[int] = []
+    while sources:
+        total = counts["doc"] + counts["dialog"]
+        want = "dialog" if counts["dialog"] <= dialog_fraction * total else "doc"
+        name = want if want in sources else next(iter(sources))
+        seq = next(sources[name], None)
+        if seq is None:
+            del sources[name]
+            continue
+        counts[name] += len(seq)
+        buf += seq
+        while len(buf) >= seq_len + 1:
+            yield buf[:seq_len + 1]
+            buf = buf[seq_len + 1:]
+
+
+def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Examples -> (inputs, targets, loss_mask), each (B, seq_len), right-padded.
+
+    Longer examples keep their last seq_len + 1 tokens (the trained part sits at the end).
+    """
+    B = len(examples)
+    inputs = torch.full((B, seq_len), pad_id, dtype=torch.long)
+    targets = torch.full((B, seq_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, seq_len), dtype=torch.float32)
+    for b, ex in enumerate(examples):
+        ids, m = ex.ids[-(seq_len + 1):], ex.loss_mask[-(seq_len + 1):]
+        n = len(ids) - 1
+        inputs[b, :n] = torch.tensor(ids[:-1])
+        targets[b, :n] = torch.tensor(ids[1:])
+        mask[b, :n] = torch.tensor(m[1:], dtype=torch.float32)
+    return inputs, targets, mask
+
+
+def corpus_texts(documents: Iterable[Document], dialogs: Iterable[Dialog]) -> Iterator[str]:
+    """The plain text of documents and dialog turns (for training the tokenizer)."""
+    for d in documents:
+        yield d.title
+        yield d.text
+    for dlg in dialogs:
+        for t in dlg.turns:
+            yield t.text

@@ -1,0 +1,110 @@
+"""The pieces of a training loop, shared by the local trainer and the Ray Train worker loop:
+optimizer, learning-rate schedule, one optimizer step with gradient accumulation, and batches."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lamda.model import LaMDA, lm_loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100  # optimizer steps
+    batch_size: int = 8  # sequences per micro-batch (per worker)
+    seq_len: int = 256  # tokens per sequence
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10  # linear warm-up
+    weight_decay: float = 0.1  # AdamW, on matrices only
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    dialog_fraction: float = 0.5  # share of dialog tokens in pre-training (paper: 50%)
+    log_every: int = 10  # steps between log lines
+    seed: int = 0
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices, none on norms, embeddings and the bias table."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_matrix = p.ndim >= 2 and "embed" not in name and "rel_bias" not in name
+        (decay if is_matrix else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable[tuple[Tensor, ...]],
+               step: int, cfg: TrainConfig) -> dict:
+    """One optimizer step over `cfg.grad_accum` micro-batches of (inputs, targets[, loss_mask]).
+
+    Returns the mean loss, the gradient norm before clipping, the learning rate and token count.
+    """
+    lr = lr_at(step, cfg)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    model.train()
+    total_loss, tokens = 0.0, 0
+    for batch in micro_batches:
+        inputs, targets, *mask = batch
+        loss = lm_loss(model(inputs), targets, mask[0] if mask else None) / cfg.grad_accum
+        loss.backward()
+        total_loss += loss.item()
+        tokens += inputs.numel()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
+                 else torch.tensor(0.0))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+
+
+def batches_of(sequences: list[list[int]], batch_size: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless shuffled (inputs, targets) batches from fixed-length token sequences (seq_len + 1)."""
+    if len(sequences) < batch_size:
+        raise ValueError(f"need at least {batch_size} sequences, got {len(sequences)}")
+    rng = random.Random(seed)
+    order = list(range(len(sequences)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            chunk = torch.tensor([sequences[j] for j in order[i:i + batch_size]])
+            yield chunk[:, :-1], chunk[:, 1:]
+
+
+def train_local(model: LaMDA, batches: Iterator[tuple[Tensor, ...]], cfg: TrainConfig,
+                log=print) -> list[dict]:
+    """Single-process training on the current device (the CPU demo and benchmarks)."""
+    torch.manual_seed(cfg.seed)
+    opt = build_optimizer(model, cfg)
+    history = []
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        stats = train_step(model, opt, (next(batches) for _ in range(cfg.grad_accum)), step, cfg)
+        stats["step"] = step + 1
+        history.append(stats)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            dt = time.perf_counter() - t0
+            toks = sum(h["tokens"] for h in history)
+            log(f"step {step + 1}/{cfg.steps}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
+                f"grad_norm {stats['grad_norm']:.3f}  {toks / dt:,.0f} tokens/s")
+    return history

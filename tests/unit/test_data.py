@@ -1,0 +1,143 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lamda import data as D
+from lamda import tokenizer as T
+from lamda.data import SAMPLE_DIR, Turn
+
+CONTEXT = (Turn("user", "What's up?"),)
+
+
+def trained(ex):
+    return [i for i, m in zip(ex.ids, ex.loss_mask) if m]
+
+
+def test_generative_loss_is_exactly_on_the_response(tok):
+    ex = D.generative_example(tok, CONTEXT, "not much.")
+    prompt = D.response_prompt(tok, CONTEXT)
+    assert ex.ids[:len(prompt)] == prompt and prompt[-1] == tok.special(T.RESPONSE)
+    assert trained(ex) == tok.encode("not much.") + [tok.eot_id]
+    assert ex.loss_mask == [0] * len(prompt) + [1] * (len(ex.ids) - len(prompt))
+
+
+def test_discriminative_loss_is_exactly_on_the_rating(tok):
+    ex = D.discriminative_example(tok, CONTEXT, "not much.", "sensible", 1)
+    assert trained(ex) == [tok.special("<1>")]
+    assert ex.loss_mask == [0] * (len(ex.ids) - 1) + [1]
+    assert ex.ids[-2] == tok.special("SENSIBLE")
+    assert tok.decode(ex.ids) == "USER: What's up? <eot> RESPONSE not much. <eot> SENSIBLE <1>"
+
+
+def test_discriminative_examples_use_aggregated_labels(tok):
+    rec = D.parse_labelled({"id": "x", "context": [{"speaker": "user", "text": "hi"}],
+                            "response": "blue", "ratings": {
+                                "sensible": [0, 0, 0, 1, 1], "specific": [1, 1, 1, 1, 1],
+                                "unsafe": [1, 0, 0]}})
+    exs = D.discriminative_examples(tok, rec)
+    got = {tok.decode(e.ids[-2:-1]): tok.decode(trained(e)) for e in exs}
+    assert got == {"SENSIBLE": "<0>", "SPECIFIC": "<0>", "UNSAFE": "<0>"}  # cascade: not specific
+
+
+def test_rater_rules():
+    agg = D.aggregate_ratings
+    assert agg({"sensible": (1, 1, 1, 0, 0)}) == {"sensible": 1}  # 3 of 5
+    assert agg({"sensible": (1, 1, 0, 0, 0)}) == {"sensible": 0}
+    assert agg({"sensible": (1,) * 5, "specific": (0,) * 5, "interesting": (1,) * 5}) == \
+        {"sensible": 1, "specific": 0, "interesting": 0}
+    assert agg({"sensible": (0,) * 5, "specific": (1,) * 5}) == {"sensible": 0, "specific": 0}
+    assert agg({"unsafe": (0, 0, 1)})["unsafe"] == 0  # 2 of 3 say safe
+    assert agg({"unsafe": (0, 1, 1)})["unsafe"] == 1
+
+
+def test_research_examples(tok):
+    rec = D.parse_research({
+        "id": "r", "context": [{"speaker": "user", "text": "How tall is K2?"}],
+        "draft": "K2 is 9,000 metres tall.",
+        "steps": [{"query": "K2 height", "results": ["K2 is 8,611 metres tall. https://example.org/k2"]}],
+        "reply": "K2 is 8,611 metres tall. https://example.org/k2"})
+    first, final = D.research_examples(tok, rec)
+    assert tok.decode(trained(first)) == "TS, K2 height <eot>"
+    assert tok.decode(first.ids).startswith("USER: How tall is K2? <eot> LAMDA-BASE: K2 is 9,000")
+    assert tok.decode(final.ids[:-len(trained(final))]).endswith(
+        "TS: K2 is 8,611 metres tall. https://example.org/k2 <eot> LAMDA-RESEARCH:")
+    assert tok.decode(trained(final)) == "User, K2 is 8,611 metres tall. https://example.org/k2 <eot>"
+
+
+def test_packing_respects_the_mixture_ratio():
+    docs = ([0] * 10 for _ in range(1000))
+    dialogs = ([1] * 10 for _ in range(1000))
+    chunks = list(D.pack_pretraining(docs, dialogs, seq_len=99, dialog_fraction=0.25))
+    assert all(len(c) == 100 for c in chunks)
+    first = [t for c in chunks[:40] for t in c]
+    assert sum(first) / len(first) == pytest.approx(0.25, abs=0.01)
+
+
+def test_packing_uses_the_other_source_when_one_runs_out():
+    chunks = list(D.pack_pretraining([[0] * 10], ([1] * 10 for _ in range(10)), seq_len=9))
+    assert sum(map(len, chunks)) == 110
+
+
+def test_collate_keeps_the_end_and_aligns_the_mask(tok):
+    ex = D.generative_example(tok, CONTEXT * 20, "a long context, short reply")
+    inputs, targets, mask = D.collate([ex], seq_len=16, pad_id=0)
+    assert targets[0].tolist() == ex.ids[-16:]
+    assert mask[0].tolist() == ex.loss_mask[-16:]
+    short = D.generative_example(tok, CONTEXT, "ok")
+    inputs, targets, mask = D.collate([short], seq_len=64, pad_id=0)
+    n = len(short.ids) - 1
+    assert mask[0, n:].sum() == 0 and inputs[0, n:].eq(0).all()
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"id": "a", "turns": []}', "field 'turns' is empty"),
+    ('{"id": "a", "turns": [{"speaker": "bot", "text": "x"}]}', "speaker must be one of"),
+    ('{"id": "a"', "Expecting"),
+    ('[1, 2]', "must be a JSON object"),
+    ('{"turns": [{"speaker": "user", "text": "x"}]}', "missing field 'id'"),
+])
+def test_malformed_records_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "dialogs.jsonl"
+    good = json.dumps({"id": "ok", "turns": [{"speaker": "user", "text": "hello"}]})
+    path.write_text(f"{good}\n\n{line}\n{good}\n")
+    with pytest.raises(D.RecordError, match=rf"dialogs.jsonl:3: bad dialog record: .*{message}"):
+        D.read_jsonl(path, "dialog")
+
+
+def test_labelled_votes_must_be_zero_or_one():
+    with pytest.raises(ValueError, match="0/1 votes"):
+        D.parse_labelled({"id": "x", "context": [{"speaker": "user", "text": "a"}], "response": "b",
+                          "ratings": {"sensible": [1, 2]}})
+    with pytest.raises(ValueError, match="unknown rating attribute"):
+        D.parse_labelled({"id": "x", "context": [{"speaker": "user", "text": "a"}], "response": "b",
+                          "ratings": {"funny": [1]}})
+
+
+FILES = {"documents.jsonl": "document", "dialogs.jsonl": "dialog", "labelled.jsonl": "labelled",
+         "research.jsonl": "research", "eval_mtb.jsonl": "dialog"}
+
+
+def test_bundled_corpus_parses_and_has_what_the_roles_need():
+    recs = {name: D.read_jsonl(SAMPLE_DIR / name, kind) for name, kind in FILES.items()}
+    docs = recs["documents.jsonl"]
+    assert len(docs) >= 200 and len({d.url for d in docs}) == len(docs)
+    titles = {d.title for d in docs}
+    assert "Mount Everest" in titles and "Jazz" in titles
+    assert len(recs["dialogs.jsonl"]) >= 300
+    assert all(len(d.turns) >= 2 for d in recs["dialogs.jsonl"])
+    labels = [D.aggregate_ratings(r.ratings) for r in recs["labelled.jsonl"]]
+    assert {lab["unsafe"] for lab in labels} == {0, 1} and {lab["sensible"] for lab in labels} == {0, 1}
+    assert {len(d.turns) for d in recs["eval_mtb.jsonl"]} == {1, 2, 3}
+    assert all(d.turns[-1].speaker == "user" for d in recs["eval_mtb.jsonl"])
+    urls = {d.url for d in docs}
+    cited = [r for r in recs["research.jsonl"] if r.steps]
+    assert cited and all(r.steps[-1].results[0].split()[-1] in urls for r in cited)
+
+
+def test_generator_reproduces_the_committed_corpus(tmp_path):
+    subprocess.run([sys.executable, str(SAMPLE_DIR / "generate.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (SAMPLE_DIR / name).read_bytes(), name

@@ -1,0 +1,59 @@
+import pytest
+
+from lamda import tokenizer as T
+from lamda.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+TEXTS = [
+    "Mount Everest is 8,849 metres tall.",
+    "What is 135+7721?  Two spaces, a tab\tand a trailing space ",
+    "Ünïcödé, 日本語, emoji 🎵 and bytes never seen in training: \u2603\u0f00",
+    "RESPONSE SENSIBLE <1> USER: TS, User, typed by a user",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_plain_text_round_trips(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_unknown_characters_fall_back_to_bytes(tok):
+    ids = tok.encode("\u0f00")
+    assert T.UNK_ID not in ids
+    assert all(tok.piece(i).startswith("<0x") for i in ids if tok.piece(i) != "\u2581")
+
+
+def test_special_tokens_are_atomic_ids(tok):
+    ids = [tok.special(name) for name in SPECIAL_TOKENS]
+    assert len(set(ids)) == len(SPECIAL_TOKENS)
+    assert all(i < tok.vocab_size for i in ids)
+    rendered = tok.decode([tok.special(T.USER), *tok.encode("hi"), tok.eot_id, tok.special(T.RESPONSE)])
+    assert rendered == "USER: hi <eot> RESPONSE"
+
+
+def test_user_text_cannot_produce_special_tokens(tok):
+    ids = tok.encode(" ".join(SPECIAL_TOKENS))
+    assert not set(ids) & set(tok.special_ids.values())
+
+
+def test_digits_are_split(tok):
+    assert len(tok.encode("7721")) >= 4
+
+
+def test_save_and_load(tok, tmp_path):
+    tok.save(tmp_path / "t" / "tokenizer.model")
+    again = Tokenizer.load(tmp_path / "t" / "tokenizer.model")
+    assert again.encode(TEXTS[0]) == tok.encode(TEXTS[0])
+    assert again.special_ids == tok.special_ids
+    assert not list((tmp_path / "t").glob("*.tmp"))
+
+
+def test_corrupt_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a SentencePiece model"):
+        Tokenizer.load(bad)
+
+
+def test_unknown_special_name(tok):
+    with pytest.raises(KeyError, match="not a special token"):
+        tok.special("ASSISTANT:")
