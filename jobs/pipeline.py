@@ -34,8 +34,8 @@ def pretrain_local(tok: Tokenizer, data_dir: Path, preset: str, cfg: TrainConfig
           f"{len(seqs)} sequences of {cfg.seq_len} tokens, {cfg.steps} steps of "
           f"{cfg.batch_size} x {cfg.seq_len}")
     history = train_local(model, batches_of(seqs, cfg.batch_size, cfg.seed), cfg)
-    save_export(out, model, tok, extra={"stage": "pretrain", "steps": cfg.steps,
-                                        "final_loss": history[-1]["loss"]})
+    save_export(out, model.state_dict(), model_cfg, tok,
+                extra={"stage": "pretrain", "steps": cfg.steps, "final_loss": history[-1]["loss"]})
     print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; exported to {out}")
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lamda import tokenizer as T
@@ -327,22 +328,68 @@ def pack_pretraining(documents: Iterable[list[int]], dialogs: Iterable[list[int]
             buf = buf[seq_len + 1:]
 
 
-def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Examples -> (inputs, targets, loss_mask), each (B, seq_len), right-padded.
+def pad_examples(examples: list[Example], seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Examples -> (tokens, loss_mask), each (B, seq_len + 1) int64, right-padded.
 
     Longer examples keep their last seq_len + 1 tokens (the trained part sits at the end).
+    loss_mask[b, i] says whether tokens[b, i] is trained on (i.e. predicted from tokens[b, :i]).
     """
-    B = len(examples)
-    inputs = torch.full((B, seq_len), pad_id, dtype=torch.long)
-    targets = torch.full((B, seq_len), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, seq_len), dtype=torch.float32)
+    tokens = np.full((len(examples), seq_len + 1), pad_id, dtype=np.int64)
+    mask = np.zeros((len(examples), seq_len + 1), dtype=np.int64)
     for b, ex in enumerate(examples):
         ids, m = ex.ids[-(seq_len + 1):], ex.loss_mask[-(seq_len + 1):]
-        n = len(ids) - 1
-        inputs[b, :n] = torch.tensor(ids[:-1])
-        targets[b, :n] = torch.tensor(ids[1:])
-        mask[b, :n] = torch.tensor(m[1:], dtype=torch.float32)
-    return inputs, targets, mask
+        tokens[b, :len(ids)] = ids
+        mask[b, :len(m)] = m
+    return tokens, mask
+
+
+def shift(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(B, T + 1) tokens [and mask] -> inputs, targets [, mask of the targets], each (B, T)."""
+    out = (tokens[:, :-1], tokens[:, 1:])
+    return out if mask is None else (*out, mask[:, 1:])
+
+
+def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Examples -> (inputs, targets, loss_mask), each (B, seq_len), right-padded."""
+    tokens, mask = pad_examples(examples, seq_len, pad_id)
+    return shift(torch.from_numpy(tokens), torch.from_numpy(mask).float())
+
+
+def finetune_examples(tok: Tokenizer, record, kind: str) -> list[Example]:
+    """The fine-tuning examples of one record: discriminative ones for every rated attribute plus a
+    generative one for good labelled responses; research outputs; every LaMDA turn of a dialog."""
+    if kind == "labelled":
+        exs = discriminative_examples(tok, record)
+        if is_good_response(record):
+            exs.append(generative_example(tok, record.context, record.response))
+        return exs
+    if kind == "research":
+        return research_examples(tok, record)
+    if kind == "dialog":
+        return [generative_example(tok, record.turns[:i], t.text)
+                for i, t in enumerate(record.turns) if t.speaker == "lamda" and i > 0]
+    raise ValueError(f"no fine-tuning examples for {kind!r} records")
+
+
+def parse_json_records(lines: Iterable[str], kind: str, sources: Iterable[str]) -> Iterator:
+    """Records of `kind` from JSON strings; a bad one raises RecordError naming its source file
+    and showing the start of the line (used where line numbers are not known)."""
+    parse = PARSERS[kind]
+    for line, source in zip(lines, sources):
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("a record must be a JSON object")
+            yield parse(obj)
+        except ValueError as e:
+            raise RecordError(f"{source}: bad {kind} record: {e} (line: {line[:80]!r})") from None
+
+
+def pack_array(seqs: Iterable[list[int]], seq_len: int) -> np.ndarray:
+    """Concatenate sequences and cut into rows of seq_len + 1 tokens; (N, seq_len + 1) int64."""
+    flat = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+    n = len(flat) // (seq_len + 1)
+    return flat[:n * (seq_len + 1)].reshape(n, seq_len + 1)
 
 
 def corpus_texts(documents: Iterable[Document], dialogs: Iterable[Dialog]) -> Iterator[str]:

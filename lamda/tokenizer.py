@@ -44,6 +44,9 @@ class Tokenizer:
                 raise ValueError(f"tokenizer model lacks the special token {name!r}")
         self.special_names = {i: name for name, i in self.special_ids.items()}
 
+    def __reduce__(self):  # pickled as the model bytes (Ray ships tokenizers to workers)
+        return Tokenizer, (self.proto,)
+
     # -- training and files -------------------------------------------------------------------
 
     @classmethod

@@ -73,6 +73,8 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
         tokens += inputs.numel()
     grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
                  else torch.tensor(0.0))
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}

@@ -13,7 +13,7 @@ def model(tok):
 
 
 def test_export_loads_with_identical_logits(model, tok, tmp_path):
-    save_export(tmp_path / "m", model, tok, extra={"stage": "test"})
+    save_export(tmp_path / "m", model.state_dict(), model.cfg, tok, extra={"stage": "test"})
     loaded, tok2 = load_export(tmp_path / "m")
     x = torch.randint(0, tok.vocab_size, (2, 12))
     with torch.no_grad():
@@ -22,34 +22,38 @@ def test_export_loads_with_identical_logits(model, tok, tmp_path):
 
 
 def test_missing_files_are_a_clear_error(model, tok, tmp_path):
-    save_export(tmp_path / "m", model, tok)
+    save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
     (tmp_path / "m" / "tokenizer.model").unlink()
     with pytest.raises(FileNotFoundError, match="missing tokenizer.model"):
         load_export(tmp_path / "m")
 
 
 def test_corrupt_weights_are_a_clear_error(model, tok, tmp_path):
-    save_export(tmp_path / "m", model, tok)
-    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00" * 64)
+    save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(b"\xff" * weights.stat().st_size)  # same size, garbage header
     with pytest.raises(ValueError, match="unreadable weights"):
+        load_export(tmp_path / "m")
+    weights.write_bytes(b"\x00" * 64)  # truncated
+    with pytest.raises(ValueError, match="model.safetensors differ from the manifest"):
         load_export(tmp_path / "m")
 
 
 def test_weights_must_match_the_config(model, tok, tmp_path):
-    save_export(tmp_path / "m", model, tok)
+    save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
     ModelConfig.from_name("debug", vocab_size=tok.vocab_size, n_layer=3).save(tmp_path / "m" / "config.json")
     with pytest.raises(ValueError, match="do not match config.json"):
         load_export(tmp_path / "m")
 
 
 def test_a_failed_export_leaves_the_old_one_intact(model, tok, tmp_path, monkeypatch):
-    save_export(tmp_path / "m", model, tok)
+    save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr("lamda.checkpoint.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
-        save_export(tmp_path / "m", model, tok)
+        save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
     load_export(tmp_path / "m")  # the previous export still loads
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left behind

@@ -88,7 +88,7 @@ def test_collate_keeps_the_end_and_aligns_the_mask(tok):
     short = D.generative_example(tok, CONTEXT, "ok")
     inputs, targets, mask = D.collate([short], seq_len=64, pad_id=0)
     n = len(short.ids) - 1
-    assert mask[0, n:].sum() == 0 and inputs[0, n:].eq(0).all()
+    assert mask[0, n:].sum() == 0 and inputs[0, n + 1:].eq(0).all()
 
 
 @pytest.mark.parametrize("line,message", [

@@ -1,0 +1,95 @@
+"""Flags and set-up shared by the training jobs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from lamda.parallel import ParallelConfig
+from lamda.storage import fetch_file, join
+from lamda.tokenizer import Tokenizer
+from lamda.training import TrainConfig
+
+
+def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--address", default=None,
+                   help="Ray address; default: the cluster of `ray job submit` (RAY_ADDRESS), "
+                        "else a local Ray started for this job")
+    g.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU workers (gloo)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0)
+    g.add_argument("--storage-path", default="runs/ray",
+                   help="checkpoints: a directory or s3://bucket/prefix[?endpoint_override=HOST:PORT&scheme=http]")
+    g.add_argument("--run-name", required=True, help="re-running with the same name resumes")
+    g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
+    g.add_argument("--export", default=None,
+                   help="where to write the safetensors export (default: <storage>/<run>/export)")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=steps)
+    t.add_argument("--batch-size", type=int, default=8, help="sequences per worker per micro-batch")
+    t.add_argument("--seq-len", type=int, default=256)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--lr", type=float, default=lr)
+    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: steps / 10)")
+    t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--eval-every", type=int, default=50, help="0: no evaluation")
+    t.add_argument("--eval-fraction", type=float, default=0.05, help="rows held out for evaluation")
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--compile", action="store_true", help="torch.compile each block")
+    t.add_argument("--activation-checkpointing", action="store_true")
+    t.add_argument("--peak-tflops", type=float, default=None,
+                   help="per device, for MFU (default: known GPUs by name)")
+    t.add_argument("--watts", type=float, default=None,
+                   help="per device, for modelled energy where NVML has no energy counter")
+
+
+def train_config(a) -> TrainConfig:
+    return TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
+                       grad_accum=a.grad_accum, lr=a.lr,
+                       warmup_steps=a.warmup if a.warmup is not None else max(1, a.steps // 10),
+                       log_every=a.log_every, seed=a.seed,
+                       dialog_fraction=getattr(a, "dialog_fraction", 0.5))
+
+
+def parallel_config(a) -> ParallelConfig:
+    return ParallelConfig(activation_checkpointing=a.activation_checkpointing, compile=a.compile,
+                          bf16=a.gpus_per_worker > 0)
+
+
+def export_path(a) -> str:
+    return a.export or join(a.storage_path if "://" in a.storage_path
+                            else os.path.abspath(a.storage_path), a.run_name, "export")
+
+
+def load_tokenizer(uri: str) -> Tokenizer:
+    with tempfile.TemporaryDirectory() as d:
+        return Tokenizer.load(fetch_file(uri, d))
+
+
+def init_ray(a) -> None:
+    import ray
+    if a.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=a.address)
+    else:  # embedded: logical CPUs enough for the workers plus Ray Data
+        need = int(a.workers * a.cpus_per_worker) + 2
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
+
+
+def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
+    """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result."""
+    from lamda import ray_train as R
+    train, evaluation = R.split_eval(ds, a.eval_fraction, a.seed)
+    spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
+                     init_from=init_from, export_to=export_path(a),
+                     checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
+                     peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage)
+    cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,
+                            cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path,
+                            run_name=a.run_name, max_failures=a.max_failures)
+    result = R.fit(spec, cluster, train, evaluation)
+    print(f"done: step {result.metrics['step']}, loss {result.metrics['loss']:.4f}, "
+          f"export {spec.export_to}")
+    return result

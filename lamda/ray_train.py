@@ -1,0 +1,419 @@
+"""Sharded training on Ray: Ray Data input pipelines, the Ray Train worker loop, and the trainer.
+
+This is the one module of `lamda` that imports Ray. Everything it does per batch or per step is a
+plain function from lamda.data / lamda.training / lamda.parallel.
+
+Checkpoints are torch.distributed.checkpoint (DCP) shards reported through `ray.train.report`:
+every rank writes its shard, Ray merges them into one directory under
+`RunConfig.storage_path/<run name>/` (a local path or s3://...), and registers the checkpoint only
+once all ranks have uploaded; so `ray.train.get_checkpoint()` only ever returns a complete one.
+Rank 0 adds `config.json`, `tokenizer.model` and `train_state.json` (step, data position, tokens,
+energy). A restarted worker group (FailureConfig) or a re-run with the same run name resumes from
+the latest checkpoint: same step counter, same epoch and batch position in the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs
+import ray
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
+
+from lamda import data as D
+from lamda.accounting import EnergyMeter, hardware, mfu
+from lamda.checkpoint import TRAIN_STATE, check_checkpoint_dir, load_export, save_export
+from lamda.config import ModelConfig
+from lamda.model import build_model
+from lamda.parallel import ParallelConfig, parallelize
+from lamda.tokenizer import Tokenizer
+from lamda.training import TrainConfig, build_optimizer, train_step
+
+# -- input pipelines (Ray Data) -----------------------------------------------------------------
+
+def _read(path: str) -> ray.data.Dataset:
+    """Rows {"record": JSON string, "source": path} from JSONL or Parquet, local or s3://."""
+    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
+    is_parquet = fs_path.endswith(".parquet") or (
+        (fs or pyarrow.fs.LocalFileSystem()).get_file_info(fs_path).type == pyarrow.fs.FileType.Directory)
+    if is_parquet:
+        ds = ray.data.read_parquet(fs_path, filesystem=fs)
+        return ds.map_batches(lambda df: {"record": np.array([json.dumps(_plain(r)) for r in
+                                                              df.to_dict("records")], dtype=object),
+                                          "source": np.array([path] * len(df), dtype=object)},
+                              batch_format="pandas")
+    ds = ray.data.read_text(fs_path, filesystem=fs, include_paths=True, drop_empty_lines=True)
+    return ds.map_batches(lambda b: {"record": b["text"], "source": b["path"]}, batch_format="numpy")
+
+
+def _plain(obj):
+    """numpy values from Parquet -> JSON-able Python values."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in obj]
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+def _read_all(paths: list[str]) -> ray.data.Dataset | None:
+    if not paths:
+        return None
+    dss = [_read(str(p)) for p in paths]
+    return dss[0].union(*dss[1:]) if len(dss) > 1 else dss[0]
+
+
+def pretraining_dataset(tok: Tokenizer, documents: list[str], dialogs: list[str], seq_len: int,
+                        dialog_fraction: float, seed: int = 0) -> ray.data.Dataset:
+    """Rows {"tokens": (seq_len + 1,) int64}: documents and dialogs tokenised in map_batches,
+    packed per source, then mixed so that `dialog_fraction` of the rows are dialog rows."""
+
+    def packed(paths, kind, to_ids):
+        ds = _read_all(paths)
+        if ds is None:
+            return None
+
+        def tokenize_and_pack(batch):
+            recs = D.parse_json_records(batch["record"], kind, batch["source"])
+            return {"tokens": D.pack_array((to_ids(tok, r) for r in recs), seq_len)}
+
+        return ds.map_batches(tokenize_and_pack, batch_size=512, batch_format="numpy").materialize()
+
+    docs = packed(documents, "document", D.document_ids)
+    dlgs = packed(dialogs, "dialog", D.dialog_ids)
+    if docs is None or dlgs is None:
+        only = docs if dlgs is None else dlgs
+        if only is None:
+            raise ValueError("no pre-training data: give documents and/or dialogs")
+        return only.random_shuffle(seed=seed)
+    n_doc, n_dlg = docs.count(), dlgs.count()
+    if n_doc == 0 or n_dlg == 0:  # too little text for one row of one source
+        return (docs if n_doc else dlgs).random_shuffle(seed=seed)
+    f = dialog_fraction
+    if f <= 0 or f >= 1:
+        return (docs if f <= 0 else dlgs).random_shuffle(seed=seed)
+    # keep all of the scarcer source, and as much of the other as the fraction allows
+    if n_dlg / (n_doc + n_dlg) > f:
+        dlgs = dlgs.limit(max(1, int(f / (1 - f) * n_doc)))
+    else:
+        docs = docs.limit(max(1, int((1 - f) / f * n_dlg)))
+    return docs.union(dlgs).random_shuffle(seed=seed)
+
+
+def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), research: list[str] = (),
+                     dialogs: list[str] = (), seed: int = 0) -> ray.data.Dataset:
+    """Rows {"tokens", "mask"}: generative, discriminative and research-format examples mixed."""
+    parts = []
+    for paths, kind in ((labelled, "labelled"), (research, "research"), (dialogs, "dialog")):
+        ds = _read_all(list(paths))
+        if ds is None:
+            continue
+
+        def to_examples(batch, kind=kind):
+            recs = D.parse_json_records(batch["record"], kind, batch["source"])
+            exs = [ex for r in recs for ex in D.finetune_examples(tok, r, kind)]
+            tokens, mask = D.pad_examples(exs, seq_len, tok.pad_id)
+            return {"tokens": tokens, "mask": mask}
+
+        parts.append(ds.map_batches(to_examples, batch_size=256, batch_format="numpy"))
+    if not parts:
+        raise ValueError("no fine-tuning data: give labelled, research and/or dialog files")
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return ds.random_shuffle(seed=seed)
+
+
+def split_eval(ds: ray.data.Dataset, fraction: float, seed: int = 0):
+    """(train, eval) datasets; eval holds `fraction` of the rows (at least one)."""
+    ds = ds.materialize()
+    n = ds.count()
+    n_eval = max(1, int(n * fraction)) if n > 1 else 0
+    train, evaluation = ds.split_at_indices([n - n_eval])
+    return train, evaluation
+
+
+# -- the worker loop ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs; sent to every worker as the train_loop_config."""
+
+    model: ModelConfig
+    train: TrainConfig
+    tokenizer: Tokenizer
+    parallel: ParallelConfig = ParallelConfig()
+    init_from: str | None = None  # an export to start from (fine-tuning); None: fresh weights
+    export_to: str | None = None  # where rank 0 writes the consolidated export at the end
+    checkpoint_every: int = 50  # steps between checkpoints (the last step always checkpoints)
+    eval_every: int = 50  # steps between evaluation losses (0: never)
+    eval_batches: int = 4  # batches per evaluation, per worker
+    peak_flops: float | None = None  # per device, for MFU; None: from the GPU's name (no MFU on CPU)
+    watts: float | None = None  # per device, for modelled energy without NVML; None: by hardware
+    stage: str = "pretrain"  # recorded in checkpoints and exports
+    crash_at_step: int | None = None  # testing: the last rank exits abruptly once at this step...
+    crash_marker: str | None = None  # ...and records it in this file, so the restart continues
+
+
+@dataclass
+class TrainState:
+    """Progress saved with every checkpoint (JSON)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed by this rank
+    tokens: int = 0  # tokens trained on, all ranks
+    energy_kwh: float = 0.0  # all ranks
+    restarts: list[int] = field(default_factory=list)  # steps that training resumed from
+
+
+def _batches(shard, spec: RunSpec, state: TrainState, device):
+    """Endless micro-batches from this rank's shard, advancing state.epoch / batch_in_epoch.
+    After a restart the already-consumed batches of the current epoch are skipped."""
+    bs = spec.train.batch_size
+    while True:
+        it = shard.iter_torch_batches(batch_size=bs, drop_last=True, device=device,
+                                      dtypes=torch.long, local_shuffle_buffer_size=4 * bs,
+                                      local_shuffle_seed=spec.train.seed + state.epoch)
+        seen = 0
+        for batch in it:
+            seen += 1
+            if seen <= state.batch_in_epoch:
+                continue
+            state.batch_in_epoch = seen
+            yield D.shift(batch["tokens"], batch.get("mask"))
+        if seen == 0:
+            raise ValueError(f"a worker's data shard holds less than one batch of {bs} rows")
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+@torch.no_grad()
+def _eval_loss(model, shard, spec: RunSpec, device) -> float | None:
+    from lamda.model import lm_loss
+    model.eval()
+    total, n = torch.zeros((), device=device), torch.zeros((), device=device)
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=spec.train.batch_size,
+                                                       drop_last=True, device=device,
+                                                       dtypes=torch.long)):
+        if i == spec.eval_batches:
+            break
+        inputs, targets, *mask = D.shift(batch["tokens"], batch.get("mask"))
+        total += lm_loss(model(inputs), targets, mask[0] if mask else None)
+        n += 1
+    model.train()
+    dist.all_reduce(total)
+    dist.all_reduce(n)
+    return float(total / n) if n > 0 else None
+
+
+def _save_checkpoint(model, opt, spec: RunSpec, state: TrainState, rank: int, metrics: dict) -> None:
+    model_sd, optim_sd = get_state_dict(model, opt)
+    with tempfile.TemporaryDirectory() as d:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=d)
+        if rank == 0:
+            spec.model.save(Path(d) / "config.json")
+            spec.tokenizer.save(Path(d) / "tokenizer.model")
+            (Path(d) / TRAIN_STATE).write_text(json.dumps(dataclasses.asdict(state)))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    # Ray registers a reported checkpoint asynchronously; wait for it, so that a crash at any
+    # later point resumes from this checkpoint rather than an older one.
+    ray.train.get_all_reported_checkpoints()
+
+
+def _load_checkpoint(ckpt, model, opt) -> TrainState:
+    with ckpt.as_directory() as d:
+        check_checkpoint_dir(d)
+        model_sd, optim_sd = get_state_dict(model, opt)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=d)
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        return TrainState(**json.loads((Path(d) / TRAIN_STATE).read_text()))
+
+
+class _Metrics:
+    """Ray metrics (Prometheus, via Ray's metrics port), set by rank 0."""
+
+    def __init__(self, run: str, stage: str):
+        from ray.util.metrics import Counter, Gauge
+        tags = {"run": run, "stage": stage}
+        keys = tuple(tags)
+        self.loss = Gauge("lamda_train_loss", "training loss", tag_keys=keys)
+        self.eval_loss = Gauge("lamda_train_eval_loss", "evaluation loss", tag_keys=keys)
+        self.tps = Gauge("lamda_train_tokens_per_second", "training tokens per second", tag_keys=keys)
+        self.mfu = Gauge("lamda_train_mfu", "model FLOPs utilisation", tag_keys=keys)
+        self.step = Gauge("lamda_train_step", "optimizer step", tag_keys=keys)
+        self.tokens = Counter("lamda_train_tokens", "tokens trained on", tag_keys=keys)
+        self.energy = Counter("lamda_train_energy_kwh", "energy used by training (kWh)", tag_keys=keys)
+        for m in (self.loss, self.eval_loss, self.tps, self.mfu, self.step, self.tokens, self.energy):
+            m.set_default_tags(tags)
+
+
+def _shard_sizes(model, device, world: int) -> list[int]:
+    """Parameters held by each rank (their local shards)."""
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                for p in model.parameters())
+    sizes = [torch.zeros((), dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor(local, device=device))
+    return [int(s) for s in sizes]
+
+
+def train_worker(config: dict) -> None:
+    """The Ray Train loop run by every worker."""
+    spec: RunSpec = config["spec"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    tc = spec.train
+
+    torch.manual_seed(tc.seed + rank)
+    model = build_model(spec.model, device="meta")
+    parallelize(model, spec.parallel, device.type, world)
+    model.to_empty(device=device)
+    model.init_weights()
+    opt = build_optimizer(model, tc)
+
+    state = TrainState()
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        state = _load_checkpoint(ckpt, model, opt)
+        state.restarts.append(state.step)
+        if rank == 0:
+            print(f"[{spec.stage}] resuming at step {state.step} (epoch {state.epoch}, "
+                  f"batch {state.batch_in_epoch})", flush=True)
+    elif spec.init_from:
+        full, _ = load_export(spec.init_from)
+        set_model_state_dict(model, full.state_dict(),
+                             options=StateDictOptions(full_state_dict=True))
+        del full
+
+    hw = hardware(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    peak = spec.peak_flops or (hw.peak_flops if device.type == "cuda" else None)
+    watts = spec.watts or hw.watts
+    meter = EnergyMeter(watts)
+    shard_sizes = _shard_sizes(model, device, world)
+    metrics = _Metrics(ctx.get_experiment_name(), spec.stage) if rank == 0 else None
+    batches = _batches(ray.train.get_dataset_shard("train"), spec, state, device)
+    eval_shard = ray.train.get_dataset_shard("eval") if spec.eval_every else None
+    flops_per_token = spec.model.flops_per_token(tc.seq_len)
+
+    t_last, tokens_last = time.perf_counter(), state.tokens
+    energy_base = state.energy_kwh
+    while state.step < tc.steps:
+        stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step, tc)
+        state.step += 1
+        state.tokens += stats["tokens"] * world
+        if spec.crash_at_step == state.step and rank == world - 1 and spec.crash_marker \
+                and not os.path.exists(spec.crash_marker):
+            Path(spec.crash_marker).write_text(str(state.step))
+            os._exit(1)  # an abrupt death: no cleanup, no report
+
+        last = state.step == tc.steps
+        do_ckpt = last or state.step % spec.checkpoint_every == 0
+        do_eval = eval_shard is not None and (last or state.step % spec.eval_every == 0)
+        if not (do_ckpt or do_eval or state.step % tc.log_every == 0):
+            continue
+        loss = torch.tensor(stats["loss"], device=device)
+        dist.all_reduce(loss)
+        energy = torch.tensor(meter.kwh(), device=device, dtype=torch.float64)
+        dist.all_reduce(energy)
+        state.energy_kwh = energy_base + float(energy)
+        now = time.perf_counter()
+        tps = (state.tokens - tokens_last) / (now - t_last)
+        m = {"step": state.step, "loss": float(loss) / world, "lr": stats["lr"],
+             "grad_norm": stats["grad_norm"], "tokens": state.tokens, "tokens_per_s": tps,
+             "energy_kwh": state.energy_kwh, "epoch": state.epoch, "restarts": list(state.restarts),
+             "param_shards": shard_sizes}
+        if peak:
+            m["mfu"] = mfu(flops_per_token * tps, 1.0, world, peak)
+        if do_eval:
+            m["eval_loss"] = _eval_loss(model, eval_shard, spec, device)
+        if rank == 0:
+            metrics.loss.set(m["loss"])
+            metrics.tps.set(tps)
+            metrics.step.set(state.step)
+            metrics.tokens.inc(state.tokens - tokens_last)
+            metrics.energy.inc(float(energy))
+            if m.get("eval_loss") is not None:
+                metrics.eval_loss.set(m["eval_loss"])
+            if "mfu" in m:
+                metrics.mfu.set(m["mfu"])
+            print(f"[{spec.stage}] step {state.step}/{tc.steps}  loss {m['loss']:.4f}"
+                  + (f"  eval {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
+                  + f"  {tps:,.0f} tok/s" + (f"  MFU {m['mfu']:.1%}" if "mfu" in m else "")
+                  + f"  {state.energy_kwh * 1000:.3f} Wh", flush=True)
+        if do_ckpt:
+            _save_checkpoint(model, opt, spec, state, rank, m)
+        else:
+            ray.train.report(m)
+        t_last, tokens_last = time.perf_counter(), state.tokens
+        energy_base, meter = state.energy_kwh, EnergyMeter(watts)
+
+    if spec.export_to:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+        if rank == 0:
+            save_export(spec.export_to, full, spec.model, spec.tokenizer,
+                        extra={"stage": spec.stage, "step": state.step, "tokens": state.tokens})
+            print(f"[{spec.stage}] exported to {spec.export_to}", flush=True)
+        dist.barrier()
+
+
+# -- the trainer --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    workers: int = 2  # Ray Train workers (one process each)
+    gpus_per_worker: float = 0.0  # 0: CPU workers with gloo; otherwise NCCL
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs/ray"  # local directory or s3://bucket/prefix[?endpoint_override=...]
+    run_name: str = "lamda"  # re-running with the same name resumes the run
+    max_failures: int = 2  # worker-group restarts before the run fails
+    keep_checkpoints: int = 2
+
+
+def storage_uri(path: str) -> str:
+    """Ray wants an absolute local path or a URI."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
+        eval_ds: ray.data.Dataset | None = None):
+    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = cluster.gpus_per_worker > 0
+    resources = {"CPU": cluster.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cluster.gpus_per_worker
+    datasets = {"train": train_ds}
+    if eval_ds is not None and spec.eval_every:
+        datasets["eval"] = eval_ds
+    else:
+        spec = dataclasses.replace(spec, eval_every=0)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cluster.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cluster.run_name, storage_path=storage_uri(cluster.storage_path),
+            failure_config=FailureConfig(max_failures=cluster.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cluster.keep_checkpoints)),
+        datasets=datasets,
+    )
+    return trainer.fit()
