@@ -71,6 +71,8 @@ def load_tokenizer(uri: str) -> Tokenizer:
 
 def init_ray(a) -> None:
     import ray
+    if ray.is_initialized():  # e.g. called from the pipeline job
+        return
     if a.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=a.address)
     else:  # embedded: logical CPUs enough for the workers plus Ray Data

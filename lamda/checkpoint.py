@@ -126,7 +126,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
     state = {"model": model.state_dict()}
     try:
         dcp.load(state, checkpoint_id=str(d))
-    except Exception as e:  # DCP raises CheckpointException and others for corrupt shards
+    except (Exception, dcp.api.CheckpointException) as e:  # the latter is a BaseException
         raise ValueError(f"{d}: unreadable checkpoint ({type(e).__name__}: {str(e)[:300]})") from e
     train_state = json.loads((d / TRAIN_STATE).read_text())
     return save_export(out, state["model"], cfg, tok,

@@ -1,0 +1,158 @@
+"""Ray Train end to end on a local Ray cluster: 2 CPU workers with gloo, FSDP2, DCP checkpoints."""
+
+import json
+import math
+
+import boto3
+import pytest
+import torch
+
+from jobs import finetune, pretrain
+from lamda import ray_train as R
+from lamda.checkpoint import export_checkpoint, load_export
+from lamda.data import SAMPLE_DIR
+from lamda.storage import S3Location
+
+pytestmark = pytest.mark.slow
+
+STEPS, SEQ = 30, 64
+TRAIN_FLAGS = ["--preset", "debug", "--workers", "2", "--steps", str(STEPS), "--seq-len", str(SEQ),
+               "--batch-size", "8", "--lr", "3e-3", "--checkpoint-every", "10", "--eval-every", "10",
+               "--log-every", "5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _s3_before_ray(s3_server):
+    """The S3 credentials must be in the environment before Ray starts its workers."""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("train")
+    tok.save(d / "tokenizer.model")
+    return d
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    boto3.client("s3", endpoint_url=f"http://{s3_server}").create_bucket(Bucket="lamda")
+    return f"s3://lamda/runs?endpoint_override={s3_server}&scheme=http"
+
+
+@pytest.fixture(scope="module")
+def pretrained(ray_cluster, work):
+    result = pretrain.main(["--run-name", "pt", "--tokenizer", str(work / "tokenizer.model"),
+                            "--storage-path", str(work / "runs"), *TRAIN_FLAGS])
+    return result
+
+
+def checkpoint_metrics(result):
+    return sorted((m for _, m in result.best_checkpoints), key=lambda m: m["step"])
+
+
+def test_pretraining_loss_falls_and_parameters_are_sharded(pretrained, tok):
+    m = pretrained.metrics
+    assert m["step"] == STEPS and m["restarts"] == []
+    first = checkpoint_metrics(pretrained)[0]
+    assert first["step"] == 20 and m["loss"] < first["loss"] < math.log(tok.vocab_size)
+    assert m["eval_loss"] < first["eval_loss"]
+    total = R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size).num_params(non_embedding=False)
+    assert sum(m["param_shards"]) == total
+    assert all(abs(s - total / 2) < 0.05 * total for s in m["param_shards"])  # about half each
+    assert m["tokens"] == STEPS * 2 * 8 * SEQ and m["energy_kwh"] > 0
+
+
+def test_checkpoint_layout_and_export_match(pretrained, work, tmp_path):
+    ckpt = pretrained.checkpoint.path
+    names = {p.name for p in (work / "runs" / "pt").glob("checkpoint_*/*")}
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json", "config.json",
+            "tokenizer.model"} <= names
+    assert json.loads(open(f"{ckpt}/train_state.json").read())["step"] == STEPS
+    # the end-of-run export (rank 0, full state dict) equals an offline consolidation
+    end_of_run, _ = load_export(work / "runs" / "pt" / "export")
+    export_checkpoint(ckpt, tmp_path / "offline")
+    offline, tok2 = load_export(tmp_path / "offline")
+    x = torch.randint(0, tok2.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(end_of_run(x), offline(x), atol=0, rtol=0)
+
+
+def test_finetuning_starts_from_the_pretrained_export(pretrained, work):
+    export = str(work / "runs" / "pt" / "export")
+    result = finetune.main(["--run-name", "ft", "--init-from", export, "--storage-path",
+                            str(work / "runs"), "--workers", "2", "--steps", "10", "--seq-len",
+                            str(SEQ), "--checkpoint-every", "5", "--eval-every", "5",
+                            "--log-every", "5", "--lr", "1e-3"])
+    first = checkpoint_metrics(result)[0]
+    # a fresh model starts near log(V); a pre-trained one well below it
+    assert first["eval_loss"] < pretrained.metrics["eval_loss"] + 1.0
+    assert result.metrics["step"] == 10
+    tuned, _ = load_export(work / "runs" / "ft" / "export")
+    base, _ = load_export(export)
+    assert not torch.equal(tuned.embed.weight, base.embed.weight)
+
+
+def crash_run(tok, storage, name, marker, export=None):
+    spec = R.RunSpec(model=R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size),
+                     train=R.TrainConfig(steps=STEPS, batch_size=8, seq_len=SEQ, lr=3e-3,
+                                         warmup_steps=3, log_every=5),
+                     tokenizer=tok, checkpoint_every=10, eval_every=10, export_to=export,
+                     crash_at_step=15, crash_marker=str(marker))
+    ds = R.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
+                               [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
+    train, evaluation = R.split_eval(ds, 0.05)
+    return R.fit(spec, R.ClusterSpec(workers=2, storage_path=storage, run_name=name,
+                                     max_failures=1), train, evaluation)
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes(pretrained, tok, work):
+    result = crash_run(tok, str(work / "runs"), "crash", work / "crashed")
+    assert (work / "crashed").read_text() == "15"  # the worker really died at step 15
+    m = result.metrics
+    assert m["restarts"] == [10] and m["step"] == STEPS
+    # same data position and state after the restart: the loss curve is the uninterrupted one
+    assert m["loss"] == pytest.approx(pretrained.metrics["loss"], rel=1e-4)
+
+
+def test_s3_storage_checkpoints_resume_and_export(ray_cluster, tok, bucket, work, s3_server):
+    export = bucket.replace("/runs?", "/exports/crash?")
+    result = crash_run(tok, bucket, "crash-s3", work / "crashed-s3", export=export)
+    assert result.metrics["restarts"] == [10] and result.metrics["step"] == STEPS
+    s3 = boto3.client("s3", endpoint_url=f"http://{s3_server}")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lamda", Prefix="runs/crash-s3/")["Contents"]]
+    assert any(k.endswith("/.metadata") for k in keys)
+    assert any(k.endswith("/__1_0.distcp") for k in keys)
+    model, _ = load_export(export)
+    ckpt = f"s3://{result.checkpoint.path}?endpoint_override={s3_server}&scheme=http"  # bucket/key
+    offline = export_checkpoint(ckpt, work / "from-s3")
+    again, _ = load_export(offline)
+    assert torch.equal(model.embed.weight, again.embed.weight)
+
+
+def test_training_reads_s3_data(ray_cluster, tok, bucket, s3_server):
+    loc = S3Location.parse(bucket)
+    s3 = loc.client()
+    s3.upload_file(str(SAMPLE_DIR / "dialogs.jsonl"), "lamda", "data/dialogs.jsonl")
+    uri = f"s3://lamda/data/dialogs.jsonl?endpoint_override={s3_server}&scheme=http"
+    ds = R.pretraining_dataset(tok, [], [uri], SEQ, 0.5)
+    local = R.pretraining_dataset(tok, [], [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
+    assert ds.count() == local.count() > 0
+
+
+def test_missing_or_corrupt_checkpoints_are_clear_errors(pretrained, work, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        export_checkpoint(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(FileNotFoundError):
+        finetune.main(["--run-name", "x", "--init-from", str(tmp_path / "nope")])
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(pretrained.checkpoint.path, bad)
+    (bad / "train_state.json").unlink()
+    with pytest.raises(ValueError, match="missing train_state.json"):
+        export_checkpoint(bad, tmp_path / "out")
+    shutil.rmtree(bad)
+    shutil.copytree(pretrained.checkpoint.path, bad)
+    (bad / "__1_0.distcp").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        export_checkpoint(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
