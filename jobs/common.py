@@ -71,8 +71,10 @@ def load_tokenizer(uri: str) -> Tokenizer:
 
 def init_ray(a) -> None:
     import ray
+    import ray.data
     if ray.is_initialized():  # e.g. called from the pipeline job
         return
+    ray.data.DataContext.get_current().enable_progress_bars = False  # per-step lines say enough
     if a.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=a.address)
     else:  # embedded: logical CPUs enough for the workers plus Ray Data

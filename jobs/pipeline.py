@@ -1,9 +1,11 @@
-"""The LaMDA pipeline on one machine: tokenizer -> pre-training (more stages follow).
+"""The LaMDA pipeline as one job: tokenizer -> pre-training -> fine-tuning (more stages follow).
 
-    python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--steps 200]
+    python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--workers 2]
+    ray job submit --working-dir . -- python -m jobs.pipeline --workdir s3://bucket/lamda ...
 
-Stages whose output exists are skipped (delete the workdir to start over). Pre-training here runs
-in this process on the CPU; the Ray Train job (sharded, multi-worker) replaces it.
+Each stage prints a progress line and is skipped when its output exists; training stages resume
+from their latest checkpoint (delete the workdir to start over). Runs on the Ray cluster of
+`ray job submit`, or on a local Ray started for the job.
 """
 
 from __future__ import annotations
@@ -11,32 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
+from jobs import finetune, pretrain
+from jobs.common import init_ray
 from jobs.train_tokenizer import train_tokenizer
-from lamda.checkpoint import save_export
-from lamda.config import PRESETS, ModelConfig
-from lamda.data import SAMPLE_DIR, dialog_ids, document_ids, pack_pretraining, read_jsonl
-from lamda.model import build_model
+from lamda.config import PRESETS
+from lamda.data import SAMPLE_DIR
 from lamda.tokenizer import Tokenizer
-from lamda.training import TrainConfig, batches_of, train_local
-
-
-def pretrain_local(tok: Tokenizer, data_dir: Path, preset: str, cfg: TrainConfig, out: Path) -> None:
-    docs = [document_ids(tok, d) for d in read_jsonl(data_dir / "documents.jsonl", "document")]
-    dlgs = [dialog_ids(tok, d) for d in read_jsonl(data_dir / "dialogs.jsonl", "dialog")]
-    seqs = list(pack_pretraining(docs, dlgs, cfg.seq_len, cfg.dialog_fraction))
-    model_cfg = ModelConfig.from_name(preset, vocab_size=tok.vocab_size,
-                                      max_seq_len=max(cfg.seq_len, PRESETS[preset].max_seq_len))
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg)
-    print(f"pre-training {preset}: {model_cfg.num_params(non_embedding=False):,} parameters, "
-          f"{len(seqs)} sequences of {cfg.seq_len} tokens, {cfg.steps} steps of "
-          f"{cfg.batch_size} x {cfg.seq_len}")
-    history = train_local(model, batches_of(seqs, cfg.batch_size, cfg.seed), cfg)
-    save_export(out, model.state_dict(), model_cfg, tok,
-                extra={"stage": "pretrain", "steps": cfg.steps, "final_loss": history[-1]["loss"]})
-    print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; exported to {out}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,31 +27,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=SAMPLE_DIR, help="corpus (bundled sample)")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size")
     p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
-    p.add_argument("--steps", type=int, default=200, help="pre-training steps")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--pretrain-steps", type=int, default=150)
+    p.add_argument("--finetune-steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=8, help="per worker")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--address", default=None, help="Ray address (default: job's cluster or local)")
     return p
 
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
-    tok_path = a.workdir / "tokenizer.model"
-    print("[1/2] tokenizer")
+    work, data = a.workdir.resolve(), a.data_dir
+    init_ray(a)
+    common = ["--storage-path", str(work / "ray"), "--workers", str(a.workers),
+              "--gpus-per-worker", str(a.gpus_per_worker), "--cpus-per-worker", str(a.cpus_per_worker),
+              "--batch-size", str(a.batch_size),
+              "--seq-len", str(a.seq_len)]
+
+    tok_path = work / "tokenizer.model"
+    print("[1/3] tokenizer", flush=True)
     if tok_path.exists():
-        tok = Tokenizer.load(tok_path)
-        print(f"  exists: {tok_path}")
+        print(f"  exists: {tok_path} ({Tokenizer.load(tok_path).vocab_size} pieces)")
     else:
-        tok = train_tokenizer([a.data_dir / "documents.jsonl"], [a.data_dir / "dialogs.jsonl"],
-                              a.vocab_size, tok_path)
-    print("[2/2] pre-training")
-    out = a.workdir / "pretrained"
-    if (out / "model.safetensors").exists():
-        print(f"  exists: {out}")
-        return
-    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
-                      warmup_steps=max(1, a.steps // 10), log_every=max(1, a.steps // 10))
-    pretrain_local(tok, a.data_dir, a.preset, cfg, out)
+        train_tokenizer([data / "documents.jsonl"], [data / "dialogs.jsonl"], a.vocab_size, tok_path)
+
+    pretrained = work / "pretrained"
+    print("[2/3] pre-training", flush=True)
+    if (pretrained / "manifest.json").exists():
+        print(f"  exists: {pretrained}")
+    else:
+        pretrain.main(["--run-name", "pretrain", "--preset", a.preset, "--tokenizer", str(tok_path),
+                       "--documents", str(data / "documents.jsonl"),
+                       "--dialogs", str(data / "dialogs.jsonl"), "--steps", str(a.pretrain_steps),
+                       "--export", str(pretrained), *common])
+
+    finetuned = work / "finetuned"
+    print("[3/3] fine-tuning", flush=True)
+    if (finetuned / "manifest.json").exists():
+        print(f"  exists: {finetuned}")
+    else:
+        finetune.main(["--run-name", "finetune", "--init-from", str(pretrained),
+                       "--labelled", str(data / "labelled.jsonl"),
+                       "--research", str(data / "research.jsonl"),
+                       "--steps", str(a.finetune_steps), "--export", str(finetuned), *common])
+    print(f"pipeline done: {finetuned}")
 
 
 if __name__ == "__main__":

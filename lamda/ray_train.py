@@ -205,9 +205,9 @@ def _eval_loss(model, shard, spec: RunSpec, device) -> float | None:
     from lamda.model import lm_loss
     model.eval()
     total, n = torch.zeros((), device=device), torch.zeros((), device=device)
+    # shards are equal in size, so every rank runs the same number of (possibly partial) batches
     for i, batch in enumerate(shard.iter_torch_batches(batch_size=spec.train.batch_size,
-                                                       drop_last=True, device=device,
-                                                       dtypes=torch.long)):
+                                                       device=device, dtypes=torch.long)):
         if i == spec.eval_batches:
             break
         inputs, targets, *mask = D.shift(batch["tokens"], batch.get("mask"))
@@ -382,6 +382,7 @@ class ClusterSpec:
     run_name: str = "lamda"  # re-running with the same name resumes the run
     max_failures: int = 2  # worker-group restarts before the run fails
     keep_checkpoints: int = 2
+    log_level: str = "WARNING"  # Ray Train's own console logs (our per-step lines always show)
 
 
 def storage_uri(path: str) -> str:
@@ -392,7 +393,7 @@ def storage_uri(path: str) -> str:
 def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
         eval_ds: ray.data.Dataset | None = None):
     """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = cluster.gpus_per_worker > 0
@@ -413,7 +414,8 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
         run_config=RunConfig(
             name=cluster.run_name, storage_path=storage_uri(cluster.storage_path),
             failure_config=FailureConfig(max_failures=cluster.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cluster.keep_checkpoints)),
+            checkpoint_config=CheckpointConfig(num_to_keep=cluster.keep_checkpoints),
+            logging_config=LoggingConfig(log_level=cluster.log_level)),
         datasets=datasets,
     )
     return trainer.fit()

@@ -1,12 +1,10 @@
-"""The pieces of a training loop, shared by the local trainer and the Ray Train worker loop:
-optimizer, learning-rate schedule, one optimizer step with gradient accumulation, and batches."""
+"""The pieces of a training loop, used by the Ray Train worker loop and the benchmarks:
+optimizer, learning-rate schedule, one optimizer step with gradient accumulation."""
 
 from __future__ import annotations
 
 import math
-import random
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -78,35 +76,3 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
-
-
-def batches_of(sequences: list[list[int]], batch_size: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless shuffled (inputs, targets) batches from fixed-length token sequences (seq_len + 1)."""
-    if len(sequences) < batch_size:
-        raise ValueError(f"need at least {batch_size} sequences, got {len(sequences)}")
-    rng = random.Random(seed)
-    order = list(range(len(sequences)))
-    while True:
-        rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = torch.tensor([sequences[j] for j in order[i:i + batch_size]])
-            yield chunk[:, :-1], chunk[:, 1:]
-
-
-def train_local(model: LaMDA, batches: Iterator[tuple[Tensor, ...]], cfg: TrainConfig,
-                log=print) -> list[dict]:
-    """Single-process training on the current device (the CPU demo and benchmarks)."""
-    torch.manual_seed(cfg.seed)
-    opt = build_optimizer(model, cfg)
-    history = []
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        stats = train_step(model, opt, (next(batches) for _ in range(cfg.grad_accum)), step, cfg)
-        stats["step"] = step + 1
-        history.append(stats)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            dt = time.perf_counter() - t0
-            toks = sum(h["tokens"] for h in history)
-            log(f"step {step + 1}/{cfg.steps}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
-                f"grad_norm {stats['grad_norm']:.3f}  {toks / dt:,.0f} tokens/s")
-    return history

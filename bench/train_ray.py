@@ -1,0 +1,60 @@
+"""Ray Train throughput on this machine: one preset, 1 and 2 CPU workers (FSDP2, gloo). JSON lines.
+
+    python bench/train_ray.py --preset tiny --workers 1 2 --steps 30
+
+tokens/s is the mean of the rates reported after the first logging interval (warm-up excluded),
+over all workers together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=8, help="per worker")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    a = p.parse_args(argv)
+
+    import ray
+
+    from lamda import ray_train as R
+    from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
+    from lamda.tokenizer import Tokenizer
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    docs = [str(SAMPLE_DIR / "documents.jsonl")]
+    dlgs = [str(SAMPLE_DIR / "dialogs.jsonl")]
+    tok = Tokenizer.train(corpus_texts(read_jsonl(docs[0], "document"), read_jsonl(dlgs[0], "dialog")),
+                          vocab_size=a.vocab_size)
+    train = R.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5).materialize()
+    log_every = max(1, a.steps // 6)
+    for workers in a.workers:
+        spec = R.RunSpec(model=R.ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
+                                                       max_seq_len=a.seq_len),
+                         train=R.TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
+                                             log_every=log_every),
+                         tokenizer=tok, checkpoint_every=a.steps, eval_every=0)
+        with tempfile.TemporaryDirectory() as d:
+            result = R.fit(spec, R.ClusterSpec(workers=workers, storage_path=d, run_name="bench"), train)
+            rates = [row["tokens_per_s"] for _, row in result.metrics_dataframe.iterrows()
+                     if row["step"] > log_every]
+        print(json.dumps({"bench": "train_ray", "preset": a.preset, "workers": workers,
+                          "batch_per_worker": a.batch_size, "seq_len": a.seq_len, "steps": a.steps,
+                          "tokens_per_s": round(sum(rates) / len(rates), 1)}), flush=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
