@@ -54,9 +54,13 @@ def s3_server():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray cluster per test module (4 logical CPUs: 2 train workers + Ray Data).
+    """One local Ray cluster per test module (4 logical CPUs: 2 train workers + Ray Data), with
+    its Prometheus metrics on a known port (`ray_cluster.metrics_port`), reported every second.
     Modules that use S3 start `s3_server` first (autouse), so workers inherit its credentials."""
     import ray
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
+    port = free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    ray.metrics_port = port
     yield ray
     ray.shutdown()

@@ -2,6 +2,9 @@
 
 import json
 import math
+import threading
+import time
+import urllib.request
 
 import boto3
 import pytest
@@ -39,11 +42,38 @@ def bucket(s3_server):
     return f"s3://lamda/runs?endpoint_override={s3_server}&scheme=http"
 
 
+class MetricsPoller(threading.Thread):
+    """Reads Ray's Prometheus endpoint every half second and keeps the lamda_train_* lines."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.url, self.seen, self.stop = f"http://127.0.0.1:{port}/metrics", set(), threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            try:
+                text = urllib.request.urlopen(self.url, timeout=2).read().decode()
+            except OSError:
+                continue
+            self.seen |= {line.split("{")[0] for line in text.splitlines()
+                          if line.startswith("ray_lamda_train_")}
+
+
 @pytest.fixture(scope="module")
 def pretrained(ray_cluster, work):
+    poller = MetricsPoller(ray_cluster.metrics_port)
+    poller.start()
     result = pretrain.main(["--run-name", "pt", "--tokenizer", str(work / "tokenizer.model"),
                             "--storage-path", str(work / "runs"), *TRAIN_FLAGS])
+    time.sleep(2)
+    poller.stop.set()
+    result.metrics_seen = poller.seen
     return result
+
+
+def test_training_metrics_reach_rays_prometheus_endpoint(pretrained):
+    assert {"ray_lamda_train_loss", "ray_lamda_train_tokens_per_second",
+            "ray_lamda_train_tokens_total", "ray_lamda_train_energy_kwh_total"} <= pretrained.metrics_seen
 
 
 def checkpoint_metrics(result):
