@@ -42,29 +42,33 @@ class RelativeBias:
     """Everything a backend needs to apply the learned bias and the causal / padding masks."""
 
     table: Tensor  # (num_buckets, H) learned bias, shared by all layers
-    q_pos: Tensor  # (Tq,) absolute positions of the queries
+    q_pos: Tensor  # (Tq,) absolute query positions, or (B, Tq) when rows differ
     k_pos: Tensor  # (Tk,) absolute positions of the keys
     key_mask: Tensor | None  # (B, Tk) bool, False for padding keys; None: all valid
     num_buckets: int
     max_distance: int
 
+    def _rel(self) -> Tensor:
+        """(Bq, Tq, Tk) key_pos - query_pos, Bq = 1 or B."""
+        q = self.q_pos if self.q_pos.dim() == 2 else self.q_pos[None]
+        return self.k_pos[None, None, :] - q[:, :, None]
+
     def buckets(self) -> Tensor:
-        """(Tq, Tk) bucket index of every query/key pair."""
-        rel = self.k_pos[None, :] - self.q_pos[:, None]
-        return relative_position_bucket(rel, self.num_buckets, self.max_distance)
+        """(Bq, Tq, Tk) bucket index of every query/key pair."""
+        return relative_position_bucket(self._rel(), self.num_buckets, self.max_distance)
 
     def allowed(self) -> Tensor:
         """(B or 1, 1, Tq, Tk) bool: causal, not padding. A query always sees its own position, so
         no row is empty (padding queries give finite garbage, never NaN)."""
-        causal = self.k_pos[None, :] <= self.q_pos[:, None]  # (Tq, Tk)
+        rel = self._rel()
+        causal = rel <= 0  # (Bq, Tq, Tk)
         if self.key_mask is None:
-            return causal[None, None]
-        diag = self.k_pos[None, :] == self.q_pos[:, None]
-        return (causal[None] & (self.key_mask[:, None, :] | diag[None]))[:, None]
+            return causal[:, None]
+        return (causal & (self.key_mask[:, None, :] | (rel == 0)))[:, None]
 
     def materialize(self, dtype: torch.dtype) -> Tensor:
         """(B or 1, H, Tq, Tk) additive bias with -inf where attention is not allowed."""
-        bias = self.table[self.buckets()].permute(2, 0, 1)[None].to(dtype)  # (1, H, Tq, Tk)
+        bias = self.table[self.buckets()].permute(0, 3, 1, 2).to(dtype)  # (Bq, H, Tq, Tk)
         return bias.masked_fill(~self.allowed(), float("-inf"))
 
 

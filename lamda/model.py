@@ -56,9 +56,15 @@ class KVCache:
         return self.k.shape[3]
 
     def update(self, layer: int, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, H, T, D) at `input_pos` (T,); return the layer's whole cache."""
-        self.k[layer].index_copy_(2, input_pos, k)
-        self.v[layer].index_copy_(2, input_pos, v)
+        """Write k, v (B, H, T, D) at `input_pos`, (T,) or per row (B, T); return the layer's
+        whole cache."""
+        if input_pos.dim() == 1:
+            self.k[layer].index_copy_(2, input_pos, k)
+            self.v[layer].index_copy_(2, input_pos, v)
+        else:
+            idx = input_pos[:, None, :, None].expand_as(k)  # (B, H, T, D)
+            self.k[layer].scatter_(2, idx, k)
+            self.v[layer].scatter_(2, idx, v)
         return self.k[layer], self.v[layer]
 
     def expand(self, n: int) -> "KVCache":
@@ -152,9 +158,10 @@ class LaMDA(nn.Module):
                 key_mask: Tensor | None = None) -> Tensor:
         """tokens (B, T) -> logits (B, T, V).
 
-        Without a cache, tokens sit at positions 0..T-1. With a cache, `input_pos` (T,) gives their
-        absolute positions; keys are the whole cache. `key_mask` (B, T) marks padding tokens
-        (False) so they are never attended to; with a cache it is stored there for later steps.
+        Without a cache, tokens sit at positions 0..T-1. With a cache, `input_pos` gives their
+        absolute positions, (T,) for all rows or (B, T) per row; keys are the whole cache.
+        `key_mask` (B, T) marks padding tokens (False) so they are never attended to; with a cache
+        it is stored there for later steps (only with (T,) positions).
         """
         B, T = tokens.shape
         if cache is None:

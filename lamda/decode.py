@@ -1,0 +1,163 @@
+"""Sample-and-rank decoding (PAPER.md §3), as small pure functions in the style of gpt-fast.
+
+    gen = generate(model, tok, prompts, SamplingConfig(num_candidates=16, top_k=40))
+
+1. `prefill` runs every prompt once (left-padded into one batch) and fills a KV cache.
+2. The cache is expanded to N candidate rows per prompt without recomputing anything.
+3. `decode_one_token` advances all B x N rows together; `sample_top_k` draws each next token.
+   A row stops at <eot>; a row still open at `max_new_tokens` gets a forced <eot> (truncated), so
+   every response ends the way the fine-tuning formats expect and the discriminators can be
+   appended right after it (lamda.rank reuses this cache).
+
+Candidates carry their summed log-likelihood under the model (temperature 1, whole vocabulary,
+whatever temperature and top-k were used to sample) and their length, <eot> included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lamda.model import KVCache, LaMDA
+from lamda.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    num_candidates: int = 16  # candidates per prompt (paper: 16)
+    top_k: int = 40  # sample among the k most likely tokens (paper: 40)
+    temperature: float = 1.0  # paper: no temperature (1.0)
+    max_new_tokens: int = 64  # including the final <eot>
+    seed: int | None = None  # None: nondeterministic
+    length_alpha: float = 1.0  # exponent of the length normalisation in Candidate.score
+
+
+@dataclass
+class Candidate:
+    ids: list[int]  # response tokens, without the final <eot>
+    text: str
+    logprob: float  # sum of log p(token) over the response and its <eot>
+    length: int  # tokens scored by logprob (response + <eot>)
+    truncated: bool  # reached max_new_tokens and got a forced <eot>
+    alpha: float = 1.0
+
+    @property
+    def score(self) -> float:
+        """Length-normalised log-likelihood, used to rank a pre-trained model's candidates:
+
+            score = (sum_t log p(y_t | x, y_<t)) / length ** alpha
+
+        alpha = 1 gives the mean per-token log-likelihood (Meena's sample-and-rank); alpha = 0 the
+        raw sum, which favours short replies.
+        """
+        return self.logprob / max(1, self.length) ** self.alpha
+
+
+@dataclass
+class Generation:
+    """Candidates of every prompt plus the state that ranking reuses."""
+
+    candidates: list[list[Candidate]]  # [prompt][candidate]
+    cache: KVCache  # rows: prompt-major, B x N; holds prompt + response + <eot>
+    prompt_len: int  # padded prompt length T (responses start at position T)
+    lengths: Tensor  # (B x N,) response length incl. <eot> per row
+
+
+def sample_top_k(logits: Tensor, top_k: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """logits (R, V) -> (tokens (R,), log p(token) (R,) under the untempered full softmax)."""
+    k = min(top_k, logits.shape[-1])
+    top_vals, top_idx = torch.topk(logits.float(), k, dim=-1)  # (R, k)
+    probs = torch.softmax(top_vals / max(temperature, 1e-5), dim=-1)
+    choice = torch.multinomial(probs, 1, generator=generator)  # (R, 1)
+    tokens = top_idx.gather(-1, choice).squeeze(-1)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, logp
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """Prompts -> tokens (B, T) left-padded, and key_mask (B, T), False on padding."""
+    T = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), T), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), T), dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        tokens[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, T - len(p):] = True
+    return tokens, mask
+
+
+@torch.no_grad()
+def prefill(model: LaMDA, tokens: Tensor, key_mask: Tensor, max_len: int) -> tuple[KVCache, Tensor]:
+    """Run the prompts once; returns the filled cache and the last position's logits (B, V)."""
+    B, T = tokens.shape
+    dtype = next(model.parameters()).dtype
+    cache = KVCache.empty(model.cfg, B, max_len, device=tokens.device, dtype=dtype)
+    logits = model(tokens, torch.arange(T, device=tokens.device), cache, key_mask=key_mask)
+    return cache, logits[:, -1]
+
+
+@torch.no_grad()
+def decode_one_token(model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+    """tokens (R,) at position pos (1,) -> next-token logits (R, V)."""
+    return model(tokens[:, None], pos, cache)[:, -1]
+
+
+@torch.no_grad()
+def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
+             extra_cache: int = 2) -> Generation:
+    """Sample cfg.num_candidates responses for each prompt, all rows decoded as one batch.
+
+    `extra_cache` positions are left free after the longest response (ranking appends there).
+    """
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    N, eot = cfg.num_candidates, tok.eot_id
+    tokens, mask = left_pad(prompts, tok.pad_id, device)
+    T = tokens.shape[1]
+    max_len = T + cfg.max_new_tokens + extra_cache
+    if max_len > model.cfg.max_seq_len * 4:
+        raise ValueError(f"prompt of {T} tokens + {cfg.max_new_tokens} new is too long")
+    gen = torch.Generator(device=device)
+    if cfg.seed is not None:
+        gen.manual_seed(cfg.seed)
+    else:
+        gen.seed()
+    cache, logits = prefill(model, tokens, mask, max_len)
+    cache = cache.expand(N)
+    logits = logits.repeat_interleave(N, dim=0)  # (R, V), R = B * N
+    R = logits.shape[0]
+    out = torch.full((R, cfg.max_new_tokens), tok.pad_id, dtype=torch.long, device=device)
+    logprob = torch.zeros(R, device=device)
+    lengths = torch.zeros(R, dtype=torch.long, device=device)
+    done = torch.zeros(R, dtype=torch.bool, device=device)
+    for t in range(cfg.max_new_tokens):
+        nxt, logp = sample_top_k(logits, cfg.top_k, cfg.temperature, gen)
+        if t == cfg.max_new_tokens - 1:  # out of room: end every open row with <eot>
+            nxt = torch.full_like(nxt, eot)
+            logp = torch.log_softmax(logits.float(), dim=-1)[:, eot]
+        live = ~done
+        out[:, t] = torch.where(live, nxt, out[:, t])
+        logprob += torch.where(live, logp, torch.zeros_like(logp))
+        lengths += live.long()
+        done |= nxt == eot
+        if bool(done.all()):
+            break
+        pos = torch.tensor([T + t], device=device)
+        logits = decode_one_token(model, torch.where(done, eot, nxt), pos, cache)
+
+    candidates: list[list[Candidate]] = [[] for _ in prompts]
+    rows, lps, lens = out.tolist(), logprob.tolist(), lengths.tolist()
+    for r in range(R):
+        ids = rows[r][:lens[r] - 1]  # drop the final <eot>
+        truncated = lens[r] == cfg.max_new_tokens  # its <eot> was forced at the last step
+        candidates[r // N].append(Candidate(ids, tok.decode(ids), lps[r], lens[r], truncated,
+                                            cfg.length_alpha))
+    return Generation(candidates, cache, T, lengths)
+
+
+def best_by_likelihood(candidates: list[Candidate]) -> Candidate:
+    """The pre-trained model's choice: the highest length-normalised log-likelihood."""
+    return max(candidates, key=lambda c: c.score)

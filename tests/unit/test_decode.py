@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from lamda.config import ModelConfig
+from lamda.data import Turn, response_prompt
+from lamda.decode import SamplingConfig, best_by_likelihood, generate, sample_top_k
+from lamda.model import LaMDA
+from lamda.rank import (ATTRIBUTES, RankConfig, rank, score_generation, score_responses,
+                        score_uncached)
+
+
+class EarlyStopper(LaMDA):
+    """A random model nudged towards <eot>, so that candidates end at different lengths."""
+
+    eot: int = 0
+
+    def forward(self, *args, **kwargs):
+        logits = super().forward(*args, **kwargs)
+        logits[..., self.eot] += 2.5
+        return logits
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    m = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
+    m.eot = tok.eot_id
+    return m
+
+
+CONTEXTS = [[Turn("user", "How tall is Mount Everest?")],
+            [Turn("user", "Hi!"), Turn("lamda", "Hello! What's on your mind?"),
+             Turn("user", "Can you recommend some jazz?")]]
+
+
+def prompts(tok):
+    return [response_prompt(tok, c) for c in CONTEXTS]
+
+
+def test_seeded_sampling_is_reproducible(model, tok):
+    cfg = SamplingConfig(num_candidates=4, max_new_tokens=12, seed=7)
+    a = generate(model, tok, prompts(tok), cfg).candidates
+    b = generate(model, tok, prompts(tok), cfg).candidates
+    assert [[c.ids for c in p] for p in a] == [[c.ids for c in p] for p in b]
+    c = generate(model, tok, prompts(tok), SamplingConfig(num_candidates=4, max_new_tokens=12, seed=8))
+    assert [[x.ids for x in p] for p in a] != [[x.ids for x in p] for p in c.candidates]
+
+
+def test_top_k_never_leaves_the_top_k():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 500, generator=g)
+    allowed = torch.topk(logits, 5).indices
+    for _ in range(50):
+        tokens, logp = sample_top_k(logits, 5, 1.0, g)
+        assert bool((allowed == tokens[:, None]).any(1).all())
+        torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[torch.arange(64), tokens])
+
+
+def test_candidates_stop_at_end_of_turn(model, tok):
+    cfg = SamplingConfig(num_candidates=16, max_new_tokens=10, seed=1)
+    gen = generate(model, tok, prompts(tok), cfg)
+    cands = [c for p in gen.candidates for c in p]
+    assert len(gen.candidates) == 2 and all(len(p) == 16 for p in gen.candidates)
+    assert all(tok.eot_id not in c.ids and len(c.ids) == c.length - 1 for c in cands)
+    assert {c.truncated for c in cands} == {True, False}  # some stopped early, some ran out
+    assert all(c.length == 10 for c in cands if c.truncated)
+    assert all(c.length < 10 for c in cands if not c.truncated)
+
+
+@torch.no_grad()
+def test_batched_cached_decoding_has_the_logits_of_a_plain_forward(model, tok):
+    """Every candidate's log-likelihood, summed from the batched, cached, left-padded decode,
+    equals a one-sequence full forward over prompt + response + <eot>."""
+    gen = generate(model, tok, prompts(tok), SamplingConfig(num_candidates=3, max_new_tokens=8, seed=3))
+    for prompt, cands in zip(prompts(tok), gen.candidates):
+        for c in cands:
+            seq = torch.tensor([prompt + c.ids + [tok.eot_id]])
+            logp = torch.log_softmax(model(seq)[0, :-1].float(), -1)
+            targets = seq[0, 1:]
+            expected = logp[torch.arange(len(targets)), targets][len(prompt) - 1:].sum()
+            assert c.logprob == pytest.approx(float(expected), abs=1e-3)
+
+
+@torch.no_grad()
+def test_cached_discriminator_scores_equal_uncached_ones(model, tok):
+    gen = generate(model, tok, prompts(tok), SamplingConfig(num_candidates=3, max_new_tokens=8, seed=5))
+    cached = score_generation(model, tok, gen)
+    assert cached.shape == (6, len(ATTRIBUTES))
+    flat = [(ctx, c) for ctx, cands in zip(CONTEXTS, gen.candidates) for c in cands]
+    for row, (ctx, c) in zip(cached.tolist(), flat):
+        assert row == pytest.approx(score_uncached(model, tok, ctx, c.ids), abs=1e-4)
+    given = score_responses(model, tok, CONTEXTS, ["It is 8,849 metres tall.", "Try Miles Davis."])
+    expected = score_uncached(model, tok, CONTEXTS[1], tok.encode("Try Miles Davis."))
+    assert given[1].tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def cand(text, logprob=-1.0, length=3):
+    from lamda.decode import Candidate
+    return Candidate([], text, logprob, length, False)
+
+
+def test_safety_filter_and_3s_sp_i_ranking():
+    cands = [cand("a"), cand("b"), cand("c"), cand("d")]
+    probs = [[0.9, 0.2, 0.2, 0.1],   # quality 3.1
+             [0.6, 0.9, 0.9, 0.2],   # 3.6
+             [1.0, 1.0, 1.0, 0.7],   # 5.0 but unsafe (safety 0.3)
+             [0.2, 0.1, 0.1, 0.0]]   # 0.8
+    r = rank(cands, probs, RankConfig(safety_threshold=0.5))
+    assert r.reply == "b" and not r.fallback
+    assert [s.text for s in r.candidates] == ["b", "a", "d", "c"]
+    assert r.candidates[-1].filtered.startswith("safety 0.300 < threshold 0.5")
+    assert r.best.quality == pytest.approx(3 * 0.6 + 0.9 + 0.9)
+    strict = rank(cands, probs, RankConfig(safety_threshold=0.85))
+    assert strict.reply == "a"  # b (safety 0.8) is dropped too
+    assert {s.text for s in strict.candidates if s.filtered is None} == {"a", "d"}
+
+
+def test_all_unsafe_gives_the_fallback():
+    r = rank([cand("x"), cand("y")], [[1, 1, 1, 0.9], [1, 1, 1, 0.8]],
+             RankConfig(fallback="Let's talk about something else."))
+    assert r.fallback and r.best is None and r.reply == "Let's talk about something else."
+    assert all(s.filtered for s in r.candidates)
+    assert r.to_dict()["fallback"] is True
+
+
+def test_likelihood_ranking_is_length_normalised():
+    short, long_ = cand("short", logprob=-3.0, length=2), cand("long", logprob=-4.0, length=8)
+    assert best_by_likelihood([short, long_]) is long_  # -0.5 per token beats -1.5
