@@ -69,17 +69,17 @@ def load_tokenizer(uri: str) -> Tokenizer:
         return Tokenizer.load(fetch_file(uri, d))
 
 
-def init_ray(a) -> None:
+def init_ray(address: str | None, cpus: float = 2.0) -> None:
+    """Connect to `address`, or to the cluster of `ray job submit` (RAY_ADDRESS), or start a local
+    Ray with at least `cpus` + 2 logical CPUs (the job's workers plus Ray Data)."""
     import ray
-    import ray.data
     if ray.is_initialized():  # e.g. called from the pipeline job
         return
-    ray.data.DataContext.get_current().enable_progress_bars = False  # per-step lines say enough
-    if a.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=a.address)
-    else:  # embedded: logical CPUs enough for the workers plus Ray Data
-        need = int(a.workers * a.cpus_per_worker) + 2
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus) + 2),
+                 include_dashboard=False)
 
 
 def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
@@ -97,3 +97,9 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
     print(f"done: step {result.metrics['step']}, loss {result.metrics['loss']:.4f}, "
           f"export {spec.export_to}")
     return result
+
+
+def ray_data_quiet() -> None:
+    """No Ray Data progress bars in training jobs: the per-step log lines say enough."""
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False

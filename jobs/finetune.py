@@ -6,15 +6,16 @@
 
 Examples, mixed and shuffled: discriminative (`... RESPONSE r <eot> SENSIBLE <1>`, loss on the
 rating) for every rated attribute of every labelled response; generative (loss on the response) for
-labelled responses rated sensible and safe, and for the LaMDA turns of --dialogs (e.g. the output
-of jobs.filter_safe); research-format examples (loss on each `TS, query` / `User, reply`).
+labelled responses rated sensible and safe, and for the last (LaMDA) turn of each --dialogs record
+(the output of jobs.filter_safe); research-format examples (loss on each `TS, query` /
+`User, reply`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from jobs.common import add_training_flags, init_ray, run
+from jobs.common import add_training_flags, init_ray, ray_data_quiet, run
 from lamda.checkpoint import read_export_header
 from lamda.data import SAMPLE_DIR
 
@@ -27,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--research", nargs="*", default=[str(SAMPLE_DIR / "research.jsonl")],
                    help="research transcripts")
     p.add_argument("--dialogs", nargs="*", default=[],
-                   help="dialogs whose LaMDA turns become generative examples")
+                   help="dialog records whose last, LaMDA turn is a generative target "
+                        "(e.g. jobs.filter_safe's output directory)")
     add_training_flags(p, steps=100, lr=5e-4)
     return p
 
@@ -35,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None):
     a = parser().parse_args(argv)
     model, tok = read_export_header(a.init_from)  # fails early and clearly when it is not there
-    init_ray(a)
+    init_ray(a.address, a.workers * a.cpus_per_worker)
+    ray_data_quiet()
     from lamda import ray_train as R
     ds = R.finetune_dataset(tok, a.seq_len, a.labelled, a.research, a.dialogs, a.seed)
     model = model.replace(max_seq_len=max(model.max_seq_len, a.seq_len))

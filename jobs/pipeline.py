@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
     work, data = a.workdir.resolve(), a.data_dir
-    init_ray(a)
+    init_ray(a.address, a.workers * a.cpus_per_worker)
     common = ["--storage-path", str(work / "ray"), "--workers", str(a.workers),
               "--gpus-per-worker", str(a.gpus_per_worker), "--cpus-per-worker", str(a.cpus_per_worker),
               "--batch-size", str(a.batch_size),

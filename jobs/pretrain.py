@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.common import add_training_flags, init_ray, load_tokenizer, run
+from jobs.common import add_training_flags, init_ray, load_tokenizer, ray_data_quiet, run
 from lamda.config import PRESETS, ModelConfig
 from lamda.data import SAMPLE_DIR
 
@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None):
     a = parser().parse_args(argv)
     tok = load_tokenizer(a.tokenizer)
-    init_ray(a)
+    init_ray(a.address, a.workers * a.cpus_per_worker)
+    ray_data_quiet()
     from lamda import ray_train as R
     model = ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                   max_seq_len=max(a.seq_len, PRESETS[a.preset].max_seq_len))

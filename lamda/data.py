@@ -357,7 +357,8 @@ def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.T
 
 def finetune_examples(tok: Tokenizer, record, kind: str) -> list[Example]:
     """The fine-tuning examples of one record: discriminative ones for every rated attribute plus a
-    generative one for good labelled responses; research outputs; every LaMDA turn of a dialog."""
+    generative one for good labelled responses; research outputs; for a dialog, its last turn
+    (a LaMDA turn) given the turns before it (the records jobs.filter_safe writes)."""
     if kind == "labelled":
         exs = discriminative_examples(tok, record)
         if is_good_response(record):
@@ -366,8 +367,10 @@ def finetune_examples(tok: Tokenizer, record, kind: str) -> list[Example]:
     if kind == "research":
         return research_examples(tok, record)
     if kind == "dialog":
-        return [generative_example(tok, record.turns[:i], t.text)
-                for i, t in enumerate(record.turns) if t.speaker == "lamda" and i > 0]
+        *context, last = record.turns
+        if last.speaker != "lamda" or not context:
+            return []
+        return [generative_example(tok, context, last.text)]
     raise ValueError(f"no fine-tuning examples for {kind!r} records")
 
 

@@ -106,10 +106,12 @@ def decode_one_token(model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache) 
 
 @torch.no_grad()
 def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
-             extra_cache: int = 2) -> Generation:
+             extra_cache: int = 2, step=decode_one_token) -> Generation:
     """Sample cfg.num_candidates responses for each prompt, all rows decoded as one batch.
 
     `extra_cache` positions are left free after the longest response (ranking appends there).
+    `step` is the per-token function; pass a compiled `decode_one_token` on GPU, e.g.
+    `torch.compile(decode_one_token, mode="reduce-overhead")` (static shapes: CUDA graphs).
     """
     if not prompts or any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -118,8 +120,6 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
     tokens, mask = left_pad(prompts, tok.pad_id, device)
     T = tokens.shape[1]
     max_len = T + cfg.max_new_tokens + extra_cache
-    if max_len > model.cfg.max_seq_len * 4:
-        raise ValueError(f"prompt of {T} tokens + {cfg.max_new_tokens} new is too long")
     gen = torch.Generator(device=device)
     if cfg.seed is not None:
         gen.manual_seed(cfg.seed)
@@ -146,7 +146,7 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
         if bool(done.all()):
             break
         pos = torch.tensor([T + t], device=device)
-        logits = decode_one_token(model, torch.where(done, eot, nxt), pos, cache)
+        logits = step(model, torch.where(done, eot, nxt), pos, cache)
 
     candidates: list[list[Candidate]] = [[] for _ in prompts]
     rows, lps, lens = out.tolist(), logprob.tolist(), lengths.tolist()

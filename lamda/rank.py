@@ -62,11 +62,11 @@ def score_responses(model: LaMDA, tok: Tokenizer, contexts: list[list[Turn]],
 
 
 @torch.no_grad()
-def score_uncached(model: LaMDA, tok: Tokenizer, context: list[Turn], response_ids: list[int]) -> list[float]:
-    """The same four scores by re-encoding context + response for every attribute (the reference
-    the cached path is tested and benchmarked against)."""
+def score_uncached(model: LaMDA, tok: Tokenizer, prompt: list[int], response_ids: list[int]) -> list[float]:
+    """The same four scores by re-encoding prompt (`<context> RESPONSE`) + response for every
+    attribute: the reference that the cached path is tested and benchmarked against."""
     device = next(model.parameters()).device
-    base = response_prompt(tok, context) + list(response_ids) + [tok.eot_id]
+    base = list(prompt) + list(response_ids) + [tok.eot_id]
     r0, r1 = tok.special(T.RATINGS[0]), tok.special(T.RATINGS[1])
     out = []
     for a in ATTRIBUTES:

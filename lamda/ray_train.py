@@ -49,9 +49,7 @@ from lamda.training import TrainConfig, build_optimizer, train_step
 def _read(path: str) -> ray.data.Dataset:
     """Rows {"record": JSON string, "source": path} from JSONL or Parquet, local or s3://."""
     fs, fs_path = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
-    is_parquet = fs_path.endswith(".parquet") or (
-        (fs or pyarrow.fs.LocalFileSystem()).get_file_info(fs_path).type == pyarrow.fs.FileType.Directory)
-    if is_parquet:
+    if _is_parquet(fs or pyarrow.fs.LocalFileSystem(), fs_path):
         ds = ray.data.read_parquet(fs_path, filesystem=fs)
         return ds.map_batches(lambda df: {"record": np.array([json.dumps(_plain(r)) for r in
                                                               df.to_dict("records")], dtype=object),
@@ -59,6 +57,17 @@ def _read(path: str) -> ray.data.Dataset:
                               batch_format="pandas")
     ds = ray.data.read_text(fs_path, filesystem=fs, include_paths=True, drop_empty_lines=True)
     return ds.map_batches(lambda b: {"record": b["text"], "source": b["path"]}, batch_format="numpy")
+
+
+def _is_parquet(fs: pyarrow.fs.FileSystem, path: str) -> bool:
+    """A .parquet file, or a directory holding .parquet files (else: JSONL)."""
+    if path.endswith(".parquet"):
+        return True
+    info = fs.get_file_info(path)
+    if info.type != pyarrow.fs.FileType.Directory:
+        return False
+    files = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+    return any(f.path.endswith(".parquet") for f in files)
 
 
 def _plain(obj):
@@ -70,7 +79,8 @@ def _plain(obj):
     return obj.item() if isinstance(obj, np.generic) else obj
 
 
-def _read_all(paths: list[str]) -> ray.data.Dataset | None:
+def read_records(paths: list[str]) -> ray.data.Dataset | None:
+    """Rows {"record", "source"} of every file (or directory) in `paths`; None when empty."""
     if not paths:
         return None
     dss = [_read(str(p)) for p in paths]
@@ -83,7 +93,7 @@ def pretraining_dataset(tok: Tokenizer, documents: list[str], dialogs: list[str]
     packed per source, then mixed so that `dialog_fraction` of the rows are dialog rows."""
 
     def packed(paths, kind, to_ids):
-        ds = _read_all(paths)
+        ds = read_records(paths)
         if ds is None:
             return None
 
@@ -119,7 +129,7 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), res
     """Rows {"tokens", "mask"}: generative, discriminative and research-format examples mixed."""
     parts = []
     for paths, kind in ((labelled, "labelled"), (research, "research"), (dialogs, "dialog")):
-        ds = _read_all(list(paths))
+        ds = read_records(list(paths))
         if ds is None:
             continue
 

@@ -88,9 +88,11 @@ def test_cached_discriminator_scores_equal_uncached_ones(model, tok):
     assert cached.shape == (6, len(ATTRIBUTES))
     flat = [(ctx, c) for ctx, cands in zip(CONTEXTS, gen.candidates) for c in cands]
     for row, (ctx, c) in zip(cached.tolist(), flat):
-        assert row == pytest.approx(score_uncached(model, tok, ctx, c.ids), abs=1e-4)
+        assert row == pytest.approx(score_uncached(model, tok, response_prompt(tok, ctx), c.ids),
+                                      abs=1e-4)
     given = score_responses(model, tok, CONTEXTS, ["It is 8,849 metres tall.", "Try Miles Davis."])
-    expected = score_uncached(model, tok, CONTEXTS[1], tok.encode("Try Miles Davis."))
+    expected = score_uncached(model, tok, response_prompt(tok, CONTEXTS[1]),
+                              tok.encode("Try Miles Davis."))
     assert given[1].tolist() == pytest.approx(expected, abs=1e-4)
 
 
