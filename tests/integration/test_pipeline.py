@@ -10,11 +10,16 @@ pytestmark = pytest.mark.slow
 
 def test_pipeline_runs_every_stage_and_skips_finished_ones(ray_cluster, tmp_path, capsys):
     args = ["--workdir", str(tmp_path), "--preset", "debug", "--vocab-size", "1024",
-            "--pretrain-steps", "10", "--finetune-steps", "5", "--seq-len", "64"]
+            "--pretrain-steps", "10", "--finetune-steps", "5", "--safe-finetune-steps", "3",
+            "--seq-len", "64"]
     pipeline.main(args)
     out = capsys.readouterr().out
-    assert "[1/3] tokenizer" in out and "[3/3] fine-tuning" in out and "pipeline done" in out
-    model, tok = load_export(tmp_path / "finetuned")
+    for stage in ("[1/6] tokenizer", "[3/6] fine-tuning", "[4/6] safe-data filtering",
+                  "[5/6] fine-tuning on safe data", "[6/6] example turn", "USER: ", "LAMDA: ",
+                  "pipeline done"):
+        assert stage in out
+    model, tok = load_export(tmp_path / "finetuned_safe")
     assert model.cfg.n_layer == 2 and tok.vocab_size == 1024
+    assert list((tmp_path / "safe_dialogs").glob("*.json*"))
     pipeline.main(args)
-    assert capsys.readouterr().out.count("exists:") == 3
+    assert capsys.readouterr().out.count("exists:") == 5
