@@ -3,15 +3,30 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Debian packages: real dictionary data for the tools, and Prometheus for the metrics tests
+DEB_PACKAGES := dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa dict-elements \
+                dict-foldoc prometheus
+DEB_STAMP := /usr/share/dictd/freedict-eng-fra.index /usr/share/dictd/elements.index \
+             /usr/share/dictd/foldoc.index /usr/bin/prometheus
 
-.PHONY: setup run test bench clean
+.PHONY: setup system-deps run test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+system-deps:  ## Debian packages (installed with apt-get when missing; needs root)
+	@missing=""; for f in $(DEB_STAMP); do test -e $$f || missing=yes; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
+	  else \
+	    echo "missing Debian packages; run: sudo apt-get install -y $(DEB_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
 
 run: setup  ## the pipeline on the embedded default (bundled corpus, tiny preset, CPU)
 	$(PY) -m jobs.pipeline

@@ -106,7 +106,7 @@ def _list(d: dict, key: str, *, empty_ok: bool = False) -> list:
     return v
 
 
-def _turns(d: dict, key: str) -> tuple[Turn, ...]:
+def parse_turns(d: dict, key: str) -> tuple[Turn, ...]:
     turns = []
     for i, t in enumerate(_list(d, key)):
         if not isinstance(t, dict):
@@ -123,7 +123,7 @@ def parse_document(d: dict) -> Document:
 
 
 def parse_dialog(d: dict) -> Dialog:
-    return Dialog(_str(d, "id"), _turns(d, "turns"))
+    return Dialog(_str(d, "id"), parse_turns(d, "turns"))
 
 
 def parse_labelled(d: dict) -> Labelled:
@@ -138,7 +138,7 @@ def parse_labelled(d: dict) -> Labelled:
                                                             for v in votes):
             raise ValueError(f"ratings[{attr!r}] must be a non-empty list of 0/1 votes")
         parsed[attr] = tuple(votes)
-    return Labelled(_str(d, "id"), _turns(d, "context"), _str(d, "response"), parsed)
+    return Labelled(_str(d, "id"), parse_turns(d, "context"), _str(d, "response"), parsed)
 
 
 def parse_research(d: dict) -> Research:
@@ -150,7 +150,7 @@ def parse_research(d: dict) -> Research:
         if not all(isinstance(r, str) for r in results):
             raise ValueError(f"steps[{i}].results must be a list of strings")
         steps.append(ResearchStep(_str(s, "query"), tuple(results)))
-    return Research(_str(d, "id"), _turns(d, "context"), _str(d, "draft"), tuple(steps),
+    return Research(_str(d, "id"), parse_turns(d, "context"), _str(d, "draft"), tuple(steps),
                     _str(d, "reply"))
 
 
@@ -280,20 +280,29 @@ def is_good_response(rec: Labelled) -> bool:
     return labels.get("sensible", 0) == 1 and labels.get("unsafe", 1) == 0
 
 
+def research_prompt(tok: Tokenizer, context: Iterable[Turn], draft: str,
+                    steps: Iterable[ResearchStep] = ()) -> list[int]:
+    """What the research task continues: <context> LAMDA-BASE: draft <eot>, then per earlier step
+    LAMDA-RESEARCH: TS, query <eot> and TS: result <eot> for each result, then LAMDA-RESEARCH:."""
+    research = tok.special(T.LAMDA_RESEARCH)
+    ids = [*encode_turns(tok, context), tok.special(T.LAMDA_BASE), *tok.encode(draft), tok.eot_id]
+    for step in steps:
+        ids += [research, tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
+        for result in step.results:
+            ids += [tok.special(T.TS), *tok.encode(result), tok.eot_id]
+    return ids + [research]
+
+
 def research_examples(tok: Tokenizer, rec: Research) -> list[Example]:
     """One example per research output: each TS query in turn, then the final User reply."""
-    prefix = [*encode_turns(tok, rec.context), tok.special(T.LAMDA_BASE), *tok.encode(rec.draft),
-              tok.eot_id]
-    research = tok.special(T.LAMDA_RESEARCH)
     examples = []
-    for step in rec.steps:
+    for i, step in enumerate(rec.steps):
         call = [tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
-        examples.append(Example().add(prefix + [research]).add(call, train=True))
-        prefix += [research, *call]
-        for result in step.results:
-            prefix += [tok.special(T.TS), *tok.encode(result), tok.eot_id]
+        examples.append(Example().add(research_prompt(tok, rec.context, rec.draft, rec.steps[:i]))
+                        .add(call, train=True))
     final = [tok.special(T.TO_USER), *tok.encode(rec.reply), tok.eot_id]
-    examples.append(Example().add(prefix + [research]).add(final, train=True))
+    examples.append(Example().add(research_prompt(tok, rec.context, rec.draft, rec.steps))
+                    .add(final, train=True))
     return examples
 
 

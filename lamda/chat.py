@@ -1,0 +1,100 @@
+"""One chat turn with a LaMDA model: sample-and-rank, then the research loop, then the reply.
+
+`ChatModel` answers with a model in this process (jobs, tests, the CPU demo); the Serve app wraps
+the same calls in deployments. `chat_turn` is the orchestration both use: it only sees callables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lamda.accounting import inference_flops_per_token
+from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
+from lamda.decode import SamplingConfig, best_by_likelihood, generate
+from lamda.model import LaMDA
+from lamda.rank import RankConfig, Ranked, rank, score_generation
+from lamda.research import ResearchResult, research_loop
+from lamda.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    sampling: SamplingConfig = SamplingConfig()
+    rank: RankConfig = RankConfig()
+    research: bool = True  # run the research loop after sample-and-rank
+    max_iterations: int = 4  # tool calls per turn (paper's example: 4)
+    research_candidates: int = 4  # samples per research step; the likeliest is used
+
+
+@dataclass
+class Answer:
+    reply: str
+    ranked: Ranked  # sample-and-rank: every candidate with its scores
+    research: ResearchResult | None  # the research loop, when it ran
+    flops: float  # model FLOPs spent on the turn
+    tokens: dict = field(default_factory=dict)  # prompt / generated / scored token counts
+
+
+class ChatModel:
+    """Sample-and-rank and research steps with one model in this process."""
+
+    def __init__(self, model: LaMDA, tok: Tokenizer):
+        self.model, self.tok = model, tok
+
+    def respond(self, contexts: list[list[Turn]], sampling: SamplingConfig,
+                rank_cfg: RankConfig) -> list[tuple[Ranked, float, dict]]:
+        """Ranked candidates for each context (one batch), with FLOPs and token counts each."""
+        prompts = [response_prompt(self.tok, c) for c in contexts]
+        gen = generate(self.model, self.tok, prompts, sampling)
+        probs = score_generation(self.model, self.tok, gen)
+        N, out = sampling.num_candidates, []
+        for i, cands in enumerate(gen.candidates):
+            generated = sum(c.length for c in cands)
+            scored = 2 * 4 * N  # "<eot> ATTRIBUTE" per candidate and attribute
+            ctx = len(prompts[i]) + max(c.length for c in cands)
+            flops = inference_flops_per_token(self.model.cfg, ctx) * (len(prompts[i]) + generated + scored)
+            out.append((rank(cands, probs[i * N:(i + 1) * N], rank_cfg), flops,
+                        {"prompt": len(prompts[i]), "generated": generated, "scored": scored}))
+        return out
+
+    def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
+                 sampling: SamplingConfig) -> tuple[str, float]:
+        """The research task's next output ("TS, query" or "User, reply") and its FLOPs."""
+        prompt = research_prompt(self.tok, context, draft, steps)
+        gen = generate(self.model, self.tok, [prompt], sampling)
+        best = best_by_likelihood(gen.candidates[0])
+        tokens = len(prompt) + sum(c.length for c in gen.candidates[0])
+        flops = inference_flops_per_token(self.model.cfg, len(prompt) + best.length) * tokens
+        return self.tok.decode(best.ids), flops
+
+
+def chat_turn(context: list[Turn], respond: Callable, research: Callable,
+              toolset: Callable[[str], list[str]], cfg: ChatConfig) -> Answer:
+    """One turn: `respond(context) -> (Ranked, flops, tokens)`, then, unless the safety filter fell
+    back, the research loop with `research(context, draft, steps) -> (output, flops)`."""
+    ranked, flops, tokens = respond(context)
+    if not cfg.research or ranked.fallback:
+        return Answer(ranked.reply, ranked, None, flops, tokens)
+    spent = [flops]
+
+    def research_step(ctx, draft, steps):
+        output, f = research(ctx, draft, steps)
+        spent.append(f)
+        return output
+
+    result = research_loop(context, lambda _: ranked.reply, research_step, toolset,
+                           cfg.max_iterations)
+    return Answer(result.reply, ranked, result, sum(spent), tokens)
+
+
+def local_turn(chat: ChatModel, toolset: Callable[[str], list[str]], context: list[Turn],
+               cfg: ChatConfig = ChatConfig()) -> Answer:
+    """chat_turn with a ChatModel in this process."""
+    research_sampling = dataclasses.replace(cfg.sampling, num_candidates=cfg.research_candidates)
+    return chat_turn(
+        context,
+        lambda ctx: chat.respond([ctx], cfg.sampling, cfg.rank)[0],
+        lambda ctx, draft, steps: chat.research(ctx, draft, steps, research_sampling),
+        toolset, cfg)
