@@ -1,5 +1,5 @@
 """The LaMDA pipeline as one job: tokenizer -> pre-training -> fine-tuning -> safe-data filtering
--> second fine-tuning -> an example chat turn (evaluation and serving stages follow).
+-> second fine-tuning -> retrieval index -> an example chat turn (evaluation and serving follow).
 
     python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--workers 2]
     ray job submit --working-dir . -- python -m jobs.pipeline --workers 4 --gpus-per-worker 1
@@ -17,11 +17,14 @@ from pathlib import Path
 from jobs import filter_safe, finetune, pretrain
 from jobs.common import init_ray
 from jobs.train_tokenizer import train_tokenizer
+from lamda.chat import ChatModel, local_turn
 from lamda.checkpoint import load_export
 from lamda.config import PRESETS
-from lamda.data import SAMPLE_DIR, read_jsonl, response_prompt
-from lamda.decode import SamplingConfig, generate
-from lamda.rank import RankConfig, rank, score_generation
+from lamda.data import SAMPLE_DIR, Turn
+from lamda.roles import load_roles
+from lamda.tools import Toolset, retrieval
+from lamda.tools.dictd import find_database
+from lamda.tools.retrieval import Retriever
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,17 +46,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def example_turn(export: Path, data: Path) -> str:
-    """Sample-and-rank one reply to the first evaluation context."""
+def build_index(index: Path, data: Path) -> None:
+    """The retrieval index: the bundled documents, plus dict-elements where installed."""
+    extra = ["--dictd", "elements"] if find_database("elements") else []
+    retrieval.main(["--db", str(index), "--jsonl", str(data / "documents.jsonl"), *extra])
+
+
+def example_turn(export: Path, index: Path) -> str:
+    """One turn as Mount Everest: sample-and-rank, then the research loop with the toolset."""
     model, tok = load_export(export)
-    context = list(read_jsonl(data / "eval_mtb.jsonl", "dialog")[0].turns)
-    gen = generate(model, tok, [response_prompt(tok, context)], SamplingConfig(seed=0))
-    ranked = rank(gen.candidates[0], score_generation(model, tok, gen), RankConfig())
-    best = ranked.best
-    return (f"  USER: {context[-1].text}\n  LAMDA: {ranked.reply}\n"
-            + (f"  (best of 16: P(sensible) {best.sensible:.2f}, P(unsafe) {best.unsafe:.2f}, "
-               f"{sum(s.filtered is not None for s in ranked.candidates)} filtered as unsafe)"
-               if best else "  (every candidate was unsafe: fallback reply)"))
+    role = load_roles()["lamda-everest"]
+    question = Turn("user", "How tall are you?")
+    answer = local_turn(ChatModel(model, tok), Toolset(retriever=Retriever(index)),
+                        role.context([question]))
+    lines = [f"  USER: {question.text}", f"  LAMDA (as Mount Everest): {answer.reply}"]
+    if answer.ranked.best:
+        best = answer.ranked.best
+        lines.append(f"  (best of {len(answer.ranked.candidates)}: P(sensible) {best.sensible:.2f}, "
+                     f"P(unsafe) {best.unsafe:.2f}; {answer.flops / 1e9:.1f} GFLOPs)")
+    for step in answer.research.steps if answer.research else []:
+        lines.append(f"  TS, {step.query} -> {list(step.results)[:2]}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -63,8 +76,9 @@ def main(argv=None) -> None:
     train = ["--storage-path", str(work / "ray"), "--workers", str(a.workers),
              "--gpus-per-worker", str(a.gpus_per_worker), "--cpus-per-worker", str(a.cpus_per_worker),
              "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len)]
-    tok, pre, ft, safe, ft2 = (work / "tokenizer.model", work / "pretrained", work / "finetuned",
-                               work / "safe_dialogs", work / "finetuned_safe")
+    tok, pre, ft, safe, ft2, index = (work / "tokenizer.model", work / "pretrained",
+                                      work / "finetuned", work / "safe_dialogs",
+                                      work / "finetuned_safe", work / "index.sqlite")
     stages = [
         ("tokenizer", tok, lambda: train_tokenizer([data / "documents.jsonl"], [data / "dialogs.jsonl"],
                                                    a.vocab_size, tok)),
@@ -84,6 +98,7 @@ def main(argv=None) -> None:
             "--run-name", "finetune-safe", "--init-from", str(ft), "--dialogs", str(safe),
             "--labelled", "--research", "--steps", str(a.safe_finetune_steps),
             "--export", str(ft2), *train])),
+        ("retrieval index", index, lambda: build_index(index, data)),
     ]
     for i, (name, done_marker, run) in enumerate(stages, 1):
         print(f"[{i}/{len(stages) + 1}] {name}", flush=True)
@@ -92,7 +107,7 @@ def main(argv=None) -> None:
         else:
             run()
     print(f"[{len(stages) + 1}/{len(stages) + 1}] example turn (sample-and-rank)", flush=True)
-    print(example_turn(ft2, data))
+    print(example_turn(ft2, index))
     print(f"pipeline done: {ft2}")
 
 

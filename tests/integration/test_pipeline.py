@@ -14,12 +14,12 @@ def test_pipeline_runs_every_stage_and_skips_finished_ones(ray_cluster, tmp_path
             "--seq-len", "64"]
     pipeline.main(args)
     out = capsys.readouterr().out
-    for stage in ("[1/6] tokenizer", "[3/6] fine-tuning", "[4/6] safe-data filtering",
-                  "[5/6] fine-tuning on safe data", "[6/6] example turn", "USER: ", "LAMDA: ",
-                  "pipeline done"):
+    for stage in ("[1/7] tokenizer", "[3/7] fine-tuning", "[4/7] safe-data filtering",
+                  "[5/7] fine-tuning on safe data", "[6/7] retrieval index", "[7/7] example turn",
+                  "USER: ", "LAMDA (as Mount Everest): ", "pipeline done"):
         assert stage in out
     model, tok = load_export(tmp_path / "finetuned_safe")
     assert model.cfg.n_layer == 2 and tok.vocab_size == 1024
     assert list((tmp_path / "safe_dialogs").glob("*.json*"))
     pipeline.main(args)
-    assert capsys.readouterr().out.count("exists:") == 5
+    assert capsys.readouterr().out.count("exists:") == 6
