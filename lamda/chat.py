@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from lamda.accounting import inference_flops_per_token
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
-from lamda.decode import SamplingConfig, best_by_likelihood, generate
+from lamda.decode import Candidate, SamplingConfig, best_by_likelihood, generate
 from lamda.model import LaMDA
-from lamda.rank import RankConfig, Ranked, rank, score_generation
+from lamda.rank import RankConfig, Ranked, rank, score_generation, score_token_responses
 from lamda.research import ResearchResult, research_loop
 from lamda.tokenizer import Tokenizer
 
@@ -38,10 +38,15 @@ class Answer:
 
 
 class ChatModel:
-    """Sample-and-rank and research steps with one model in this process."""
+    """Sample-and-rank and research steps with one model in this process. `respond` reuses the
+    decoding cache for scoring; `sample` and `score` are the same work split in two, for a sampler
+    and a ranker that run apart (the Serve graph)."""
 
     def __init__(self, model: LaMDA, tok: Tokenizer):
         self.model, self.tok = model, tok
+
+    def flops(self, context_len: int, tokens: int) -> float:
+        return inference_flops_per_token(self.model.cfg, context_len) * tokens
 
     def respond(self, contexts: list[list[Turn]], sampling: SamplingConfig,
                 rank_cfg: RankConfig) -> list[tuple[Ranked, float, dict]]:
@@ -51,13 +56,34 @@ class ChatModel:
         probs = score_generation(self.model, self.tok, gen)
         N, out = sampling.num_candidates, []
         for i, cands in enumerate(gen.candidates):
-            generated = sum(c.length for c in cands)
-            scored = 2 * 4 * N  # "<eot> ATTRIBUTE" per candidate and attribute
-            ctx = len(prompts[i]) + max(c.length for c in cands)
-            flops = inference_flops_per_token(self.model.cfg, ctx) * (len(prompts[i]) + generated + scored)
+            generated, scored = sum(c.length for c in cands), SCORED_PER_CANDIDATE * N
+            flops = self.flops(len(prompts[i]) + max(c.length for c in cands),
+                               len(prompts[i]) + generated + scored)
             out.append((rank(cands, probs[i * N:(i + 1) * N], rank_cfg), flops,
                         {"prompt": len(prompts[i]), "generated": generated, "scored": scored}))
         return out
+
+    def sample(self, contexts: list[list[Turn]], sampling: SamplingConfig
+               ) -> list[tuple[list[Candidate], float, dict]]:
+        """Candidates for each context (one batch), with FLOPs and token counts each."""
+        prompts = [response_prompt(self.tok, c) for c in contexts]
+        gen = generate(self.model, self.tok, prompts, sampling)
+        out = []
+        for prompt, cands in zip(prompts, gen.candidates):
+            generated = sum(c.length for c in cands)
+            flops = self.flops(len(prompt) + max(c.length for c in cands), len(prompt) + generated)
+            out.append((cands, flops, {"prompt": len(prompt), "generated": generated}))
+        return out
+
+    def score(self, context: list[Turn], candidates: list[Candidate], rank_cfg: RankConfig
+              ) -> tuple[Ranked, float, dict]:
+        """Discriminator scores by re-encoding context + candidates (one prefill), then ranking."""
+        prompt = response_prompt(self.tok, context)
+        probs = score_token_responses(self.model, self.tok, [prompt] * len(candidates),
+                                      [c.ids for c in candidates])
+        tokens = sum(len(prompt) + c.length + 1 for c in candidates)  # + "<eot> ATTR" (x4 rows)
+        flops = self.flops(len(prompt) + max(c.length for c in candidates), tokens)
+        return rank(candidates, probs, rank_cfg), flops, {"scored": tokens}
 
     def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
                  sampling: SamplingConfig) -> tuple[str, float]:
@@ -66,8 +92,10 @@ class ChatModel:
         gen = generate(self.model, self.tok, [prompt], sampling)
         best = best_by_likelihood(gen.candidates[0])
         tokens = len(prompt) + sum(c.length for c in gen.candidates[0])
-        flops = inference_flops_per_token(self.model.cfg, len(prompt) + best.length) * tokens
-        return self.tok.decode(best.ids), flops
+        return self.tok.decode(best.ids), self.flops(len(prompt) + best.length, tokens)
+
+
+SCORED_PER_CANDIDATE = 8  # tokens the discriminators add per candidate: "<eot> ATTRIBUTE" x 4
 
 
 def chat_turn(context: list[Turn], respond: Callable, research: Callable,

@@ -53,8 +53,16 @@ def score_generation(model: LaMDA, tok: Tokenizer, gen: Generation) -> Tensor:
 def score_responses(model: LaMDA, tok: Tokenizer, contexts: list[list[Turn]],
                     responses: list[str]) -> Tensor:
     """(n, 4) attribute probabilities of given responses (one prefill for all, then one step)."""
+    return score_token_responses(model, tok, [response_prompt(tok, c) for c in contexts],
+                                 [tok.encode(r) for r in responses])
+
+
+def score_token_responses(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
+                          responses: list[list[int]]) -> Tensor:
+    """(n, 4) attribute probabilities of prompt + response token sequences, re-encoded in one
+    left-padded prefill (for a scorer that does not hold the decoding cache)."""
     device = next(model.parameters()).device
-    seqs = [response_prompt(tok, c) + tok.encode(r) for c, r in zip(contexts, responses)]
+    seqs = [list(p) + list(r) for p, r in zip(prompts, responses)]
     tokens, mask = left_pad(seqs, tok.pad_id, device)
     cache, _ = prefill(model, tokens, mask, tokens.shape[1] + 2)
     eot_pos = torch.full((len(seqs),), tokens.shape[1], dtype=torch.long, device=device)

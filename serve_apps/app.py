@@ -1,0 +1,36 @@
+"""The chat application: `serve run serve_apps/chat.yaml` (or `serve deploy`), or
+`serve run serve_apps.app:build_app model=runs/local/finetuned_safe`.
+
+    Chat (FastAPI ingress) --> Sampler (model, @serve.batch)
+                           --> Ranker (model: discriminators, safety filter, 3S+Sp+I)
+                           --> Toolset (calculator, translator, retrieval)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.serve import Application
+
+from serve_apps.chat import Chat
+from serve_apps.deployments import Ranker, Sampler, Toolset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve(path: str | None) -> str | None:
+    """Relative local paths are relative to the project root (where `make run` writes runs/)."""
+    if not path or "://" in path or Path(path).is_absolute():
+        return path
+    return str(ROOT / path)
+
+
+def build_app(args: dict) -> Application:
+    """args: model (export path or s3:// URI), index (retrieval SQLite file), conversations
+    (SQLite file), roles_dir, api_key, translate_url."""
+    model = resolve(args.get("model", "runs/local/finetuned_safe"))
+    index = resolve(args.get("index", "runs/local/index.sqlite"))
+    return Chat.bind(Sampler.bind(model), Ranker.bind(model),
+                     Toolset.bind(index, args.get("translate_url")),
+                     conversations=resolve(args.get("conversations", "runs/serve/conversations.sqlite")),
+                     roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"))

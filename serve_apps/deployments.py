@@ -1,0 +1,123 @@
+"""The model-side deployments of the chat graph: Sampler, Ranker and Toolset.
+
+Sampler and Ranker each hold the model (loaded from an export: safetensors + config + tokenizer,
+local or s3://). The Sampler batches concurrent conversations into one decode (`@serve.batch`);
+the Ranker scores a conversation's candidates by re-encoding them in one prefill, so the two scale
+separately (in one process, lamda.chat reuses the decoding cache instead). Settings that may change
+while serving arrive as `user_config` through `reconfigure`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import torch
+from ray import serve
+
+from lamda.accounting import EnergyMeter, hardware
+from lamda.chat import ChatModel
+from lamda.checkpoint import load_export
+from lamda.data import ResearchStep, Turn
+from lamda.decode import Candidate, SamplingConfig
+from lamda.rank import RankConfig
+from lamda.tools import Toolset as Tools
+from lamda.tools.retrieval import Retriever
+
+
+def load_chat_model(model_path: str) -> ChatModel:
+    """The export on this replica's device: GPU (bf16) when Ray gave it one, else CPU."""
+    device = "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+    model, tok = load_export(model_path, device, torch.bfloat16 if device == "cuda" else None)
+    return ChatModel(model, tok)
+
+
+def turns(context: list[dict]) -> list[Turn]:
+    return [Turn(t["speaker"], t["text"]) for t in context]
+
+
+class _Metered:
+    """Energy of model work: NVML's counter on GPU, else the device's modelled power."""
+
+    def _init_meter(self, chat: ChatModel) -> None:
+        on_gpu = next(chat.model.parameters()).device.type == "cuda"
+        self._watts = hardware(torch.cuda.get_device_name() if on_gpu else "cpu").watts
+
+    def _meter(self) -> EnergyMeter:
+        return EnergyMeter(self._watts)
+
+
+@serve.deployment
+class Sampler(_Metered):
+    def __init__(self, model_path: str):
+        self.chat = load_chat_model(model_path)
+        self.sampling = SamplingConfig()
+        self._init_meter(self.chat)
+
+    def reconfigure(self, config: dict) -> None:
+        """user_config: num_candidates, top_k, temperature, max_new_tokens, seed."""
+        fields = {f.name for f in dataclasses.fields(SamplingConfig)}
+        self.sampling = dataclasses.replace(SamplingConfig(), **{k: v for k, v in config.items()
+                                                                 if k in fields})
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def generate(self, contexts: list[list[dict]]) -> list[dict]:
+        """Candidates for each context; concurrent requests share one decode."""
+        meter, t0 = self._meter(), time.perf_counter()
+        results = self.chat.sample([turns(c) for c in contexts], self.sampling)
+        kwh, seconds = meter.kwh(), time.perf_counter() - t0
+        total = sum(tok["prompt"] + tok["generated"] for _, _, tok in results) or 1
+        out = []
+        for cands, flops, tokens in results:
+            share = (tokens["prompt"] + tokens["generated"]) / total
+            out.append({"candidates": [dataclasses.asdict(c) for c in cands], "flops": flops,
+                        "tokens": tokens, "energy_kwh": kwh * share, "batch": len(contexts),
+                        "seconds": seconds})
+        return out
+
+    async def research(self, context: list[dict], draft: str, steps: list[dict],
+                       num_candidates: int = 4) -> dict:
+        """The research task's next output for one conversation."""
+        meter = self._meter()
+        sampling = dataclasses.replace(self.sampling, num_candidates=num_candidates)
+        output, flops = self.chat.research(
+            turns(context), draft, [ResearchStep(s["query"], tuple(s["results"])) for s in steps],
+            sampling)
+        return {"output": output, "flops": flops, "energy_kwh": meter.kwh()}
+
+
+@serve.deployment
+class Ranker(_Metered):
+    def __init__(self, model_path: str):
+        self.chat = load_chat_model(model_path)
+        self.cfg = RankConfig()
+        self._init_meter(self.chat)
+
+    def reconfigure(self, config: dict) -> None:
+        """user_config: safety_threshold, fallback."""
+        fields = {f.name for f in dataclasses.fields(RankConfig)}
+        self.cfg = dataclasses.replace(RankConfig(), **{k: v for k, v in config.items() if k in fields})
+
+    async def rank(self, context: list[dict], candidates: list[dict]) -> dict:
+        meter = self._meter()
+        ranked, flops, tokens = self.chat.score(turns(context), [Candidate(**c) for c in candidates],
+                                                self.cfg)
+        return {"ranked": ranked.to_dict(), "flops": flops, "tokens": tokens,
+                "energy_kwh": meter.kwh()}
+
+
+@serve.deployment
+class Toolset:
+    """Calculator, translator (dictd, optionally LibreTranslate) and retrieval over an index."""
+
+    def __init__(self, index_path: str | None = None, translate_url: str | None = None):
+        if translate_url:
+            os.environ["LAMDA_TRANSLATE_URL"] = translate_url
+        tools = Tools.from_env()
+        if index_path:
+            tools.retriever = Retriever(index_path)
+        self.tools = tools
+
+    async def run(self, query: str, session: str | None = None) -> list[dict]:
+        return [dataclasses.asdict(c) for c in self.tools.run(query, session)]
