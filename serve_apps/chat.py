@@ -114,10 +114,15 @@ class Metrics:
             self.candidates.inc(1, {"outcome": "filtered_unsafe" if s.filtered else "kept"})
         if answer.ranked.fallback:
             self.fallbacks.inc()
-        if answer.research:
-            self.research_iterations.inc(len(answer.research.steps))
-        self.flops.inc(answer.flops)
-        self.energy.inc(energy_kwh)
+        positive(self.research_iterations, len(answer.research.steps) if answer.research else 0)
+        positive(self.flops, answer.flops)
+        positive(self.energy, energy_kwh)
+
+
+def positive(counter: Counter, value: float) -> None:
+    """Ray counters only take positive increments."""
+    if value > 0:
+        counter.inc(value)
 
 
 def ranked_from_dict(d: dict) -> Ranked:

@@ -59,8 +59,8 @@ def ray_cluster():
     Modules that use S3 start `s3_server` first (autouse), so workers inherit its credentials."""
     import ray
     port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=port,
-             _system_config={"metrics_report_interval_ms": 1000})
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 1000})
     ray.metrics_port = port
     yield ray
     ray.shutdown()

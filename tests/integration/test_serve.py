@@ -1,0 +1,246 @@
+"""The Serve chat graph on a local Ray cluster, over real HTTP on loopback: the native and
+OpenAI-compatible APIs (with the official `openai` client), limits and errors, a bounded load test,
+a replica killed under load, live reconfiguration, and a real Prometheus scraping the metrics."""
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import statistics
+import subprocess
+import time
+import urllib.request
+
+import httpx
+import openai
+import psutil
+import pytest
+import torch
+
+from lamda.checkpoint import save_export
+from lamda.config import ModelConfig
+from lamda.conversations import ConversationStore
+from lamda.data import SAMPLE_DIR, collate, read_jsonl, research_examples
+from lamda.model import build_model
+from lamda.training import TrainConfig, build_optimizer, train_step
+from lamda.tools.retrieval import Retriever
+from tests.integration.conftest import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def deploy(serve, work, num_candidates=4):
+    from serve_apps.chat import Chat
+    from serve_apps.deployments import Ranker, Sampler, Toolset
+    small = {"num_cpus": 0.25}
+    model = str(work / "export")
+    app = Chat.options(ray_actor_options=small, max_ongoing_requests=32, max_queued_requests=200,
+                       user_config={"research": True, "max_iterations": 2, "research_candidates": 2}
+                       ).bind(
+        Sampler.options(ray_actor_options=small, max_ongoing_requests=32,
+                        user_config={"num_candidates": num_candidates, "max_new_tokens": 12}).bind(model),
+        Ranker.options(ray_actor_options=small, max_ongoing_requests=32,
+                       user_config={"safety_threshold": 0.0}).bind(model),
+        Toolset.options(ray_actor_options=small).bind(str(work / "index.sqlite")),
+        conversations=str(work / "conversations.sqlite"), api_key=KEY)
+    serve.run(app, name="lamda", route_prefix="/")
+
+
+def research_trained_model(tok, steps=60):
+    """A debug model briefly fine-tuned on the research transcripts, so that it routes to the
+    toolset ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size))
+    examples = [ex for r in read_jsonl(SAMPLE_DIR / "research.jsonl", "research")
+                for ex in research_examples(tok, r)]
+    cfg = TrainConfig(steps=steps, lr=3e-3, warmup_steps=5, batch_size=16)
+    opt = build_optimizer(model, cfg)
+    for step in range(steps):
+        batch = [examples[(step * 16 + i) * 7 % len(examples)] for i in range(16)]
+        train_step(model, opt, [collate(batch, 96, tok.pad_id)], step, cfg)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, tmp_path_factory, tok):
+    from ray import serve
+    work = tmp_path_factory.mktemp("serve")
+    model = research_trained_model(tok)
+    save_export(work / "export", model.state_dict(), model.cfg, tok)
+    Retriever(work / "index.sqlite").add(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy(serve, work)
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "work": work, "serve": serve}
+    serve.shutdown()
+
+
+def post(url, body, headers=AUTH, raw=None):
+    return httpx.post(url, content=raw if raw is not None else json.dumps(body),
+                      headers={"Content-Type": "application/json", **headers}, timeout=120)
+
+
+def test_health_and_models(server):
+    assert httpx.get(f"{server['url']}/healthz").json() == {"status": "ok"}
+    models = httpx.get(f"{server['url']}/v1/models", headers=AUTH).json()
+    assert {"lamda", "lamda-everest", "lamda-music"} <= {m["id"] for m in models["data"]}
+
+
+def test_native_chat_with_trace_and_multi_turn(server):
+    r = post(f"{server['url']}/chat", {"message": "What is 135+7721?", "model": "lamda-everest"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    trace = body["trace"]
+    assert isinstance(body["reply"], str) and len(trace["candidates"]) == 4
+    assert {"sensible", "specific", "interesting", "unsafe", "quality", "filtered"} <= set(trace["candidates"][0])
+    assert trace["research"]["trace"][0]["from"] == "LAMDA-BASE"
+    # the research-trained model consults the toolset; each call runs every tool in order
+    assert trace["tool_calls"] and [c["tool"] for c in trace["tool_calls"][0]["calls"]] == \
+        ["calculator", "translator", "retrieval"]
+    assert body["flops"] > 0 and body["energy_kwh"] > 0
+    cid = body["conversation_id"]
+    r2 = post(f"{server['url']}/chat", {"message": "And 2+2?", "conversation_id": cid})
+    assert r2.status_code == 200 and r2.json()["conversation_id"] == cid
+    history = ConversationStore(server["work"] / "conversations.sqlite").history(cid)
+    assert [t.speaker for t in history] == ["user", "lamda", "user", "lamda"]
+    assert history[0].text == "What is 135+7721?" and history[2].text == "And 2+2?"
+
+
+def test_openai_client(server):
+    client = openai.OpenAI(base_url=f"{server['url']}/v1", api_key=KEY)
+    done = client.chat.completions.create(model="lamda", messages=[{"role": "user", "content": "Hi!"}])
+    assert done.choices[0].message.role == "assistant" and done.usage.completion_tokens > 0
+    stream = client.chat.completions.create(model="lamda-music", stream=True,
+                                            messages=[{"role": "user", "content": "Any jazz?"}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop" and isinstance(text, str)
+    assert [m.id for m in client.models.list()][:1] == ["lamda"]
+
+
+@pytest.mark.parametrize("case,headers,body,raw,status", [
+    ("no key", {}, {"message": "hi"}, None, 401),
+    ("wrong key", {"Authorization": "Bearer nope"}, {"message": "hi"}, None, 401),
+    ("too big", AUTH, None, b'{"message": "' + b"a" * 70_000 + b'"}', 413),
+    ("empty message", AUTH, {"message": ""}, None, 422),
+    ("long message", AUTH, {"message": "a" * 5000}, None, 422),
+    ("bad conversation id", AUTH, {"message": "hi", "conversation_id": "../../etc"}, None, 422),
+    ("malformed json", AUTH, None, b'{"message": ', 422),
+    ("invalid utf-8", AUTH, None, b'{"message": "\xff\xfe"}', 400),
+    ("not an object", AUTH, None, b"[1, 2, 3]", 422),
+    ("unknown model", AUTH, {"message": "hi", "model": "gpt-4"}, None, 404),
+])
+def test_bad_requests_get_clean_4xx(server, case, headers, body, raw, status):
+    r = post(f"{server['url']}/chat", body, headers, raw)
+    assert r.status_code == status, (case, r.text)
+    assert r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "lamda", "messages": []},
+    {"model": "lamda", "messages": [{"role": "user", "content": "hi"}] * 65},
+    {"model": "lamda", "messages": [{"role": "robot", "content": "hi"}]},
+    {"model": "lamda", "messages": [{"role": "user", "content": "hi"}], "n": 2},
+    {"model": "lamda", "messages": [{"role": "assistant", "content": "hi"}]},
+])
+def test_bad_completions_get_422(server, body):
+    r = post(f"{server['url']}/v1/chat/completions", body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def load(url, n, concurrency, timeout=120):
+    """n chat requests from `concurrency` threads -> (status codes, latencies)."""
+    def one(i):
+        t0 = time.perf_counter()
+        try:
+            r = post(f"{url}/chat", {"message": f"What is {i}+{i}?", "trace": False})
+            return r.status_code, time.perf_counter() - t0, r
+        except httpx.HTTPError as e:
+            return type(e).__name__, time.perf_counter() - t0, None
+
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_bounded_load_has_no_server_errors(server):
+    results = load(server["url"], 200, 20)
+    codes = [c for c, _, _ in results]
+    latencies = sorted(t for _, t, _ in results)
+    p50, p99 = statistics.median(latencies), latencies[int(0.99 * len(latencies)) - 1]
+    print(json.dumps({"load": "200 requests, 20 concurrent", "p50_s": round(p50, 3),
+                      "p99_s": round(p99, 3), "codes": {str(c): codes.count(c) for c in set(codes)}}))
+    assert codes.count(200) == 200
+
+
+def replica_pids(name: str) -> list[int]:
+    """PIDs of a deployment's replica processes (Ray titles them ray::ServeReplica:<app>:<name>)."""
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(f"ServeReplica:lamda:{name}" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_a_killed_replica_is_replaced(server, ray_cluster):
+    pool = cf.ThreadPoolExecutor(1)
+    future = pool.submit(load, server["url"], 60, 10)
+    time.sleep(3)
+    (pid,) = replica_pids("Sampler")
+    os.kill(pid, signal.SIGKILL)
+    results = future.result()
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 503}, codes  # in-flight requests fail cleanly, never 500
+    for c, _, r in results:
+        if c == 503:
+            assert r.json()["error"]["code"] == "unavailable"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the replacement replica comes up and serves again
+        if post(f"{server['url']}/chat", {"message": "hello"}).status_code == 200:
+            break
+        time.sleep(2)
+    assert all(c == 200 for c, _, _ in load(server["url"], 10, 5))
+
+
+def test_reconfigure_changes_the_candidate_count_live(server):
+    deploy(server["serve"], server["work"], num_candidates=2)
+    r = post(f"{server['url']}/chat", {"message": "hi"})
+    assert len(r.json()["trace"]["candidates"]) == 2
+    deploy(server["serve"], server["work"], num_candidates=4)
+
+
+def test_prometheus_scrapes_the_custom_metrics(server, ray_cluster, tmp_path):
+    post(f"{server['url']}/chat", {"message": "What is 2+2?"})
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""
+global: {{scrape_interval: 1s}}
+scrape_configs:
+  - job_name: ray
+    static_configs: [{{targets: ["127.0.0.1:{ray_cluster.metrics_port}"]}}]
+""")
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        wanted = ["ray_lamda_requests_total", "ray_lamda_candidates_total",
+                  "ray_lamda_tool_calls_total", "ray_lamda_flops_served_total",
+                  "ray_lamda_turn_latency_seconds_bucket"]
+        found = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and len(found) < len(wanted):
+            for name in wanted:
+                q = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={name}",
+                                           timeout=5)
+                result = json.loads(q.read())["data"]["result"]
+                if result:
+                    found[name] = result
+            time.sleep(1)
+        assert set(found) == set(wanted), set(wanted) - set(found)
+        tools = {r["metric"]["tool"] for r in found["ray_lamda_tool_calls_total"]}
+        assert {"calculator", "translator", "retrieval"} <= tools
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
