@@ -25,6 +25,7 @@ class ConversationStore:
         self._local = threading.local()
         with self._conn() as c:
             c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; no fsync per turn
             c.executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:

@@ -27,10 +27,11 @@ def resolve(path: str | None) -> str | None:
 
 def build_app(args: dict) -> Application:
     """args: model (export path or s3:// URI), index (retrieval SQLite file), conversations
-    (SQLite file), roles_dir, api_key, translate_url."""
+    (SQLite file), roles_dir, api_key, translate_url, threads (torch threads per model replica)."""
     model = resolve(args.get("model", "runs/local/finetuned_safe"))
     index = resolve(args.get("index", "runs/local/index.sqlite"))
-    return Chat.bind(Sampler.bind(model), Ranker.bind(model),
+    threads = args.get("threads")
+    return Chat.bind(Sampler.bind(model, threads), Ranker.bind(model, threads),
                      Toolset.bind(index, args.get("translate_url")),
                      conversations=resolve(args.get("conversations", "runs/serve/conversations.sqlite")),
                      roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"))

@@ -26,8 +26,11 @@ from lamda.tools import Toolset as Tools
 from lamda.tools.retrieval import Retriever
 
 
-def load_chat_model(model_path: str) -> ChatModel:
-    """The export on this replica's device: GPU (bf16) when Ray gave it one, else CPU."""
+def load_chat_model(model_path: str, threads: int | None = None) -> ChatModel:
+    """The export on this replica's device: GPU (bf16) when Ray gave it one, else CPU. Ray gives
+    a replica with fractional CPUs one torch thread; `threads` overrides that."""
+    if threads:
+        torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
     model, tok = load_export(model_path, device, torch.bfloat16 if device == "cuda" else None)
     return ChatModel(model, tok)
@@ -50,8 +53,8 @@ class _Metered:
 
 @serve.deployment
 class Sampler(_Metered):
-    def __init__(self, model_path: str):
-        self.chat = load_chat_model(model_path)
+    def __init__(self, model_path: str, threads: int | None = None):
+        self.chat = load_chat_model(model_path, threads)
         self.sampling = SamplingConfig()
         self._init_meter(self.chat)
 
@@ -61,7 +64,7 @@ class Sampler(_Metered):
         self.sampling = dataclasses.replace(SamplingConfig(), **{k: v for k, v in config.items()
                                                                  if k in fields})
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def generate(self, contexts: list[list[dict]]) -> list[dict]:
         """Candidates for each context; concurrent requests share one decode."""
         meter, t0 = self._meter(), time.perf_counter()
@@ -89,8 +92,8 @@ class Sampler(_Metered):
 
 @serve.deployment
 class Ranker(_Metered):
-    def __init__(self, model_path: str):
-        self.chat = load_chat_model(model_path)
+    def __init__(self, model_path: str, threads: int | None = None):
+        self.chat = load_chat_model(model_path, threads)
         self.cfg = RankConfig()
         self._init_meter(self.chat)
 

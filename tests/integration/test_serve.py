@@ -8,6 +8,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -107,6 +108,16 @@ def test_native_chat_with_trace_and_multi_turn(server):
     history = ConversationStore(server["work"] / "conversations.sqlite").history(cid)
     assert [t.speaker for t in history] == ["user", "lamda", "user", "lamda"]
     assert history[0].text == "What is 135+7721?" and history[2].text == "And 2+2?"
+
+
+def test_terminal_client(server):
+    proc = subprocess.run([sys.executable, "-m", "serve_apps.client", "--url", server["url"],
+                           "--model", "lamda-everest", "--trace", "--api-key", KEY],
+                          input="What is 2+2?\n/models\nAnd 3+3?\n/quit\n", capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("lamda> ") == 2 and "lamda-everest" in proc.stdout
+    assert "safe" in proc.stdout  # the trace's candidate lines
 
 
 def test_openai_client(server):
