@@ -1,0 +1,48 @@
+"""The deployment files are valid for the tools that read them."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_config_matches_rays_schema_and_the_graph():
+    from ray.serve.schema import ServeDeploySchema
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_apps/chat.yaml").read_text()))
+    (app,) = config.applications
+    assert app.import_path == "serve_apps.app:build_app"
+    names = {d.name for d in app.deployments}
+    assert names == {"Chat", "Sampler", "Ranker", "Toolset"}
+    for d in app.deployments:
+        assert d.max_queued_requests > 0 and d.autoscaling_config  # overload -> 503, autoscaled
+    sampler = next(d for d in app.deployments if d.name == "Sampler")
+    assert {"num_candidates", "top_k"} <= set(sampler.user_config)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="Debian's prometheus is not installed")
+def test_prometheus_config_is_valid():
+    out = subprocess.run(["promtool", "check", "config", str(ROOT / "cluster/prometheus.yml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_grafana_dashboard_queries_metrics_the_code_exports():
+    dash = json.loads((ROOT / "cluster/grafana-lamda.json").read_text())
+    exported = set(re.findall(r'"(lamda_[a-z_]+)"', (ROOT / "serve_apps/chat.py").read_text()
+                              + (ROOT / "lamda/ray_train.py").read_text()))
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"ray_(lamda_[a-z_]+)", target["expr"]):
+                base = re.sub(r"_(total|bucket)$", "", name)
+                assert base in exported, f"{panel['title']}: {name} is not exported"
+
+
+def test_cluster_launcher_config_parses():
+    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    assert cfg["provider"]["type"] == "aws" and cfg["head_node_type"] in cfg["available_node_types"]
