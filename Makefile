@@ -29,7 +29,7 @@ system-deps:  ## Debian packages (installed with apt-get when missing; needs roo
 	fi
 
 run: setup  ## the pipeline on the embedded default (bundled corpus, tiny preset, CPU)
-	$(PY) -m jobs.pipeline
+	$(PY) -m jobs.pipeline --serve --block
 
 test: setup  ## the whole suite
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
 """The LaMDA pipeline as one job: tokenizer -> pre-training -> fine-tuning -> safe-data filtering
--> second fine-tuning -> retrieval index -> an example chat turn (evaluation and serving follow).
+-> second fine-tuning -> retrieval index -> an example chat turn -> evaluation -> the chat server.
 
-    python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--workers 2]
+    python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--workers 2] [--serve --block]
     ray job submit --working-dir . -- python -m jobs.pipeline --workers 4 --gpus-per-worker 1
 
 Each stage prints a progress line and is skipped when its output exists; training stages resume
@@ -12,9 +12,11 @@ from their latest checkpoint (delete the workdir to start over). Runs on the Ray
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 
-from jobs import filter_safe, finetune, pretrain
+from jobs import evaluate, filter_safe, finetune, pretrain
 from jobs.common import init_ray
 from jobs.train_tokenizer import train_tokenizer
 from lamda.chat import ChatModel, local_turn
@@ -42,8 +44,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-fraction", type=float, default=0.5, help="safe-data filtering keeps this")
     p.add_argument("--batch-size", type=int, default=8, help="per worker")
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-contexts", type=int, default=30, help="evaluation contexts per variant")
+    p.add_argument("--serve", action="store_true", help="finish by deploying the chat app")
+    p.add_argument("--block", action="store_true", help="with --serve: keep serving until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the chat app (127.0.0.1)")
     p.add_argument("--address", default=None, help="Ray address (default: job's cluster or local)")
     return p
+
+
+def deploy(work: Path, port: int) -> str:
+    """The chat app from serve_apps/chat.yaml's settings, on this run's models; returns its URL."""
+    from ray import serve
+
+    from serve_apps.app import build_app, yaml_options
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"model": str(work / "finetuned_safe"), "index": str(work / "index.sqlite"),
+                         "conversations": str(work / "conversations.sqlite")}, yaml_options()),
+              name="lamda", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+def example_request(url: str) -> str:
+    import httpx
+    body = {"message": "How tall are you?", "model": "lamda-everest", "trace": False}
+    r = httpx.post(f"{url}/chat", json=body, timeout=120)
+    return (f"  curl -s {url}/chat -H 'Content-Type: application/json' -d '{json.dumps(body)}'\n"
+            f"  -> {r.status_code} {r.text[:300]}")
 
 
 def build_index(index: Path, data: Path) -> None:
@@ -100,15 +126,36 @@ def main(argv=None) -> None:
             "--export", str(ft2), *train])),
         ("retrieval index", index, lambda: build_index(index, data)),
     ]
+    total = len(stages) + 2 + a.serve
     for i, (name, done_marker, run) in enumerate(stages, 1):
-        print(f"[{i}/{len(stages) + 1}] {name}", flush=True)
+        print(f"[{i}/{total}] {name}", flush=True)
         if done_marker.exists():
             print(f"  exists: {done_marker}")
         else:
             run()
-    print(f"[{len(stages) + 1}/{len(stages) + 1}] example turn (sample-and-rank)", flush=True)
+    print(f"[{len(stages) + 1}/{total}] example turn (sample-and-rank, research loop)", flush=True)
     print(example_turn(ft2, index))
-    print(f"pipeline done: {ft2}")
+    print(f"[{len(stages) + 2}/{total}] evaluation", flush=True)
+    if (work / "eval" / "report.json").exists():
+        print(f"  exists: {work / 'eval' / 'report.json'}")
+    else:
+        evaluate.main(["--models", str(pre), str(ft), str(ft2), "--index", str(index),
+                       "--limit", str(a.eval_contexts), "--candidates", "8",
+                       "--out", str(work / "eval")])
+    if a.serve:
+        print(f"[{total}/{total}] chat server", flush=True)
+        url = deploy(work, a.port)
+        print(f"  serving on {url} (OpenAI API at {url}/v1, docs at {url}/docs); example:")
+        print(example_request(url))
+        print("  chat in a terminal: .venv/bin/python -m serve_apps.client --model lamda-everest --trace")
+    print(f"pipeline done: {ft2}", flush=True)
+    if a.serve and a.block:
+        print("serving until Ctrl-C", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

@@ -25,13 +25,27 @@ def resolve(path: str | None) -> str | None:
     return str(ROOT / path)
 
 
-def build_app(args: dict) -> Application:
+def yaml_options(path: Path = Path(__file__).with_name("chat.yaml")) -> dict[str, dict]:
+    """Per-deployment options of a Serve config file, for deploying from Python (`serve.run`)
+    with the same settings `serve run chat.yaml` applies."""
+    import yaml
+    app = yaml.safe_load(path.read_text())["applications"][0]
+    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
+
+
+def build_app(args: dict, options: dict[str, dict] | None = None) -> Application:
     """args: model (export path or s3:// URI), index (retrieval SQLite file), conversations
-    (SQLite file), roles_dir, api_key, translate_url, threads (torch threads per model replica)."""
+    (SQLite file), roles_dir, api_key, translate_url, threads (torch threads per model replica).
+    `options`: per-deployment `.options()` by deployment name (e.g. `yaml_options()`)."""
     model = resolve(args.get("model", "runs/local/finetuned_safe"))
     index = resolve(args.get("index", "runs/local/index.sqlite"))
     threads = args.get("threads")
-    return Chat.bind(Sampler.bind(model, threads), Ranker.bind(model, threads),
-                     Toolset.bind(index, args.get("translate_url")),
+    options = options or {}
+
+    def opt(deployment):
+        return deployment.options(**options.get(deployment.name, {}))
+
+    return opt(Chat).bind(opt(Sampler).bind(model, threads), opt(Ranker).bind(model, threads),
+                          opt(Toolset).bind(index, args.get("translate_url")),
                      conversations=resolve(args.get("conversations", "runs/serve/conversations.sqlite")),
                      roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"))

@@ -43,6 +43,42 @@ def test_grafana_dashboard_queries_metrics_the_code_exports():
                 assert base in exported, f"{panel['title']}: {name} is not exported"
 
 
-def test_cluster_launcher_config_parses():
+def test_cluster_launcher_config_passes_rays_schema_and_validation():
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
     cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
-    assert cfg["provider"]["type"] == "aws" and cfg["head_node_type"] in cfg["available_node_types"]
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(cfg, schema)
+    validate_config(prepare_config(cfg))
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    assert types["train_gpu"]["node_config"]["InstanceType"] == "p5.48xlarge"  # 8 GPUs
+    assert "serve_gpu" in types
+    assert all("--metrics-export-port" in c for c in cfg["head_start_ray_commands"][1:]
+               + cfg["worker_start_ray_commands"][1:])
+    assert any("pip install" in c and "-e ." in c for c in cfg["setup_commands"])
+
+
+def kuberay(name: str) -> dict:
+    return yaml.safe_load((ROOT / "cluster" / "kuberay" / name).read_text())
+
+
+@pytest.mark.parametrize("name,kind", [("raycluster.yaml", "RayCluster"),
+                                       ("rayservice.yaml", "RayService"), ("rayjob.yaml", "RayJob")])
+def test_kuberay_manifests(name, kind):
+    m = kuberay(name)
+    assert m["apiVersion"] == "ray.io/v1" and m["kind"] == kind and m["metadata"]["name"]
+    spec = m["spec"]
+    cluster = {"RayCluster": spec, "RayService": spec.get("rayClusterConfig"),
+               "RayJob": spec.get("rayClusterSpec")}[kind]
+    assert cluster["rayVersion"] == "2.60.0"
+    assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert group["template"]["spec"]["containers"][0]["image"]
+
+
+def test_rayservice_serves_exactly_chat_yaml():
+    embedded = kuberay("rayservice.yaml")["spec"]["serveConfigV2"]
+    assert yaml.safe_load(embedded) == yaml.safe_load((ROOT / "serve_apps/chat.yaml").read_text())
