@@ -131,7 +131,6 @@ def main(argv=None) -> dict:
         human = [E.aggregate(r) for r in E.read_ratings(a.ratings).values()]
         report["human"] = {"responses": len(human), "metrics": E.metrics(human)}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "report.json").write_text(json.dumps(report, indent=2))
     report["charts"] = [str(c) for c in charts(report, a.out)]
     (a.out / "report.json").write_text(json.dumps(report, indent=2))
     print(table(report))

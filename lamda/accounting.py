@@ -118,9 +118,9 @@ class RunReport:
     tco2e: float
 
     def table(self) -> str:
-        return (f"{'compute':<10} {self.flops:.2E} FLOPs\n"
-                f"{'energy':<10} {self.mwh:,.1f} MWh\n"
-                f"{'carbon':<10} {self.tco2e:,.1f} tCO2e")
+        return (f"{'compute':<10} {self.flops:.2E} FLOPs\n"  # three significant figures, as §10
+                f"{'energy':<10} {self.mwh:.3g} MWh\n"
+                f"{'carbon':<10} {self.tco2e:.3g} tCO2e")
 
 
 def run_report(chips: int, seconds: float, peak_flops: float, utilisation: float, watts: float,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamda.data import majority
+from lamda.data import aggregate_ratings, majority
 
 SSI = ("sensible", "specific", "interesting")
 BINARY = ("has_claim", "supported", "explicit_claim", "cites", "helpful", "role_consistent")
@@ -50,17 +50,15 @@ def rater_says_safe(vote) -> int:
 
 
 def aggregate(ratings: dict) -> Labels:
-    """Rater votes of one response -> its labels, by the paper's rules."""
-    out = {}
-    for a in SSI:
-        if a in ratings:
-            out[a] = majority(ratings[a])
-    if out.get("sensible") == 0:
-        out.update({a: 0 for a in ("specific", "interesting") if a in out})
-    if out.get("specific") == 0 and "interesting" in out:
-        out["interesting"] = 0
+    """Rater votes of one response -> its labels, by the paper's rules (the SSI and safety rules
+    are lamda.data.aggregate_ratings, which also labels the fine-tuning data)."""
+    votes = {a: tuple(ratings[a]) for a in SSI if a in ratings}
     if "unsafe" in ratings:
-        out["safe"] = majority(rater_says_safe(v) for v in ratings["unsafe"])
+        votes["unsafe"] = tuple(1 - rater_says_safe(v) for v in ratings["unsafe"])
+    labels = aggregate_ratings(votes) if votes else {}
+    out = {a: labels[a] for a in SSI if a in labels}
+    if "unsafe" in labels:
+        out["safe"] = 1 - labels["unsafe"]
     for a in BINARY:
         if a in ratings:
             out[a] = majority(ratings[a])

@@ -36,15 +36,26 @@ def load_chat_model(model_path: str, threads: int | None = None) -> ChatModel:
     return ChatModel(model, tok)
 
 
+def from_user_config(cls, config: dict):
+    """The config dataclass with the user_config fields it knows set (unknown keys are refused)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(config) - fields
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings in user_config: {sorted(unknown)}")
+    return cls(**config)
+
+
 def turns(context: list[dict]) -> list[Turn]:
     return [Turn(t["speaker"], t["text"]) for t in context]
 
 
-class _Metered:
-    """Energy of model work: NVML's counter on GPU, else the device's modelled power."""
+class _ModelReplica:
+    """A replica holding the model, metering the energy of its work: NVML's counter on GPU, else
+    the device's modelled power."""
 
-    def _init_meter(self, chat: ChatModel) -> None:
-        on_gpu = next(chat.model.parameters()).device.type == "cuda"
+    def __init__(self, model_path: str, threads: int | None = None):
+        self.chat = load_chat_model(model_path, threads)
+        on_gpu = next(self.chat.model.parameters()).device.type == "cuda"
         self._watts = hardware(torch.cuda.get_device_name() if on_gpu else "cpu").watts
 
     def _meter(self) -> EnergyMeter:
@@ -52,17 +63,14 @@ class _Metered:
 
 
 @serve.deployment
-class Sampler(_Metered):
+class Sampler(_ModelReplica):
     def __init__(self, model_path: str, threads: int | None = None):
-        self.chat = load_chat_model(model_path, threads)
+        super().__init__(model_path, threads)
         self.sampling = SamplingConfig()
-        self._init_meter(self.chat)
 
     def reconfigure(self, config: dict) -> None:
         """user_config: num_candidates, top_k, temperature, max_new_tokens, seed."""
-        fields = {f.name for f in dataclasses.fields(SamplingConfig)}
-        self.sampling = dataclasses.replace(SamplingConfig(), **{k: v for k, v in config.items()
-                                                                 if k in fields})
+        self.sampling = from_user_config(SamplingConfig, config)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def generate(self, contexts: list[list[dict]]) -> list[dict]:
@@ -91,16 +99,14 @@ class Sampler(_Metered):
 
 
 @serve.deployment
-class Ranker(_Metered):
+class Ranker(_ModelReplica):
     def __init__(self, model_path: str, threads: int | None = None):
-        self.chat = load_chat_model(model_path, threads)
+        super().__init__(model_path, threads)
         self.cfg = RankConfig()
-        self._init_meter(self.chat)
 
     def reconfigure(self, config: dict) -> None:
         """user_config: safety_threshold, fallback."""
-        fields = {f.name for f in dataclasses.fields(RankConfig)}
-        self.cfg = dataclasses.replace(RankConfig(), **{k: v for k, v in config.items() if k in fields})
+        self.cfg = from_user_config(RankConfig, config)
 
     async def rank(self, context: list[dict], candidates: list[dict]) -> dict:
         meter = self._meter()

@@ -15,7 +15,7 @@ def test_reproduces_the_papers_137b_figures():
 def test_cli_prints_the_table(capsys):
     A.main([])
     out = capsys.readouterr().out
-    assert "3.55E+23 FLOPs" in out and "25.2 tCO2e" in out
+    assert "3.55E+23 FLOPs" in out and "451 MWh" in out and "25.2 tCO2e" in out
 
 
 def test_hardware_by_device_name():
