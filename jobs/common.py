@@ -100,6 +100,9 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
 
 
 def ray_data_quiet() -> None:
-    """No Ray Data progress bars in training jobs: the per-step log lines say enough."""
+    """No Ray Data progress bars or per-epoch plan logs in training jobs: the per-step log lines
+    say enough."""
     import ray.data
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

@@ -42,11 +42,13 @@ def main(argv=None) -> dict:
     read_export_header(a.model)  # a clear error now rather than inside every actor
     cfg = FilterConfig(a.max_unsafe, a.min_quality, a.top_fraction)
     init_ray(a.address, a.actors * a.cpus_per_actor)
+    import ray.data
     from lamda.ray_train import read_records
     scored = read_records(a.dialogs).map_batches(
         TurnScorer, fn_constructor_kwargs={"export": a.model,
                                            "device": "cuda" if a.gpus_per_actor else "cpu"},
-        batch_size=a.batch_size, concurrency=a.actors, num_cpus=a.cpus_per_actor,
+        batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.actors),
+        num_cpus=a.cpus_per_actor,
         num_gpus=a.gpus_per_actor or None).materialize()
     n_in = scored.count()
     kept = scored.filter(lambda r: cfg.passes(r["unsafe"], r["quality"]))
