@@ -5,7 +5,7 @@ import torch
 
 from lamda.chat import ChatConfig, ChatModel, chat_turn, local_turn
 from lamda.config import ModelConfig
-from lamda.data import SAMPLE_DIR, Turn, parse_research, read_jsonl, research_examples, research_prompt
+from lamda.data import SAMPLE_DIR, Turn, read_jsonl, research_examples, research_prompt
 from lamda.decode import SamplingConfig
 from lamda.model import build_model
 from lamda.rank import RankConfig, Ranked, Scored
