@@ -100,6 +100,26 @@ def load_export(path: str | os.PathLike, device: str | torch.device = "cpu",
     return model.eval(), tok
 
 
+def load_export_dispatched(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                           device_map: str | dict = "auto", max_memory: dict | None = None
+                           ) -> tuple[LaMDA, Tokenizer]:
+    """A model too large for one device, spread over the visible GPUs (then CPU) block by block
+    with Accelerate's big-model loading: built with empty weights, then each block's tensors
+    loaded straight onto its device. Decoding keeps each layer's KV cache on that layer's device."""
+    from accelerate import init_empty_weights, load_checkpoint_and_dispatch
+    if is_s3(path):
+        with tempfile.TemporaryDirectory() as d:
+            return load_export_dispatched(download_dir(str(path), d), dtype, device_map, max_memory)
+    path = Path(path)
+    cfg, tok = read_export_header(path)
+    with init_empty_weights():
+        model = LaMDA(cfg)
+    model = load_checkpoint_and_dispatch(model, str(path / WEIGHTS), device_map=device_map,
+                                         max_memory=max_memory, no_split_module_classes=["Block"],
+                                         dtype=dtype)
+    return model.eval(), tok
+
+
 # -- training checkpoints (torch.distributed.checkpoint shards, see lamda.ray_train) --------------
 
 def check_checkpoint_dir(d: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lamda.model import KVCache, LaMDA
+from lamda.model import KVCache, LaMDA, layer_devices
 from lamda.tokenizer import Tokenizer
 
 
@@ -93,7 +93,8 @@ def prefill(model: LaMDA, tokens: Tensor, key_mask: Tensor, max_len: int) -> tup
     """Run the prompts once; returns the filled cache and the last position's logits (B, V)."""
     B, T = tokens.shape
     dtype = next(model.parameters()).dtype
-    cache = KVCache.empty(model.cfg, B, max_len, device=tokens.device, dtype=dtype)
+    cache = KVCache.empty(model.cfg, B, max_len, device=tokens.device, dtype=dtype,
+                          layer_devices=layer_devices(model))
     logits = model(tokens, torch.arange(T, device=tokens.device), cache, key_mask=key_mask)
     return cache, logits[:, -1]
 

@@ -30,46 +30,52 @@ from lamda.config import ModelConfig
 class KVCache:
     """Preallocated keys and values of every layer for incremental decoding.
 
-    k, v: (L, B, H, S, D). `key_mask` (B, S) marks valid (non-padding) positions, so conversations
-    of different lengths can share a batch with left padding. `expand(n)` repeats each row n times:
-    one prefilled context becomes n candidate rows without recomputing it.
+    k[layer], v[layer]: (B, H, S, D), each on its layer's device (a model dispatched across GPUs
+    keeps each layer's cache next to it). `key_mask` (B, S) marks valid (non-padding) positions, so
+    conversations of different lengths can share a batch with left padding. `expand(n)` repeats
+    each row n times: one prefilled context becomes n candidate rows without recomputing it.
     """
 
-    def __init__(self, k: Tensor, v: Tensor, key_mask: Tensor):
+    def __init__(self, k: list[Tensor], v: list[Tensor], key_mask: Tensor):
         self.k, self.v, self.key_mask = k, v, key_mask
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int | None = None, *,
-              device=None, dtype=torch.float32) -> "KVCache":
+              device=None, dtype=torch.float32, layer_devices: list | None = None) -> "KVCache":
+        """A zeroed cache; `layer_devices` places each layer's part (default: all on `device`)."""
         S = max_len or cfg.max_seq_len
-        shape = (cfg.n_layer, batch, cfg.n_head, S, cfg.d_kv)
-        return cls(torch.zeros(shape, device=device, dtype=dtype),
-                   torch.zeros(shape, device=device, dtype=dtype),
+        shape = (batch, cfg.n_head, S, cfg.d_kv)
+        devices = layer_devices or [device] * cfg.n_layer
+        return cls([torch.zeros(shape, device=d, dtype=dtype) for d in devices],
+                   [torch.zeros(shape, device=d, dtype=dtype) for d in devices],
                    torch.ones(batch, S, device=device, dtype=torch.bool))
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.key_mask.shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.key_mask.shape[1]
 
     def update(self, layer: int, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H, T, D) at `input_pos`, (T,) or per row (B, T); return the layer's
         whole cache."""
+        ck, cv = self.k[layer], self.v[layer]
+        input_pos = input_pos.to(ck.device)
         if input_pos.dim() == 1:
-            self.k[layer].index_copy_(2, input_pos, k)
-            self.v[layer].index_copy_(2, input_pos, v)
+            ck.index_copy_(2, input_pos, k)
+            cv.index_copy_(2, input_pos, v)
         else:
             idx = input_pos[:, None, :, None].expand_as(k)  # (B, H, T, D)
-            self.k[layer].scatter_(2, idx, k)
-            self.v[layer].scatter_(2, idx, v)
-        return self.k[layer], self.v[layer]
+            ck.scatter_(2, idx, k)
+            cv.scatter_(2, idx, v)
+        return ck, cv
 
     def expand(self, n: int) -> "KVCache":
         """Each row repeated n times, consecutively: row b becomes rows b*n .. b*n+n-1."""
-        return KVCache(self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1),
+        return KVCache([k.repeat_interleave(n, dim=0) for k in self.k],
+                       [v.repeat_interleave(n, dim=0) for v in self.v],
                        self.key_mask.repeat_interleave(n, dim=0))
 
 
@@ -182,7 +188,13 @@ class LaMDA(nn.Module):
         for block in self.blocks:
             x = block(x, prepared, cache, input_pos)
         x = self.norm(x) * self.cfg.d_model ** -0.5
-        return x @ self.embed.weight.t()  # (B, T, V)
+        w = self.embed.weight
+        return x.to(w.device) @ w.t()  # (B, T, V); .to: a no-op unless layers span devices
+
+
+def layer_devices(model: LaMDA) -> list[torch.device]:
+    """The device of each block (they differ when a model is dispatched across GPUs)."""
+    return [next(b.parameters()).device for b in model.blocks]
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> LaMDA:

@@ -18,7 +18,7 @@ from ray import serve
 
 from lamda.accounting import EnergyMeter, hardware
 from lamda.chat import ChatModel
-from lamda.checkpoint import load_export
+from lamda.checkpoint import load_export, load_export_dispatched
 from lamda.data import ResearchStep, Turn
 from lamda.decode import Candidate, SamplingConfig
 from lamda.rank import RankConfig
@@ -27,12 +27,17 @@ from lamda.tools.retrieval import Retriever
 
 
 def load_chat_model(model_path: str, threads: int | None = None) -> ChatModel:
-    """The export on this replica's device: GPU (bf16) when Ray gave it one, else CPU. Ray gives
-    a replica with fractional CPUs one torch thread; `threads` overrides that."""
+    """The export on this replica's device: GPU (bf16) when Ray gave it one, spread over all of
+    the replica's GPUs with Accelerate when it has several (`num_gpus` > 1), else CPU. Ray gives a
+    replica with fractional CPUs one torch thread; `threads` overrides that."""
     if threads:
         torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
-    model, tok = load_export(model_path, device, torch.bfloat16 if device == "cuda" else None)
+    gpus = torch.cuda.device_count() if os.environ.get("CUDA_VISIBLE_DEVICES") else 0
+    if gpus > 1:
+        model, tok = load_export_dispatched(model_path, torch.bfloat16)
+    else:
+        device = "cuda" if gpus == 1 else "cpu"
+        model, tok = load_export(model_path, device, torch.bfloat16 if gpus else None)
     return ChatModel(model, tok)
 
 

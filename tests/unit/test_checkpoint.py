@@ -57,3 +57,21 @@ def test_a_failed_export_leaves_the_old_one_intact(model, tok, tmp_path, monkeyp
         save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
     load_export(tmp_path / "m")  # the previous export still loads
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left behind
+
+
+def test_accelerate_big_model_loading_matches_the_plain_load(model, tok, tmp_path):
+    """The dispatched path (empty weights + load_checkpoint_and_dispatch, per-layer cache devices)
+    gives the same logits and decodes; here every block lands on the CPU."""
+    from lamda.checkpoint import load_export_dispatched
+    from lamda.decode import SamplingConfig, generate
+    save_export(tmp_path / "m", model.state_dict(), model.cfg, tok)
+    dispatched, _ = load_export_dispatched(tmp_path / "m", device_map="auto",
+                                           max_memory={"cpu": "1GiB"})
+    assert all(p.device.type == "cpu" for p in dispatched.parameters())
+    x = torch.randint(0, tok.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(dispatched(x), model(x), atol=0, rtol=0)
+    cfg = SamplingConfig(num_candidates=2, max_new_tokens=4, seed=0)
+    a = generate(dispatched, tok, [[5, 6, 7]], cfg).candidates[0]
+    b = generate(model, tok, [[5, 6, 7]], cfg).candidates[0]
+    assert [c.ids for c in a] == [c.ids for c in b]

@@ -44,7 +44,7 @@ def test_expanding_one_context_to_n_rows_matches_full_forward(model):
     cache = KVCache.empty(CFG, batch=1, max_len=32)
     model(ctx, torch.arange(16), cache)
     rows = cache.expand(4)
-    assert rows.batch == 4 and rows.k.shape[1] == 4
+    assert rows.batch == 4 and all(k.shape[0] == 4 for k in rows.k)
     nxt = tokens(4, 3, seed=2)  # a different continuation per row
     steps = [model(nxt[:, i:i + 1], torch.tensor([16 + i]), rows) for i in range(3)]
     full = model(torch.cat([ctx.expand(4, -1), nxt], 1))[:, 16:]
