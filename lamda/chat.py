@@ -50,22 +50,25 @@ class ChatModel:
 
     def respond(self, contexts: list[list[Turn]], sampling: SamplingConfig,
                 rank_cfg: RankConfig) -> list[tuple[Ranked, float, dict]]:
-        """Ranked candidates for each context (one batch), with FLOPs and token counts each."""
-        prompts = [response_prompt(self.tok, c) for c in contexts]
-        gen = generate(self.model, self.tok, prompts, sampling)
+        """Ranked candidates for each context (one batch), with FLOPs and token counts each;
+        the discriminators reuse the decoding cache."""
+        gen, sampled = self._generate(contexts, sampling)
         probs = score_generation(self.model, self.tok, gen)
         N, out = sampling.num_candidates, []
-        for i, cands in enumerate(gen.candidates):
-            generated, scored = sum(c.length for c in cands), SCORED_PER_CANDIDATE * N
-            flops = self.flops(len(prompts[i]) + max(c.length for c in cands),
-                               len(prompts[i]) + generated + scored)
+        for i, (cands, flops, tokens) in enumerate(sampled):
+            scored = SCORED_PER_CANDIDATE * N
+            flops += self.flops(tokens["prompt"] + max(c.length for c in cands), scored)
             out.append((rank(cands, probs[i * N:(i + 1) * N], rank_cfg), flops,
-                        {"prompt": len(prompts[i]), "generated": generated, "scored": scored}))
+                        {**tokens, "scored": scored}))
         return out
 
     def sample(self, contexts: list[list[Turn]], sampling: SamplingConfig
                ) -> list[tuple[list[Candidate], float, dict]]:
         """Candidates for each context (one batch), with FLOPs and token counts each."""
+        return self._generate(contexts, sampling)[1]
+
+    def _generate(self, contexts: list[list[Turn]], sampling: SamplingConfig):
+        """The decode of all contexts, and per context (candidates, FLOPs, token counts)."""
         prompts = [response_prompt(self.tok, c) for c in contexts]
         gen = generate(self.model, self.tok, prompts, sampling)
         out = []
@@ -73,7 +76,7 @@ class ChatModel:
             generated = sum(c.length for c in cands)
             flops = self.flops(len(prompt) + max(c.length for c in cands), len(prompt) + generated)
             out.append((cands, flops, {"prompt": len(prompt), "generated": generated}))
-        return out
+        return gen, out
 
     def score(self, context: list[Turn], candidates: list[Candidate], rank_cfg: RankConfig
               ) -> tuple[Ranked, float, dict]:

@@ -306,35 +306,20 @@ def research_examples(tok: Tokenizer, rec: Research) -> list[Example]:
     return examples
 
 
-def pack_pretraining(documents: Iterable[list[int]], dialogs: Iterable[list[int]], seq_len: int,
-                     dialog_fraction: float = 0.5) -> Iterator[list[int]]:
-    """Concatenate document and dialog sequences and cut them into chunks of seq_len + 1 tokens
-    (inputs plus the shifted targets). The next sequence comes from whichever source is furthest
-    below its share of tokens so far (dialogs: `dialog_fraction`; paper: 0.5). When one source runs
-    out, the rest comes from the other. A trailing partial chunk is dropped.
-    """
+def mixture_rows(n_doc: int, n_dialog: int, dialog_fraction: float) -> tuple[int, int]:
+    """How many packed document and dialog rows to keep so that `dialog_fraction` of the rows are
+    dialogs (paper: 0.5): all of the scarcer source, as much of the other as the fraction allows.
+    A source with no rows leaves all of the other."""
     if not 0.0 <= dialog_fraction <= 1.0:
         raise ValueError("dialog_fraction must be within [0, 1]")
-    sources = {"doc": iter(documents), "dialog": iter(dialogs)}
-    if dialog_fraction == 0.0:
-        sources.pop("dialog")
-    if dialog_fraction == 1.0:
-        sources.pop("doc")
-    counts = {"doc": 0, "dialog": 0}
-    buf: list[int] = []
-    while sources:
-        total = counts["doc"] + counts["dialog"]
-        want = "dialog" if counts["dialog"] <= dialog_fraction * total else "doc"
-        name = want if want in sources else next(iter(sources))
-        seq = next(sources[name], None)
-        if seq is None:
-            del sources[name]
-            continue
-        counts[name] += len(seq)
-        buf += seq
-        while len(buf) >= seq_len + 1:
-            yield buf[:seq_len + 1]
-            buf = buf[seq_len + 1:]
+    f = dialog_fraction
+    if n_doc == 0 or n_dialog == 0:
+        return n_doc, n_dialog
+    if f in (0.0, 1.0):
+        return (n_doc, 0) if f == 0.0 else (0, n_dialog)
+    if n_dialog / (n_doc + n_dialog) > f:
+        return n_doc, min(n_dialog, max(1, int(f / (1 - f) * n_doc)))
+    return min(n_doc, max(1, int((1 - f) / f * n_dialog))), n_dialog
 
 
 def pad_examples(examples: list[Example], seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

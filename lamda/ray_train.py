@@ -103,25 +103,14 @@ def pretraining_dataset(tok: Tokenizer, documents: list[str], dialogs: list[str]
 
         return ds.map_batches(tokenize_and_pack, batch_size=512, batch_format="numpy").materialize()
 
-    docs = packed(documents, "document", D.document_ids)
-    dlgs = packed(dialogs, "dialog", D.dialog_ids)
-    if docs is None or dlgs is None:
-        only = docs if dlgs is None else dlgs
-        if only is None:
-            raise ValueError("no pre-training data: give documents and/or dialogs")
-        return only.random_shuffle(seed=seed)
-    n_doc, n_dlg = docs.count(), dlgs.count()
-    if n_doc == 0 or n_dlg == 0:  # too little text for one row of one source
-        return (docs if n_doc else dlgs).random_shuffle(seed=seed)
-    f = dialog_fraction
-    if f <= 0 or f >= 1:
-        return (docs if f <= 0 else dlgs).random_shuffle(seed=seed)
-    # keep all of the scarcer source, and as much of the other as the fraction allows
-    if n_dlg / (n_doc + n_dlg) > f:
-        dlgs = dlgs.limit(max(1, int(f / (1 - f) * n_doc)))
-    else:
-        docs = docs.limit(max(1, int((1 - f) / f * n_dlg)))
-    return docs.union(dlgs).random_shuffle(seed=seed)
+    sources = [packed(documents, "document", D.document_ids), packed(dialogs, "dialog", D.dialog_ids)]
+    counts = [ds.count() if ds is not None else 0 for ds in sources]
+    if not any(counts):
+        raise ValueError("no pre-training data: give documents and/or dialogs (enough for one row)")
+    keep = D.mixture_rows(*counts, dialog_fraction)
+    parts = [ds if k == n else ds.limit(k) for ds, n, k in zip(sources, counts, keep) if k > 0]
+    mixed = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return mixed.random_shuffle(seed=seed)
 
 
 def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), research: list[str] = (),

@@ -66,18 +66,25 @@ def test_research_examples(tok):
     assert tok.decode(trained(final)) == "User, K2 is 8,611 metres tall. https://example.org/k2 <eot>"
 
 
-def test_packing_respects_the_mixture_ratio():
-    docs = ([0] * 10 for _ in range(1000))
-    dialogs = ([1] * 10 for _ in range(1000))
-    chunks = list(D.pack_pretraining(docs, dialogs, seq_len=99, dialog_fraction=0.25))
-    assert all(len(c) == 100 for c in chunks)
-    first = [t for c in chunks[:40] for t in c]
-    assert sum(first) / len(first) == pytest.approx(0.25, abs=0.01)
+@pytest.mark.parametrize("n_doc,n_dialog,fraction,expected", [
+    (100, 100, 0.5, (100, 100)),
+    (100, 300, 0.5, (100, 100)),  # dialogs cut to the documents' count
+    (300, 100, 0.5, (100, 100)),
+    (300, 300, 0.25, (300, 100)),
+    (100, 1000, 0.9, (100, 900)),
+    (100, 0, 0.5, (100, 0)),  # one source empty: all of the other
+    (100, 50, 0.0, (100, 0)),
+    (100, 50, 1.0, (0, 50)),
+])
+def test_mixture_keeps_the_dialog_fraction(n_doc, n_dialog, fraction, expected):
+    assert D.mixture_rows(n_doc, n_dialog, fraction) == expected
+    with pytest.raises(ValueError, match="dialog_fraction"):
+        D.mixture_rows(n_doc, n_dialog, 1.5)
 
 
-def test_packing_uses_the_other_source_when_one_runs_out():
-    chunks = list(D.pack_pretraining([[0] * 10], ([1] * 10 for _ in range(10)), seq_len=9))
-    assert sum(map(len, chunks)) == 110
+def test_packing_cuts_fixed_length_rows():
+    rows = D.pack_array([[1, 2, 3], [4, 5], [6, 7, 8, 9]], seq_len=3)
+    assert rows.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]  # the partial tail is dropped
 
 
 def test_collate_keeps_the_end_and_aligns_the_mask(tok):
