@@ -1,8 +1,12 @@
 """Training-step throughput of one preset in one process (no Ray). Prints JSON.
 
     python bench/train_step.py --preset tiny --device cpu
-    python bench/train_step.py --preset 350m --device cuda --batch-size 16 --seq-len 1024 --compile
+    python bench/train_step.py --preset 350m --device cuda --batch-size 16 --seq-len 1024 --compile \
+        --attn-backend sdpa,flex,nobias
 
+Each backend in `--attn-backend` (comma-separated) is measured in turn in this process and printed
+as one JSON line; a last line gives each one's speed relative to the first. `nobias` is an upper
+bound, not a model: SDPA's causal kernel with no relative bias at all.
 Step time is the median over the timed steps; tokens/s counts every input token (forward +
 backward + AdamW). Achieved TFLOP/s use ModelConfig.flops_per_token; MFU divides by the
 GPU's peak from lamda.accounting (not reported on CPU).
@@ -22,9 +26,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lamda.accounting import hardware, mfu  # noqa: E402
+from lamda.attention import BACKENDS  # noqa: E402
 from lamda.config import PRESETS, ModelConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
+
+
+class NoBias:
+    """Upper bound for the benchmark: causal attention without the relative bias."""
+
+    def prepare(self, bias, dtype):
+        return None
+
+    def attend(self, q, k, v, prepared, dropout_p):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+
+
+BACKENDS["nobias"] = NoBias()
 
 
 def sync(device: str) -> None:
@@ -72,6 +90,13 @@ def run(a) -> dict:
     }
 
 
+def free(device: str) -> None:
+    """Drop compiled graphs and cached blocks between measurements."""
+    torch._dynamo.reset()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
@@ -82,10 +107,24 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--attn-backend", default="sdpa")
+    p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, nobias")
     a = p.parse_args(argv)
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
-    print(json.dumps(run(a)))
+    if a.device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls
+    results = []
+    for backend in a.attn_backend.split(","):
+        try:
+            results.append(run(argparse.Namespace(**{**vars(a), "attn_backend": backend})))
+        except Exception as e:  # e.g. out of memory: report it and go on with the others
+            results.append({"bench": "train_step", "preset": a.preset, "attn_backend": backend,
+                            "error": f"{type(e).__name__}: {e}"[:500]})
+        print(json.dumps(results[-1]), flush=True)
+        free(a.device)
+    ok = [r for r in results if "step_s" in r]
+    if len(ok) > 1:
+        print(json.dumps({"speed_vs_" + ok[0]["attn_backend"]: {
+            r["attn_backend"]: round(ok[0]["step_s"] / r["step_s"], 3) for r in ok}}))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ The model describes the bias once per forward as a `RelativeBias` (the learned t
 and key positions and masks). A backend turns that into whatever it needs once per forward
 (`prepare`), then every layer calls it (`attend`). `sdpa` materialises the bias as a dense additive
 mask for `F.scaled_dot_product_attention`: it is the reference path and works on CPU and GPU.
-A faster backend (e.g. one that reads the bucket table inside the kernel) registers itself in
-`BACKENDS` and is chosen with `ModelConfig.attn_backend`.
+`flex` (lamda.attention_flex) reads the bias inside a FlexAttention kernel and computes the bias
+gradient separately; it is for causal self-attention on CUDA (training). `auto`, the default, picks
+`flex` where it applies and `sdpa` everywhere else (CPU, KV-cache decoding, padding masks, dropout).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class RelativeBias:
     key_mask: Tensor | None  # (B, Tk) bool, False for padding keys; None: all valid
     num_buckets: int
     max_distance: int
+    self_attention: bool = False  # queries and keys are the same positions 0..T-1 (no cache)
 
     def _rel(self) -> Tensor:
         """(Bq, Tq, Tk) key_pos - query_pos, Bq = 1 or B."""
@@ -91,10 +93,28 @@ class SDPABackend:
                                               scale=1.0)
 
 
-BACKENDS: dict[str, AttentionBackend] = {"sdpa": SDPABackend()}
+class AutoBackend:
+    """`flex` for causal self-attention without padding on CUDA, `sdpa` otherwise."""
+
+    def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> tuple[AttentionBackend, object]:
+        fast = bias.table.is_cuda and bias.self_attention and bias.key_mask is None
+        backend = BACKENDS["flex" if fast else "sdpa"]
+        return backend, backend.prepare(bias, dtype)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared, dropout_p: float) -> Tensor:
+        backend, inner = prepared
+        return backend.attend(q, k, v, inner, dropout_p)
 
 
-def get_backend(name: str) -> AttentionBackend:
+BACKENDS: dict[str, AttentionBackend] = {"sdpa": SDPABackend(), "auto": AutoBackend()}
+
+
+def get_backend(name: str, dropout: float = 0.0) -> AttentionBackend:
+    """The backend called `name`; `auto` with attention dropout is `sdpa` (flex has no dropout)."""
+    import lamda.attention_flex  # noqa: F401  (registers "flex"; it builds on this module)
+
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}")
+    if name == "auto" and dropout > 0:
+        name = "sdpa"
     return BACKENDS[name]

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from lamda.accounting import inference_flops_per_token
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
-from lamda.decode import Candidate, SamplingConfig, best_by_likelihood, generate
+from lamda.decode import (Candidate, EagerStep, SamplingConfig, best_by_likelihood, default_step,
+                          generate)
 from lamda.model import LaMDA
 from lamda.rank import RankConfig, Ranked, rank, score_generation, score_token_responses
 from lamda.research import ResearchResult, research_loop
@@ -40,10 +41,12 @@ class Answer:
 class ChatModel:
     """Sample-and-rank and research steps with one model in this process. `respond` reuses the
     decoding cache for scoring; `sample` and `score` are the same work split in two, for a sampler
-    and a ranker that run apart (the Serve graph)."""
+    and a ranker that run apart (the Serve graph). Decoding steps run as CUDA graphs on one GPU
+    (`lamda.decode.default_step`); calls must not overlap (they share the static cache)."""
 
-    def __init__(self, model: LaMDA, tok: Tokenizer):
+    def __init__(self, model: LaMDA, tok: Tokenizer, step: EagerStep | None = None):
         self.model, self.tok = model, tok
+        self.step = step or default_step(model)
 
     def flops(self, context_len: int, tokens: int) -> float:
         return inference_flops_per_token(self.model.cfg, context_len) * tokens
@@ -70,7 +73,7 @@ class ChatModel:
     def _generate(self, contexts: list[list[Turn]], sampling: SamplingConfig):
         """The decode of all contexts, and per context (candidates, FLOPs, token counts)."""
         prompts = [response_prompt(self.tok, c) for c in contexts]
-        gen = generate(self.model, self.tok, prompts, sampling)
+        gen = generate(self.model, self.tok, prompts, sampling, step=self.step)
         out = []
         for prompt, cands in zip(prompts, gen.candidates):
             generated = sum(c.length for c in cands)
@@ -92,7 +95,7 @@ class ChatModel:
                  sampling: SamplingConfig) -> tuple[str, float]:
         """The research task's next output ("TS, query" or "User, reply") and its FLOPs."""
         prompt = research_prompt(self.tok, context, draft, steps)
-        gen = generate(self.model, self.tok, [prompt], sampling)
+        gen = generate(self.model, self.tok, [prompt], sampling, step=self.step)
         best = best_by_likelihood(gen.candidates[0])
         tokens = len(prompt) + sum(c.length for c in gen.candidates[0])
         return self.tok.decode(best.ids), self.flops(len(prompt) + best.length, tokens)

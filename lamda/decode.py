@@ -5,6 +5,7 @@
 1. `prefill` runs every prompt once (left-padded into one batch) and fills a KV cache.
 2. The cache is expanded to N candidate rows per prompt without recomputing anything.
 3. `decode_one_token` advances all B x N rows together; `sample_top_k` draws each next token.
+   On GPU, `GraphStep` runs it compiled into a CUDA graph over a static KV cache.
    A row stops at <eot>; a row still open at `max_new_tokens` gets a forced <eot> (truncated), so
    every response ends the way the fine-tuning formats expect and the discriminators can be
    appended right after it (lamda.rank reuses this cache).
@@ -105,14 +106,68 @@ def decode_one_token(model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache) 
     return model(tokens[:, None], pos, cache)[:, -1]
 
 
+class EagerStep:
+    """The per-token step in plain PyTorch; every turn gets a fresh cache."""
+
+    def rows(self, cache: KVCache, n: int) -> KVCache:
+        """The prefilled cache (B rows) as the B x n candidate rows the steps will write."""
+        return cache.expand(n)
+
+    def __call__(self, model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        return decode_one_token(model, tokens, pos, cache)
+
+
+class GraphStep(EagerStep):
+    """The per-token step compiled into a CUDA graph (torch.compile, mode="reduce-overhead").
+
+    A graph replays fixed memory addresses, so the cache it writes must be the same tensors every
+    turn: one cache per (rows, length) is allocated once, its tensors are marked static, and each
+    turn's prefill is copied into it. Lengths are rounded up to `len_multiple`, so few shapes (and
+    compilations) occur; positions past the turn's own are never attended (causal mask).
+    """
+
+    def __init__(self, len_multiple: int = 128):
+        self.len_multiple = len_multiple
+        self.caches: dict[tuple[int, int], KVCache] = {}
+        self.step = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+
+    def rows(self, cache: KVCache, n: int) -> KVCache:
+        R = cache.batch * n
+        S = -(-cache.max_len // self.len_multiple) * self.len_multiple
+        if (R, S) not in self.caches:
+            static = KVCache([torch.zeros(R, *k.shape[1:2], S, *k.shape[3:], dtype=k.dtype,
+                                          device=k.device) for k in cache.k],
+                             [torch.zeros(R, *v.shape[1:2], S, *v.shape[3:], dtype=v.dtype,
+                                          device=v.device) for v in cache.v],
+                             torch.ones(R, S, dtype=torch.bool, device=cache.key_mask.device))
+            for t in static.k + static.v + [static.key_mask]:
+                torch._dynamo.mark_static_address(t)
+            self.caches[R, S] = static
+        static, L = self.caches[R, S], cache.max_len
+        for dst, src in zip(static.k + static.v, cache.k + cache.v):
+            dst[:, :, :L].copy_(src.repeat_interleave(n, dim=0))
+        static.key_mask[:, :L].copy_(cache.key_mask.repeat_interleave(n, dim=0))
+        static.key_mask[:, L:] = True
+        return static
+
+    def __call__(self, model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.step(model, tokens, pos, cache)
+
+
+def default_step(model: LaMDA) -> EagerStep:
+    """`GraphStep` for a model on one GPU, `EagerStep` on CPU or across several GPUs."""
+    devices = set(layer_devices(model))
+    return GraphStep() if len(devices) == 1 and devices.pop().type == "cuda" else EagerStep()
+
+
 @torch.no_grad()
 def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
-             extra_cache: int = 2, step=decode_one_token) -> Generation:
+             extra_cache: int = 2, step: EagerStep | None = None) -> Generation:
     """Sample cfg.num_candidates responses for each prompt, all rows decoded as one batch.
 
     `extra_cache` positions are left free after the longest response (ranking appends there).
-    `step` is the per-token function; pass a compiled `decode_one_token` on GPU, e.g.
-    `torch.compile(decode_one_token, mode="reduce-overhead")` (static shapes: CUDA graphs).
+    `step` runs each token (default: `EagerStep`; `GraphStep` on GPU).
     """
     if not prompts or any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -126,8 +181,9 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
         gen.manual_seed(cfg.seed)
     else:
         gen.seed()
+    step = step or EagerStep()
     cache, logits = prefill(model, tokens, mask, max_len)
-    cache = cache.expand(N)
+    cache = step.rows(cache, N)
     logits = logits.repeat_interleave(N, dim=0)  # (R, V), R = B * N
     R = logits.shape[0]
     out = torch.full((R, cfg.max_new_tokens), tok.pad_id, dtype=torch.long, device=device)
@@ -144,8 +200,8 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
         logprob += torch.where(live, logp, torch.zeros_like(logp))
         lengths += live.long()
         done |= nxt == eot
-        if bool(done.all()):
-            break
+        if t == cfg.max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
+            break  # all done is checked now and then: each check waits for the GPU
         pos = torch.tensor([T + t], device=device)
         logits = step(model, torch.where(done, eot, nxt), pos, cache)
 

@@ -87,7 +87,7 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, cfg.d_attn, bias=False)
         self.v = nn.Linear(cfg.d_model, cfg.d_attn, bias=False)
         self.o = nn.Linear(cfg.d_attn, cfg.d_model, bias=False)
-        self.backend = get_backend(cfg.attn_backend)
+        self.backend = get_backend(cfg.attn_backend, cfg.dropout)
 
     def forward(self, x: Tensor, prepared_bias, cache: KVCache | None = None,
                 input_pos: Tensor | None = None) -> Tensor:
@@ -138,7 +138,7 @@ class LaMDA(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
-        self.backend = get_backend(cfg.attn_backend)
+        self.backend = get_backend(cfg.attn_backend, cfg.dropout)
         self.init_weights()
 
     @torch.no_grad()
@@ -183,7 +183,8 @@ class LaMDA(nn.Module):
             key_mask = cache.key_mask
         x = self.drop(self.embed(tokens))  # (B, T, C)
         bias = RelativeBias(self.rel_bias.weight, q_pos, k_pos, key_mask,
-                            self.cfg.rel_buckets, self.cfg.rel_max_distance)
+                            self.cfg.rel_buckets, self.cfg.rel_max_distance,
+                            self_attention=cache is None)
         prepared = self.backend.prepare(bias, x.dtype)  # once per forward, shared by all layers
         for block in self.blocks:
             x = block(x, prepared, cache, input_pos)

@@ -3,7 +3,7 @@ import torch
 
 from lamda.config import ModelConfig
 from lamda.data import Turn, response_prompt
-from lamda.decode import SamplingConfig, best_by_likelihood, generate, sample_top_k
+from lamda.decode import GraphStep, SamplingConfig, best_by_likelihood, generate, sample_top_k
 from lamda.model import LaMDA
 from lamda.rank import (ATTRIBUTES, RankConfig, rank, score_generation, score_responses,
                         score_uncached)
@@ -128,3 +128,19 @@ def test_all_unsafe_gives_the_fallback():
 def test_likelihood_ranking_is_length_normalised():
     short, long_ = cand("short", logprob=-3.0, length=2), cand("long", logprob=-4.0, length=8)
     assert best_by_likelihood([short, long_]) is long_  # -0.5 per token beats -1.5
+
+
+def test_graph_step_matches_eager_and_reuses_its_cache(model, tok):
+    """GraphStep (compiled step over a static cache; CUDA graphs on GPU) samples exactly what the
+    eager step samples, turn after turn, and keeps one cache per shape."""
+    step = GraphStep(len_multiple=64)
+    cfg = SamplingConfig(num_candidates=3, max_new_tokens=10, seed=4)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for ps in (prompts(tok), [p[-5:] for p in prompts(tok)]):  # two prompt lengths, one shape
+            eager = generate(model, tok, ps, cfg)
+            graph = generate(model, tok, ps, cfg, step=step)
+            assert [[c.ids for c in cs] for cs in graph.candidates] == \
+                [[c.ids for c in cs] for cs in eager.candidates]
+            assert torch.allclose(score_generation(model, tok, graph),
+                                  score_generation(model, tok, eager), atol=1e-5)
+    assert list(step.caches) == [(6, 64)]

@@ -1,0 +1,164 @@
+"""The learned T5 bias on FlexAttention, with the bias gradient computed apart (CUDA training).
+
+FlexAttention can add the bias inside its kernel (`score_mod`). If the bias table needs a gradient
+there, every score of every layer adds into a tiny table with atomics, and training crawls
+(DESIGN.md: 2-10% MFU). Here the kernel reads the bias as a constant, and the bias gradient comes
+from two facts:
+
+1. The bias depends only on the distance d = i - j between query i and key j, and every
+   d >= max_distance (W) shares the last bucket.
+2. The score gradients of a softmax row sum to zero: dS = P * (dP - D), dP = dO v^T,
+   D_i = dO_i . O_i, so sum_j dS_ij = D_i - D_i = 0.
+
+So dL/dbias[d] = sum_i dS[i, i-d] is needed only on the band d < W, and all farther distances
+together get minus the band's total. The band costs two small matmuls per block of W queries
+against its 2W nearest keys: at T = 1024 and W = 128, a quarter of one causal attention forward,
+once per layer, with no atomics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention.flex_attention import (AuxRequest, BlockMask, create_block_mask,
+                                               flex_attention)
+
+from lamda.attention import BACKENDS, RelativeBias, relative_position_bucket
+
+# Compiled once, lazily on first call; inside an already compiled model it is inlined.
+_flex_compiled = torch.compile(flex_attention, dynamic=False)
+_block_masks: dict[tuple[int, str], BlockMask] = {}
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+@torch.compiler.disable
+def causal_block_mask(T: int, device: torch.device) -> BlockMask:
+    """The causal block mask for T x T, built once per (T, device)."""
+    key = (T, str(device))
+    if key not in _block_masks:
+        _block_masks[key] = create_block_mask(_causal, None, None, T, T, device=device)
+    return _block_masks[key]
+
+
+def distance_bias(table: Tensor, T: int, num_buckets: int, max_distance: int) -> Tensor:
+    """(H, T) float32: the bias at each distance d = 0..T-1 (a gather from the table, so its
+    gradient flows back to the table)."""
+    d = torch.arange(T, device=table.device)
+    return table[relative_position_bucket(-d, num_buckets, max_distance)].t().float().contiguous()
+
+
+def bias_grad_by_distance(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                          dist_bias: Tensor, window: int) -> Tensor:
+    """dL/d dist_bias (H, T) for causal attention with an additive per-distance bias, given
+    every distance >= `window` has the same bias value (the last T5 bucket).
+
+    q, k, v, out, dout (B, H, T, D); lse (B, H, T) natural-log row normalisers of the forward.
+    Products are in float32 (exact for bf16 inputs under TF32 matmuls too).
+    """
+    B, H, T, D = q.shape
+    W = window
+    n = -(-T // W)  # query blocks of W rows
+    pad = n * W - T
+
+    def blocks(x: Tensor) -> Tensor:  # (B, H, T, D) -> (B, H, n, W, D)
+        return F.pad(x.float(), (0, 0, 0, pad)).view(B, H, n, W, D)
+
+    def near_keys(x: Tensor) -> Tensor:  # (B, H, n, W, D) -> (B, H, n, 2W, D): previous + own block
+        prev = F.pad(x, (0, 0, 0, 0, 1, 0))[:, :, :n]
+        return torch.cat([prev, x], dim=3)
+
+    qb, dob = blocks(q), blocks(dout)
+    s = qb @ near_keys(blocks(k)).transpose(-1, -2)  # (B, H, n, W, 2W) q.k
+    dp = dob @ near_keys(blocks(v)).transpose(-1, -2)  # (B, H, n, W, 2W) dO.v
+
+    # Skew: row a of a block holds query a; column c key (block-1)*W + c, at distance a + W - c.
+    # Taking columns c = a + 1 + m (m = 0..W-1) gives distance W - 1 - m for every row.
+    def skew(x: Tensor) -> Tensor:  # (B, H, n, W, 2W) contiguous -> (B, H, n, W, W) indexed by m
+        row = 2 * W
+        return x.as_strided((B, H, n, W, W), (H * n * W * row, n * W * row, W * row, row + 1, 1), 1)
+
+    dist = W - 1 - torch.arange(W, device=q.device)  # (W,) distance of column m
+    i = torch.arange(n * W, device=q.device).view(n, W, 1)  # (n, W, 1) query position
+    valid = (i >= dist) & (i < T)  # (n, W, W): key inside the sequence, query not padding
+    bias = F.pad(dist_bias.float(), (0, max(0, W - T)))[:, dist]  # (H, W)
+    lse_b = F.pad(lse.float(), (0, pad)).view(B, H, n, W, 1)
+    delta = F.pad((dout.float() * out.float()).sum(-1), (0, pad)).view(B, H, n, W, 1)
+
+    p = torch.exp(skew(s) + bias[None, :, None, None, :] - lse_b)  # (B, H, n, W, W)
+    ds = torch.where(valid, p * (skew(dp) - delta), 0.0)
+    g = ds.sum(dim=(0, 2, 3)).flip(-1)  # (H, W) by distance 0..W-1
+
+    grad = torch.zeros(H, T, device=q.device, dtype=torch.float32)
+    m = min(W, T)
+    grad[:, :m] = g[:, :m]
+    if T > W:  # rows sum to zero: the far distances (one bucket) get minus the band's total
+        grad[:, W] = -g.sum(-1)
+    return grad
+
+
+class _BiasGradOnBand(torch.autograd.Function):
+    """Identity on the attention output whose backward adds the bias gradient (see the module
+    docstring); the kernel itself returns gradients for q, k and v only."""
+
+    @staticmethod
+    def forward(ctx, out, dist_bias, q, k, v, lse, window):
+        ctx.save_for_backward(q, k, v, out, lse, dist_bias)
+        ctx.window = window
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, dist_bias = ctx.saved_tensors
+        g = bias_grad_by_distance(q, k, v, out, lse, dout, dist_bias, ctx.window)
+        return dout, g.to(dist_bias.dtype), None, None, None, None, None
+
+
+def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask
+                  ) -> tuple[Tensor, Tensor]:
+    """Causal attention with the constant per-distance bias read in-kernel -> (out, lse)."""
+    T = q.shape[2]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        # masked-out scores are modified too: clamp keeps their index in range
+        return score + dist_bias[h, torch.clamp(q_idx - kv_idx, 0, T - 1)]
+
+    kernel = _flex_compiled if q.is_cuda else flex_attention  # CPU: eager, forward only
+    out, aux = kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
+                      return_aux=AuxRequest(lse=True))
+    return out, aux.lse
+
+
+@dataclass
+class FlexPrepared:
+    dist_bias: Tensor  # (H, T) float32 bias per distance, differentiable w.r.t. the table
+    block_mask: BlockMask  # causal T x T
+    window: int  # distances >= window share one bias value (max_distance)
+
+
+class FlexBackend:
+    """Causal self-attention only (no KV cache, no padding mask, no dropout)."""
+
+    def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> FlexPrepared:
+        if not bias.self_attention or bias.key_mask is not None:
+            raise ValueError("the flex backend does causal self-attention without padding masks; "
+                             "use 'sdpa' or 'auto' with a KV cache or key_mask")
+        T = bias.q_pos.shape[-1]
+        return FlexPrepared(distance_bias(bias.table, T, bias.num_buckets, bias.max_distance),
+                            causal_block_mask(T, bias.table.device), bias.max_distance)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: FlexPrepared,
+               dropout_p: float) -> Tensor:
+        if dropout_p > 0:
+            raise ValueError("the flex backend has no attention dropout; use 'sdpa'")
+        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask)
+        return _BiasGradOnBand.apply(out, prepared.dist_bias, q.detach(), k.detach(), v.detach(),
+                                     lse.detach(), prepared.window)
+
+
+BACKENDS["flex"] = FlexBackend()
