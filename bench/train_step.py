@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from lamda.accounting import hardware, mfu  # noqa: E402
 from lamda.attention import BACKENDS  # noqa: E402
 from lamda.config import PRESETS, ModelConfig  # noqa: E402
-from lamda.model import build_model  # noqa: E402
+from lamda.model import build_model, lm_loss  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
 
 
@@ -61,6 +61,7 @@ def run(a) -> dict:
     tcfg = TrainConfig(steps=a.steps + a.warmup, batch_size=a.batch_size, seq_len=a.seq_len,
                        warmup_steps=1)
     opt = build_optimizer(model, tcfg)
+    loss_fn = torch.compile(lm_loss) if a.compile else lm_loss
     data = torch.randint(0, cfg.vocab_size, (a.batch_size, a.seq_len + 1), device=a.device)
     batch = (data[:, :-1], data[:, 1:])
     if a.device.startswith("cuda"):
@@ -69,11 +70,13 @@ def run(a) -> dict:
     for step in range(a.warmup + a.steps):
         sync(a.device)
         t0 = time.perf_counter()
-        train_step(model, opt, [batch], step, tcfg)
+        train_step(model, opt, [batch], step, tcfg, loss_fn)
         sync(a.device)
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
+    if a.profile:
+        profile_step(lambda: train_step(model, opt, [batch], 0, tcfg, loss_fn), a.device)
     tokens = a.batch_size * a.seq_len
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     return {
@@ -88,6 +91,21 @@ def run(a) -> dict:
         "peak_mem_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
                         if a.device.startswith("cuda") else None),
     }
+
+
+def profile_step(fn, device: str, top: int = 15) -> None:
+    """One more step under the profiler; its most expensive kernels go to stderr as JSON."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    rows = [{"kernel": e.key[:90], "ms": round(getattr(e, key) / 1e3, 3), "calls": e.count}
+            for e in events[:top]]
+    total = sum(getattr(e, key) for e in prof.key_averages()) / 1e3
+    print(json.dumps({"profile_total_ms": round(total, 2), "top": rows}), flush=True)
 
 
 def free(device: str) -> None:
@@ -108,6 +126,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, nobias")
+    p.add_argument("--profile", action="store_true", help="print the top kernels of one more step")
     a = p.parse_args(argv)
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
     if a.device.startswith("cuda"):

@@ -39,7 +39,7 @@ from lamda import data as D
 from lamda.accounting import EnergyMeter, hardware, mfu
 from lamda.checkpoint import TRAIN_STATE, check_checkpoint_dir, load_export, save_export
 from lamda.config import ModelConfig
-from lamda.model import build_model
+from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, parallelize
 from lamda.tokenizer import Tokenizer
 from lamda.training import TrainConfig, build_optimizer, train_step
@@ -201,7 +201,6 @@ def _batches(shard, spec: RunSpec, state: TrainState, device):
 
 @torch.no_grad()
 def _eval_loss(model, shard, spec: RunSpec, device) -> float | None:
-    from lamda.model import lm_loss
     model.eval()
     total, n = torch.zeros((), device=device), torch.zeros((), device=device)
     # shards are equal in size, so every rank runs the same number of (possibly partial) batches
@@ -308,10 +307,12 @@ def train_worker(config: dict) -> None:
     eval_shard = ray.train.get_dataset_shard("eval") if spec.eval_every else None
     flops_per_token = spec.model.flops_per_token(tc.seq_len)
 
+    loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
     t_last, tokens_last = time.perf_counter(), state.tokens
     energy_base = state.energy_kwh
     while state.step < tc.steps:
-        stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step, tc)
+        stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step, tc,
+                           loss_fn)
         state.step += 1
         state.tokens += stats["tokens"] * world
         if spec.crash_at_step == state.step and rank == world - 1 and spec.crash_marker \
@@ -357,7 +358,8 @@ def train_worker(config: dict) -> None:
             _save_checkpoint(model, opt, spec, state, rank, m)
         else:
             ray.train.report(m)
-        t_last, tokens_last = time.perf_counter(), state.tokens
+        loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
+    t_last, tokens_last = time.perf_counter(), state.tokens
         energy_base, meter = state.energy_kwh, EnergyMeter(watts)
 
     if spec.export_to:

@@ -40,7 +40,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
         (decay if is_matrix else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    # One fused kernel per step on plain CUDA tensors; FSDP2's DTensors keep the default (foreach).
+    fused = all(p.is_cuda and type(p) is torch.nn.Parameter for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -53,8 +55,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable[tuple[Tensor, ...]],
-               step: int, cfg: TrainConfig) -> dict:
+               step: int, cfg: TrainConfig, loss_fn=lm_loss) -> dict:
     """One optimizer step over `cfg.grad_accum` micro-batches of (inputs, targets[, loss_mask]).
+
+    `loss_fn(logits, targets, mask)` defaults to `lm_loss`; a compiled `lm_loss` saves the
+    float32 copies of the logits on GPU.
 
     Returns the mean loss, the gradient norm before clipping, the learning rate and token count.
     """
@@ -65,7 +70,7 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
     total_loss, tokens = 0.0, 0
     for batch in micro_batches:
         inputs, targets, *mask = batch
-        loss = lm_loss(model(inputs), targets, mask[0] if mask else None) / cfg.grad_accum
+        loss = loss_fn(model(inputs), targets, mask[0] if mask else None) / cfg.grad_accum
         loss.backward()
         total_loss += loss.item()
         tokens += inputs.numel()
