@@ -274,6 +274,8 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32: the flex backend's band matmuls
     tc = spec.train
 
     torch.manual_seed(tc.seed + rank)
@@ -358,8 +360,7 @@ def train_worker(config: dict) -> None:
             _save_checkpoint(model, opt, spec, state, rank, m)
         else:
             ray.train.report(m)
-        loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
-    t_last, tokens_last = time.perf_counter(), state.tokens
+        t_last, tokens_last = time.perf_counter(), state.tokens
         energy_base, meter = state.energy_kwh, EnergyMeter(watts)
 
     if spec.export_to:
