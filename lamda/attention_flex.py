@@ -12,8 +12,8 @@ from two facts:
 
 So dL/dbias[d] = sum_i dS[i, i-d] is needed only on the band d < W, and all farther distances
 together get minus the band's total. The band costs two small matmuls per block of W queries
-against its 2W nearest keys: at T = 1024 and W = 128, a quarter of one causal attention forward,
-once per layer, with no atomics.
+against its 2W nearest keys: at T = 1024 and W = 128, a quarter of the FLOPs of one causal
+attention forward, once per layer, with no atomics (measured on an H100: bench/RESULTS.md).
 """
 
 from __future__ import annotations

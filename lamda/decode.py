@@ -61,7 +61,8 @@ class Generation:
     """Candidates of every prompt plus the state that ranking reuses."""
 
     candidates: list[list[Candidate]]  # [prompt][candidate]
-    cache: KVCache  # rows: prompt-major, B x N; holds prompt + response + <eot>
+    cache: KVCache  # rows: prompt-major, B x N; holds prompt + response + <eot> (GraphStep's
+    # static cache: valid until the step's next turn; B may include padding prompts at the end)
     prompt_len: int  # padded prompt length T (responses start at position T)
     lengths: Tensor  # (B x N,) response length incl. <eot> per row
 
@@ -109,6 +110,10 @@ def decode_one_token(model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache) 
 class EagerStep:
     """The per-token step in plain PyTorch; every turn gets a fresh cache."""
 
+    def batch(self, n_prompts: int) -> int:
+        """How many prompts to decode for n_prompts (padding with copies of the last one)."""
+        return n_prompts
+
     def rows(self, cache: KVCache, n: int) -> KVCache:
         """The prefilled cache (B rows) as the B x n candidate rows the steps will write."""
         return cache.expand(n)
@@ -122,9 +127,13 @@ class GraphStep(EagerStep):
 
     A graph replays fixed memory addresses, so the cache it writes must be the same tensors every
     turn: one cache per (rows, length) is allocated once, its tensors are marked static, and each
-    turn's prefill is copied into it. Lengths are rounded up to `len_multiple`, so few shapes (and
-    compilations) occur; positions past the turn's own are never attended (causal mask).
+    turn's prefill is copied into it. Lengths are rounded up to `len_multiple` and the number of
+    prompts to a power of two, so few shapes (and compilations) occur; positions past the turn's own
+    are never attended (causal mask).
     """
+
+    def batch(self, n_prompts: int) -> int:
+        return 1 << (n_prompts - 1).bit_length()
 
     def __init__(self, len_multiple: int = 128):
         self.len_multiple = len_multiple
@@ -135,11 +144,10 @@ class GraphStep(EagerStep):
         R = cache.batch * n
         S = -(-cache.max_len // self.len_multiple) * self.len_multiple
         if (R, S) not in self.caches:
-            static = KVCache([torch.zeros(R, *k.shape[1:2], S, *k.shape[3:], dtype=k.dtype,
-                                          device=k.device) for k in cache.k],
-                             [torch.zeros(R, *v.shape[1:2], S, *v.shape[3:], dtype=v.dtype,
-                                          device=v.device) for v in cache.v],
-                             torch.ones(R, S, dtype=torch.bool, device=cache.key_mask.device))
+            H, D = cache.k[0].shape[1], cache.k[0].shape[3]
+            static = KVCache([k.new_zeros(R, H, S, D) for k in cache.k],
+                             [v.new_zeros(R, H, S, D) for v in cache.v],
+                             cache.key_mask.new_ones(R, S))
             for t in static.k + static.v + [static.key_mask]:
                 torch._dynamo.mark_static_address(t)
             self.caches[R, S] = static
@@ -173,6 +181,9 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
         raise ValueError("every prompt needs at least one token")
     device = next(model.parameters()).device
     N, eot = cfg.num_candidates, tok.eot_id
+    step = step or EagerStep()
+    n_prompts = len(prompts)
+    prompts = prompts + [prompts[-1]] * (step.batch(n_prompts) - n_prompts)
     tokens, mask = left_pad(prompts, tok.pad_id, device)
     T = tokens.shape[1]
     max_len = T + cfg.max_new_tokens + extra_cache
@@ -181,7 +192,6 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
         gen.manual_seed(cfg.seed)
     else:
         gen.seed()
-    step = step or EagerStep()
     cache, logits = prefill(model, tokens, mask, max_len)
     cache = step.rows(cache, N)
     logits = logits.repeat_interleave(N, dim=0)  # (R, V), R = B * N
@@ -212,7 +222,7 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
         truncated = lens[r] == cfg.max_new_tokens  # its <eot> was forced at the last step
         candidates[r // N].append(Candidate(ids, tok.decode(ids), lps[r], lens[r], truncated,
                                             cfg.length_alpha))
-    return Generation(candidates, cache, T, lengths)
+    return Generation(candidates[:n_prompts], cache, T, lengths)
 
 
 def best_by_likelihood(candidates: list[Candidate]) -> Candidate:

@@ -144,3 +144,16 @@ def test_graph_step_matches_eager_and_reuses_its_cache(model, tok):
             assert torch.allclose(score_generation(model, tok, graph),
                                   score_generation(model, tok, eager), atol=1e-5)
     assert list(step.caches) == [(6, 64)]
+
+
+def test_graph_step_pads_the_batch_to_a_power_of_two(model, tok):
+    """3 prompts decode as 4 (a copy of the last one pads), so batch sizes share compiled shapes;
+    only the 3 come back, the same as an eager decode of the padded batch."""
+    step = GraphStep(len_multiple=64)
+    three = prompts(tok) + [prompts(tok)[0]]
+    cfg = SamplingConfig(num_candidates=2, max_new_tokens=6, seed=2)
+    graph = generate(model, tok, three, cfg, step=step)
+    eager = generate(model, tok, three + three[-1:], cfg)
+    assert len(graph.candidates) == 3 and list(step.caches)[0][0] == 8
+    assert [[c.ids for c in cs] for cs in graph.candidates] == \
+        [[c.ids for c in cs] for cs in eager.candidates[:3]]
