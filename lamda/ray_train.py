@@ -15,10 +15,13 @@ the latest checkpoint: same step counter, same epoch and batch position in the d
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,8 +234,31 @@ def _save_checkpoint(model, opt, spec: RunSpec, state: TrainState, rank: int, me
     ray.train.get_all_reported_checkpoints()
 
 
+@contextmanager
+def _local_checkpoint_dir(ckpt):
+    """The checkpoint as a local directory. A remote one is downloaded once per node by the
+    node's local rank 0 while the others wait at a barrier (Ray's own shared `as_directory` lets a
+    second worker re-download into the directory another one is reading)."""
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        yield ckpt.path
+        return
+    key = hashlib.sha1(ckpt.path.encode()).hexdigest()[:16]
+    d = Path(tempfile.gettempdir()) / f"lamda-resume-{key}"
+    first = ray.train.get_context().get_local_rank() == 0
+    if first:
+        shutil.rmtree(d, ignore_errors=True)
+        ckpt.to_directory(str(d))
+    dist.barrier()
+    try:
+        yield str(d)
+    finally:
+        dist.barrier()
+        if first:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _load_checkpoint(ckpt, model, opt) -> TrainState:
-    with ckpt.as_directory() as d:
+    with _local_checkpoint_dir(ckpt) as d:
         check_checkpoint_dir(d)
         model_sd, optim_sd = get_state_dict(model, opt)
         state = {"model": model_sd, "optim": optim_sd}
