@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from lamda.accounting import inference_flops_per_token
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
-from lamda.decode import (Candidate, EagerStep, SamplingConfig, best_by_likelihood, default_step,
-                          generate)
+from lamda.decode import (Candidate, EagerStep, GraphStep, SamplingConfig, best_by_likelihood,
+                          default_step, generate)
 from lamda.model import LaMDA
 from lamda.rank import RankConfig, Ranked, rank, score_generation, score_token_responses
 from lamda.research import ResearchResult, research_loop
@@ -47,6 +47,14 @@ class ChatModel:
     def __init__(self, model: LaMDA, tok: Tokenizer, step: EagerStep | None = None):
         self.model, self.tok = model, tok
         self.step = step or default_step(model)
+
+    def warm_up(self, sampling: SamplingConfig) -> None:
+        """Compile the decoding step before the first request: with `GraphStep`, one shape and then
+        a second, which makes the compiled step dynamic, so later shapes only record a CUDA graph.
+        Nothing to do for the eager step."""
+        if isinstance(self.step, GraphStep):
+            for n in (1, 2):
+                self.sample([[Turn("user", "Hello!")]] * n, sampling)
 
     def flops(self, context_len: int, tokens: int) -> float:
         return inference_flops_per_token(self.model.cfg, context_len) * tokens

@@ -128,22 +128,28 @@ class GraphStep(EagerStep):
     A graph replays fixed memory addresses, so the cache it writes must be the same tensors every
     turn: one cache per (rows, length) is allocated once, its tensors are marked static, and each
     turn's prefill is copied into it. Lengths are rounded up to `len_multiple` and the number of
-    prompts to a power of two, so few shapes (and compilations) occur; positions past the turn's own
-    are never attended (causal mask).
+    prompts to a power of two, so few shapes occur; the second shape makes the compiled step
+    dynamic (torch.compile's automatic dynamic shapes), and later shapes only record a new graph.
+    The `max_caches` most recently used caches are kept. Positions past the turn's own are never
+    attended (causal mask).
     """
+
+    def __init__(self, len_multiple: int = 128, max_caches: int = 4):
+        self.len_multiple, self.max_caches = len_multiple, max_caches
+        self.caches: dict[tuple[int, int], KVCache] = {}  # (rows, length) -> static cache
+        self.step = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
 
     def batch(self, n_prompts: int) -> int:
         return 1 << (n_prompts - 1).bit_length()
 
-    def __init__(self, len_multiple: int = 128):
-        self.len_multiple = len_multiple
-        self.caches: dict[tuple[int, int], KVCache] = {}
-        self.step = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
-
     def rows(self, cache: KVCache, n: int) -> KVCache:
         R = cache.batch * n
         S = -(-cache.max_len // self.len_multiple) * self.len_multiple
-        if (R, S) not in self.caches:
+        if (R, S) in self.caches:
+            self.caches[R, S] = self.caches.pop((R, S))  # most recently used last
+        else:
+            while len(self.caches) >= self.max_caches:
+                self.caches.pop(next(iter(self.caches)))
             H, D = cache.k[0].shape[1], cache.k[0].shape[3]
             static = KVCache([k.new_zeros(R, H, S, D) for k in cache.k],
                              [v.new_zeros(R, H, S, D) for v in cache.v],

@@ -72,6 +72,7 @@ class Sampler(_ModelReplica):
     def __init__(self, model_path: str, threads: int | None = None):
         super().__init__(model_path, threads)
         self.sampling = SamplingConfig()
+        self.chat.warm_up(self.sampling)  # on GPU: compile the CUDA-graph step before serving
 
     def reconfigure(self, config: dict) -> None:
         """user_config: num_candidates, top_k, temperature, max_new_tokens, seed."""

@@ -149,7 +149,7 @@ def test_graph_step_matches_eager_and_reuses_its_cache(model, tok):
 def test_graph_step_pads_the_batch_to_a_power_of_two(model, tok):
     """3 prompts decode as 4 (a copy of the last one pads), so batch sizes share compiled shapes;
     only the 3 come back, the same as an eager decode of the padded batch."""
-    step = GraphStep(len_multiple=64)
+    step = GraphStep(len_multiple=64, max_caches=1)
     three = prompts(tok) + [prompts(tok)[0]]
     cfg = SamplingConfig(num_candidates=2, max_new_tokens=6, seed=2)
     graph = generate(model, tok, three, cfg, step=step)
@@ -157,3 +157,7 @@ def test_graph_step_pads_the_batch_to_a_power_of_two(model, tok):
     assert len(graph.candidates) == 3 and list(step.caches)[0][0] == 8
     assert [[c.ids for c in cs] for cs in graph.candidates] == \
         [[c.ids for c in cs] for cs in eager.candidates[:3]]
+    one = generate(model, tok, three[:1], cfg, step=step)  # another shape: the older cache goes
+    assert list(step.caches) == [(2, 64)]
+    assert [c.ids for c in one.candidates[0]] == \
+        [c.ids for c in generate(model, tok, three[:1], cfg).candidates[0]]

@@ -6,7 +6,7 @@ import torch
 from lamda.chat import ChatConfig, ChatModel, chat_turn, local_turn
 from lamda.config import ModelConfig
 from lamda.data import SAMPLE_DIR, Turn, read_jsonl, research_examples, research_prompt
-from lamda.decode import SamplingConfig
+from lamda.decode import GraphStep, SamplingConfig
 from lamda.model import build_model
 from lamda.rank import RankConfig, Ranked, Scored
 from lamda.research import research_loop, route
@@ -127,3 +127,19 @@ def test_local_turn_with_a_real_model(tok):
     assert isinstance(a.reply, str) and len(a.ranked.candidates) == 4
     assert a.flops > 0 and a.tokens["generated"] > 0
     assert a.research is not None and a.research.trace[0]["from"] == "LAMDA-BASE"
+
+
+def test_graph_step_chat_model_warms_up_and_answers(tok):
+    """The GPU decoding path (compiled step over static caches; CUDA graphs on GPU) through a whole
+    turn: warm_up compiles two shapes, then a turn with research answers as the eager one does."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
+    cfg = ChatConfig(sampling=SamplingConfig(num_candidates=4, max_new_tokens=8, seed=0),
+                     rank=RankConfig(safety_threshold=0.0), max_iterations=1, research_candidates=2)
+    chat = ChatModel(model, tok, step=GraphStep(len_multiple=64))
+    chat.warm_up(cfg.sampling)
+    assert len(chat.step.caches) == 2
+    tools = lambda q: ["result https://example.org/r"]  # noqa: E731
+    graph = local_turn(chat, tools, CONTEXT, cfg)
+    eager = local_turn(ChatModel(model, tok), tools, CONTEXT, cfg)
+    assert graph.reply == eager.reply and graph.research.trace == eager.research.trace
