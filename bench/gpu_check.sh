@@ -38,7 +38,7 @@ for part in "${parts[@]}"; do
     train)
       train train_350m 240 350m 16 sdpa,flex,nobias --profile
       train train_2b 120 2b 16 flex
-      grep -q '"error"' "$OUT/train_2b.json" && train train_2b_b8 100 2b 8 flex
+      if grep -q '"error"' "$OUT/train_2b.json"; then train train_2b_b8 100 2b 8 flex; fi
       ;;
     decode)
       step decode_350m 170 $py bench/decode.py --device cuda --repeat 5

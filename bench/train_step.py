@@ -52,6 +52,7 @@ def sync(device: str) -> None:
 
 def run(a) -> dict:
     torch.manual_seed(0)
+    cuda = a.device.startswith("cuda")
     cfg = ModelConfig.from_name(a.preset, max_seq_len=a.seq_len, attn_backend=a.attn_backend)
     model = build_model(cfg, device=a.device)
     if a.dtype == "bf16":
@@ -64,7 +65,7 @@ def run(a) -> dict:
     loss_fn = torch.compile(lm_loss) if a.compile else lm_loss
     data = torch.randint(0, cfg.vocab_size, (a.batch_size, a.seq_len + 1), device=a.device)
     batch = (data[:, :-1], data[:, 1:])
-    if a.device.startswith("cuda"):
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for step in range(a.warmup + a.steps):
@@ -78,23 +79,22 @@ def run(a) -> dict:
     if a.profile:
         profile_step(lambda: train_step(model, opt, [batch], 0, tcfg, loss_fn), a.device)
     tokens = a.batch_size * a.seq_len
-    name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
+    flops = cfg.flops_per_token(a.seq_len) * tokens
+    name = torch.cuda.get_device_name() if cuda else "cpu"
     return {
         "bench": "train_step", "preset": a.preset, "device": name, "dtype": a.dtype,
         "compile": a.compile, "attn_backend": a.attn_backend, "threads": torch.get_num_threads(),
         "params": cfg.num_params(non_embedding=False), "batch_size": a.batch_size,
         "seq_len": a.seq_len, "steps_timed": a.steps, "step_s": round(step_s, 5),
         "tokens_per_s": round(tokens / step_s, 1),
-        "tflops": round(cfg.flops_per_token(a.seq_len) * tokens / step_s / 1e12, 4),
-        "mfu": (round(mfu(cfg.flops_per_token(a.seq_len) * tokens, step_s, 1,
-                          hardware(name).peak_flops), 4) if a.device.startswith("cuda") else None),
-        "peak_mem_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                        if a.device.startswith("cuda") else None),
+        "tflops": round(flops / step_s / 1e12, 4),
+        "mfu": round(mfu(flops, step_s, 1, hardware(name).peak_flops), 4) if cuda else None,
+        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }
 
 
 def profile_step(fn, device: str, top: int = 15) -> None:
-    """One more step under the profiler; its most expensive kernels go to stderr as JSON."""
+    """One more step under the profiler; prints its most expensive kernels as a JSON line."""
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with profile(activities=acts) as prof:

@@ -111,10 +111,11 @@ BACKENDS: dict[str, AttentionBackend] = {"sdpa": SDPABackend(), "auto": AutoBack
 
 def get_backend(name: str, dropout: float = 0.0) -> AttentionBackend:
     """The backend called `name`; `auto` with attention dropout is `sdpa` (flex has no dropout)."""
-    import lamda.attention_flex  # noqa: F401  (registers "flex"; it builds on this module)
-
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {', '.join(BACKENDS)}")
     if name == "auto" and dropout > 0:
         name = "sdpa"
     return BACKENDS[name]
+
+
+import lamda.attention_flex  # noqa: E402,F401  (registers "flex"; it builds on the classes above)

@@ -157,10 +157,10 @@ class GraphStep(EagerStep):
             for t in static.k + static.v + [static.key_mask]:
                 torch._dynamo.mark_static_address(t)
             self.caches[R, S] = static
-        static, L = self.caches[R, S], cache.max_len
-        for dst, src in zip(static.k + static.v, cache.k + cache.v):
-            dst[:, :, :L].copy_(src.repeat_interleave(n, dim=0))
-        static.key_mask[:, :L].copy_(cache.key_mask.repeat_interleave(n, dim=0))
+        static, B, L = self.caches[R, S], cache.batch, cache.max_len
+        for dst, src in zip(static.k + static.v, cache.k + cache.v):  # row b -> rows b*n .. b*n+n-1
+            dst[:, :, :L].unflatten(0, (B, n)).copy_(src[:, None])
+        static.key_mask[:, :L].unflatten(0, (B, n)).copy_(cache.key_mask[:, None])
         static.key_mask[:, L:] = True
         return static
 

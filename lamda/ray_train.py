@@ -40,7 +40,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from lamda import data as D
 from lamda.accounting import EnergyMeter, hardware, mfu
-from lamda.checkpoint import TRAIN_STATE, check_checkpoint_dir, load_export, save_export
+from lamda.checkpoint import (CONFIG, TOKENIZER, TRAIN_STATE, check_checkpoint_dir, load_export,
+                              save_export)
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, parallelize
@@ -225,8 +226,8 @@ def _save_checkpoint(model, opt, spec: RunSpec, state: TrainState, rank: int, me
     with tempfile.TemporaryDirectory() as d:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=d)
         if rank == 0:
-            spec.model.save(Path(d) / "config.json")
-            spec.tokenizer.save(Path(d) / "tokenizer.model")
+            spec.model.save(Path(d) / CONFIG)
+            spec.tokenizer.save(Path(d) / TOKENIZER)
             (Path(d) / TRAIN_STATE).write_text(json.dumps(dataclasses.asdict(state)))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     # Ray registers a reported checkpoint asynchronously; wait for it, so that a crash at any
