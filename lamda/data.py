@@ -158,6 +158,14 @@ PARSERS = {"document": parse_document, "dialog": parse_dialog, "labelled": parse
            "research": parse_research}
 
 
+def _parse_json(line: str, parse):
+    """One JSON object as a record, through `parse` (ValueError when it is not one)."""
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError("a record must be a JSON object")
+    return parse(obj)
+
+
 def parse_records(lines: Iterable[str], kind: str, source: str = "<input>") -> Iterator:
     """Parse JSONL lines as records of `kind`; blank lines are skipped. A malformed line raises
     RecordError naming `source` and the line number."""
@@ -166,10 +174,7 @@ def parse_records(lines: Iterable[str], kind: str, source: str = "<input>") -> I
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("a record must be a JSON object")
-            yield parse(obj)
+            yield _parse_json(line, parse)
         except ValueError as e:  # json.JSONDecodeError is a ValueError
             raise RecordError(f"{source}:{lineno}: bad {kind} record: {e}") from None
 
@@ -374,10 +379,7 @@ def parse_json_records(lines: Iterable[str], kind: str, sources: Iterable[str]) 
     parse = PARSERS[kind]
     for line, source in zip(lines, sources):
         try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("a record must be a JSON object")
-            yield parse(obj)
+            yield _parse_json(line, parse)
         except ValueError as e:
             raise RecordError(f"{source}: bad {kind} record: {e} (line: {line[:80]!r})") from None
 
