@@ -2,13 +2,20 @@
 
     python bench/attention.py                       # 350m's shape: B 16, H 16, T 1024, D 128
 
-Variants, each compiled, timed as the median of 20 runs after warm-up, with its relative error
-against a float64 reference (output, q gradient, bias-table gradient):
+Variants (separated by ';'), each compiled, timed as the median of 20 runs after warm-up, with
+its relative error against a float64 reference (output, q gradient, bias-table gradient). One
+layer is little GPU work: these times include the CPU's launch overhead, so compare kernels with
+--profile and whole steps with bench/train_step.py.
   sdpa        the reference backend: materialised bias, SDPA (no fused kernel takes the bias)
-  flex        this project's CUDA backend (lamda.attention_flex)
+  flex        the FlexAttention backend (lamda.attention_flex)
+  band        the band backend (lamda.attention_band): Triton band + FlashAttention far part;
+              `band:fwd=8.2,dq=4.1.512` sets launch settings (attention_band.configure)
+  band_cudnn  the same with cuDNN's fused attention for the far part
   cudnn_band  a probe: cuDNN's fused attention with the bias passed as a constant tensor, plus the
               same band gradient as flex
+  flex_torchband  flex with its bias gradient in plain torch ops instead of the Triton kernel
   nobias      SDPA causal without any bias: the upper bound
+With --profile, each variant's top kernels of one more run follow its line.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import json
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,7 +33,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lamda.attention import RelativeBias, get_backend  # noqa: E402
-from lamda.attention_flex import _BiasGradOnBand, distance_bias  # noqa: E402
+from lamda import attention_band  # noqa: E402
+from lamda.attention import distance_bias  # noqa: E402
+from lamda import attention_flex  # noqa: E402
+from lamda.attention_flex import _BiasGradOnBand  # noqa: E402
+from bench.train_step import profile_step  # noqa: E402
 
 BUCKETS, MAX_DISTANCE = 32, 128
 
@@ -56,7 +68,21 @@ def nobias(q, k, v, table):
 
 
 VARIANTS = {"sdpa": backend_variant("sdpa"), "flex": backend_variant("flex"),
-            "cudnn_band": cudnn_band, "nobias": nobias}
+            "band": backend_variant("band"), "band_cudnn": backend_variant("band"),
+            "flex_torchband": backend_variant("flex"), "cudnn_band": cudnn_band, "nobias": nobias}
+KERNEL_BAND_GRADIENT = attention_flex.band_gradient
+DEFAULT_LAUNCH = dict(attention_band.LAUNCH)
+
+
+def variant(name: str):
+    """The function for `name`, with the band backend's settings it asks for."""
+    base, _, opts = name.partition(":")
+    attention_band.FAR_KERNEL = "cudnn" if base == "band_cudnn" else "flash"
+    attention_band.LAUNCH.update(DEFAULT_LAUNCH)
+    attention_band.configure(opts)
+    attention_flex.band_gradient = partial(KERNEL_BAND_GRADIENT,
+                                           use_kernel=False if base == "flex_torchband" else None)
+    return VARIANTS[base]
 
 
 def run(fn, q, k, v, table, dout):
@@ -77,7 +103,8 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="sdpa;flex;band;nobias", help="separated by ;")
+    p.add_argument("--profile", action="store_true", help="top kernels of each variant")
     a = p.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -87,11 +114,11 @@ def main(argv=None) -> None:
     table = torch.randn(BUCKETS, a.heads, device="cuda", generator=g)
     ref = run(VARIANTS["sdpa"], *(x.double() for x in (q, k, v)), table.double(), dout.double())
     qb, kb, vb = (x.bfloat16() for x in (q, k, v))
-    for name in a.variants.split(","):
+    for name in a.variants.split(";"):
         res = {"bench": "attention", "variant": name, "device": torch.cuda.get_device_name(),
                "shape": list(shape)}
         try:
-            fn = torch.compile(VARIANTS[name], dynamic=False)
+            fn = torch.compile(variant(name), dynamic=False)
             out, dq, dtable = run(fn, qb, kb, vb, table, dout)
             res["err_out"], res["err_dq"] = rel_err(out, ref[0]), rel_err(dq, ref[1])
             res["err_dtable"] = rel_err(dtable, ref[2]) if name != "nobias" else None
@@ -105,9 +132,14 @@ def main(argv=None) -> None:
                 if i >= 5:
                     times.append(start.elapsed_time(end))
             res["fwd_bwd_ms"] = round(statistics.median(times), 3)
+            if a.profile:
+                print(json.dumps(res), flush=True)
+                profile_step(lambda: run(fn, qb, kb, vb, table, dout), "cuda", top=12)
+                res = {}
         except Exception as e:  # a probe may be refused by the library: report it
             res["error"] = f"{type(e).__name__}: {e}"[:400]
-        print(json.dumps(res), flush=True)
+        if res:
+            print(json.dumps(res), flush=True)
         torch._dynamo.reset()
 
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks, as one call on a GPU machine without Ray (the `device` tool's
-# machine, or any box with CUDA PyTorch): `bash bench/gpu_check.sh [tests] [train] [decode]`.
-#   tests:  correctness on CUDA (tests/gpu)
-#   train:  350m training with SDPA (reference), flex and no bias (upper bound), with the top
-#           kernels of each; 2b training with flex
-#   decode: one chat turn, eager vs CUDA graphs vs HF generate
+# machine, or any box with CUDA PyTorch):
+#   `bash bench/gpu_check.sh [tests] [attn] [train] [train2b] [decode]` (all of them by default)
+#   tests:   correctness on CUDA (tests/gpu)
+#   attn:    one attention layer per variant with its top kernels (bench/attention.py), and the
+#            Triton band kernels per launch setting (bench/band_kernels.py)
+#   train:   350m training with sdpa (reference), flex, band and no bias (upper bound), with
+#            the top kernels of each; flex again with FlexAttention options for causal masks
+#   train2b: 2b training with the default (auto) backend
+#   decode:  one chat turn, eager vs CUDA graphs vs HF generate
 # JSON lines go to stdout and to $OUT/<name>.json; stderr to $OUT/<name>.err.
 set -u
 OUT=${OUT:-runs/gpu-check}
@@ -28,17 +32,25 @@ train() {  # train NAME SECONDS PRESET BATCH BACKENDS [more flags]
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 parts=("$@")
-[ $# -eq 0 ] && parts=(tests train decode)
+[ $# -eq 0 ] && parts=(tests attn train train2b decode)
 for part in "${parts[@]}"; do
   case $part in
-    tests)
-      echo "== tests/gpu"
-      timeout 150 $py -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | grep -vE "^\s*$|warn" | tail -25
+    attn)
+      step attention 120 $py bench/attention.py --profile \
+        --variants "flex;flex_torchband;band;band_cudnn;nobias"
+      step band_kernels 60 $py bench/band_kernels.py
       ;;
     train)
-      train train_350m 240 350m 16 sdpa,flex,nobias --profile
-      train train_2b 120 2b 16 flex
-      if grep -q '"error"' "$OUT/train_2b.json"; then train train_2b_b8 100 2b 8 flex; fi
+      train train_350m 260 350m 16 sdpa,flex,band,nobias --profile
+      train train_350m_flex_options 120 350m 16 flex \
+        --flex-options ROWS_GUARANTEED_SAFE=true,BLOCKS_ARE_CONTIGUOUS=true
+      ;;
+    train2b)
+      train train_2b 100 2b 16 auto
+      ;;
+    tests)
+      echo "== tests/gpu"
+      timeout 150 $py -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | grep -vE "^\s*$|warn|DEBUG" | tail -40
       ;;
     decode)
       step decode_350m 170 $py bench/decode.py --device cuda --repeat 5

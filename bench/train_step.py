@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from lamda import attention_band, attention_flex  # noqa: E402
 from lamda.accounting import hardware, mfu  # noqa: E402
 from lamda.attention import BACKENDS  # noqa: E402
 from lamda.config import PRESETS, ModelConfig  # noqa: E402
@@ -108,6 +109,15 @@ def profile_step(fn, device: str, top: int = 15) -> None:
     print(json.dumps({"profile_total_ms": round(total, 2), "top": rows}), flush=True)
 
 
+def parse_options(spec: str) -> dict:
+    """"A=true,B=64" -> {"A": True, "B": 64}."""
+    options = {}
+    for item in filter(None, spec.split(",")):
+        key, value = item.split("=")
+        options[key] = value == "true" if value in ("true", "false") else int(value)
+    return options
+
+
 def free(device: str) -> None:
     """Drop compiled graphs and cached blocks between measurements."""
     torch._dynamo.reset()
@@ -127,6 +137,9 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, nobias")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one more step")
+    p.add_argument("--band-launch", default="", help="Triton launch settings, e.g. dq=4.1.2048")
+    p.add_argument("--flex-options", default="",
+                   help="FlexAttention kernel_options, e.g. ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64")
     a = p.parse_args(argv)
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
     if a.device.startswith("cuda"):
@@ -134,6 +147,8 @@ def main(argv=None) -> None:
     results = []
     for backend in a.attn_backend.split(","):
         try:
+            attention_band.configure(a.band_launch)
+            attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
             results.append(run(argparse.Namespace(**{**vars(a), "attn_backend": backend})))
         except Exception as e:  # e.g. out of memory: report it and go on with the others
             results.append({"bench": "train_step", "preset": a.preset, "attn_backend": backend,

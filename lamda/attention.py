@@ -5,8 +5,11 @@ and key positions and masks). A backend turns that into whatever it needs once p
 (`prepare`), then every layer calls it (`attend`). `sdpa` materialises the bias as a dense additive
 mask for `F.scaled_dot_product_attention`: it is the reference path and works on CPU and GPU.
 `flex` (lamda.attention_flex) reads the bias inside a FlexAttention kernel and computes the bias
-gradient separately; it is for causal self-attention on CUDA (training). `auto`, the default, picks
-`flex` where it applies and `sdpa` everywhere else (CPU, KV-cache decoding, padding masks, dropout).
+gradient separately; it is for causal self-attention on CUDA (training). `band`
+(lamda.attention_band) splits attention into a near band with the bias (Triton kernels) and a far
+part without it (FlashAttention); it is correct but slower than `flex` at T = 1024
+(bench/RESULTS.md). `auto`, the default, picks `flex` where it applies and `sdpa` everywhere else
+(CPU, KV-cache decoding, padding masks, dropout).
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ def relative_position_bucket(relative_position: Tensor, num_buckets: int = 32,
     large = max_exact + (scaled * (num_buckets - max_exact)).to(torch.long)
     large = torch.clamp(large, max=num_buckets - 1)
     return torch.where(is_small, n, large)
+
+
+def distance_bias(table: Tensor, T: int, num_buckets: int, max_distance: int) -> Tensor:
+    """(H, T) float32: the bias at each distance d = 0..T-1 (a gather from the table, so its
+    gradient flows back to the table)."""
+    d = torch.arange(T, device=table.device)
+    return table[relative_position_bucket(-d, num_buckets, max_distance)].t().float().contiguous()
 
 
 @dataclass
@@ -118,4 +128,6 @@ def get_backend(name: str, dropout: float = 0.0) -> AttentionBackend:
     return BACKENDS[name]
 
 
-import lamda.attention_flex  # noqa: E402,F401  (registers "flex"; it builds on the classes above)
+# the CUDA backends register themselves; they build on the classes above
+import lamda.attention_band  # noqa: E402,F401  ("band")
+import lamda.attention_flex  # noqa: E402,F401  ("flex")

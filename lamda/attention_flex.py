@@ -11,9 +11,11 @@ from two facts:
    D_i = dO_i . O_i, so sum_j dS_ij = D_i - D_i = 0.
 
 So dL/dbias[d] = sum_i dS[i, i-d] is needed only on the band d < W, and all farther distances
-together get minus the band's total. The band costs two small matmuls per block of W queries
-against its 2W nearest keys: at T = 1024 and W = 128, a quarter of the FLOPs of one causal
-attention forward, once per layer, with no atomics (measured on an H100: bench/RESULTS.md).
+together get minus the band's total. On CUDA one Triton kernel of lamda.attention_band computes
+the band (per block of W/2 queries its three nearest key tiles, dS summed elementwise over the
+batch, no atomics); `bias_grad_by_distance` is the same in plain torch ops (CPU, and the
+reference): two small matmuls per block of W queries against its 2W nearest keys
+(bench/RESULTS.md has both measured).
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import (AuxRequest, BlockMask, create_block_mask,
                                                flex_attention)
 
-from lamda.attention import BACKENDS, RelativeBias, relative_position_bucket
+from lamda import attention_band
+from lamda.attention import BACKENDS, RelativeBias, distance_bias
 
 # Compiled once, lazily on first call; inside an already compiled model it is inlined.
 _flex_compiled = torch.compile(flex_attention, dynamic=False)
 _block_masks: dict[tuple[int, str], BlockMask] = {}
+# FlexAttention's kernel_options for the CUDA kernel (block sizes, warps, ...; empty: its own
+# choice). bench/train_step.py --flex-options tries others.
+KERNEL_OPTIONS: dict = {}
 
 
 def _causal(b, h, q_idx, kv_idx):
@@ -44,13 +50,6 @@ def causal_block_mask(T: int, device: torch.device) -> BlockMask:
     if key not in _block_masks:
         _block_masks[key] = create_block_mask(_causal, None, None, T, T, device=device)
     return _block_masks[key]
-
-
-def distance_bias(table: Tensor, T: int, num_buckets: int, max_distance: int) -> Tensor:
-    """(H, T) float32: the bias at each distance d = 0..T-1 (a gather from the table, so its
-    gradient flows back to the table)."""
-    d = torch.arange(T, device=table.device)
-    return table[relative_position_bucket(-d, num_buckets, max_distance)].t().float().contiguous()
 
 
 def bias_grad_by_distance(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
@@ -92,12 +91,15 @@ def bias_grad_by_distance(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Ten
 
     p = torch.exp(skew(s) + bias[None, :, None, None, :] - lse_b)  # (B, H, n, W, W)
     ds = torch.where(valid, p * (skew(dp) - delta), 0.0)
-    g = ds.sum(dim=(0, 2, 3)).flip(-1)  # (H, W) by distance 0..W-1
+    return spread_band(ds.sum(dim=(0, 2, 3)).flip(-1), T)  # (H, W) by distance 0..W-1
 
-    grad = torch.zeros(H, T, device=q.device, dtype=torch.float32)
-    m = min(W, T)
-    grad[:, :m] = g[:, :m]
-    if T > W:  # rows sum to zero: the far distances (one bucket) get minus the band's total
+
+def spread_band(g: Tensor, T: int) -> Tensor:
+    """The band's gradient g (H, W) by distance -> (H, T) by distance: rows sum to zero, so the
+    far distances (one bucket) get minus the band's total, given to distance W."""
+    H, W = g.shape
+    grad = F.pad(g[:, :min(W, T)].float(), (0, max(0, T - W)))
+    if T > W:
         grad[:, W] = -g.sum(-1)
     return grad
 
@@ -115,8 +117,20 @@ class _BiasGradOnBand(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, dist_bias = ctx.saved_tensors
-        g = bias_grad_by_distance(q, k, v, out, lse, dout, dist_bias, ctx.window)
+        g = band_gradient(q, k, v, out, lse, dout, dist_bias, ctx.window)
         return dout, g.to(dist_bias.dtype), None, None, None, None, None
+
+
+def band_gradient(q, k, v, out, lse, dout, dist_bias, window, use_kernel=None):
+    """bias_grad_by_distance, by the Triton kernel of lamda.attention_band where it applies
+    (by default on CUDA)."""
+    T, W = q.shape[2], window
+    if use_kernel is None:
+        use_kernel = q.is_cuda and attention_band.supports(q.shape[-1], W)
+    if not use_kernel:
+        return bias_grad_by_distance(q, k, v, out, lse, dout, dist_bias, window)
+    near = F.pad(dist_bias[:, :W], (0, W - min(W, T)))  # (H, W); distances >= T never occur
+    return spread_band(attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0), T)
 
 
 def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask
@@ -128,9 +142,12 @@ def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask
         # masked-out scores are modified too: clamp keeps their index in range
         return score + dist_bias[h, torch.clamp(q_idx - kv_idx, 0, T - 1)]
 
-    kernel = _flex_compiled if q.is_cuda else flex_attention  # CPU: eager, forward only
+    if q.is_cuda:
+        kernel, options = _flex_compiled, KERNEL_OPTIONS or None
+    else:  # CPU: eager, forward only
+        kernel, options = flex_attention, None
     out, aux = kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
-                      return_aux=AuxRequest(lse=True))
+                      kernel_options=options, return_aux=AuxRequest(lse=True))
     return out, aux.lse
 
 

@@ -1,7 +1,14 @@
-import pytest
+import os
 
-from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
-from lamda.tokenizer import Tokenizer
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels (lamda.attention_band) run in its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl  # noqa: E402
+from lamda.tokenizer import Tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The CUDA-only fast paths against their references: the flex attention backend (forward and
-every gradient, the bias table's included) and CUDA-graph decoding."""
+"""The CUDA-only fast paths against their references: the flex and band attention backends (forward
+and every gradient, the bias table's included) and CUDA-graph decoding."""
 
 import pytest
 import torch
@@ -27,8 +27,9 @@ def attention_grads(backend, q, k, v, table, dout, dtype):
     return out, q.grad, k.grad, v.grad, table.grad
 
 
+@pytest.mark.parametrize("backend", ["flex", "band"])
 @pytest.mark.parametrize("T,D", [(1024, 128), (300, 64)])
-def test_flex_backend_matches_float64_reference(T, D):
+def test_fast_backend_matches_float64_reference(backend, T, D):
     g = torch.Generator(device="cuda").manual_seed(T)
     B, H = 2, 4
     q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", generator=g) for _ in range(4))
@@ -36,19 +37,20 @@ def test_flex_backend_matches_float64_reference(T, D):
     table = torch.randn(32, H, device="cuda", generator=g)
     ref = attention_grads("sdpa", q, k, v, table, dout, torch.float64)
     sdpa = attention_grads("sdpa", q, k, v, table, dout, torch.bfloat16)
-    flex = attention_grads("flex", q, k, v, table, dout, torch.bfloat16)
-    for name, r, s, f in zip(["out", "dq", "dk", "dv", "dtable"], ref, sdpa, flex):
+    fast = attention_grads(backend, q, k, v, table, dout, torch.bfloat16)
+    for name, r, s, f in zip(["out", "dq", "dk", "dv", "dtable"], ref, sdpa, fast):
         assert torch.isfinite(f).all(), name
         err_s, err_f = rel_err(s, r), rel_err(f, r)
-        print(f"{name}: sdpa bf16 {err_s:.2e}, flex bf16 {err_f:.2e}")
+        print(f"{name}: sdpa bf16 {err_s:.2e}, {backend} bf16 {err_f:.2e}")
         assert err_f < 2e-2 and err_f < 3 * err_s + 2e-3, (name, err_f, err_s)
 
 
-def test_compiled_training_step_matches_sdpa():
+@pytest.mark.parametrize("backend", ["auto", "flex", "band"])
+def test_compiled_training_step_matches_sdpa(backend):
     torch.manual_seed(0)
     cfg = ModelConfig.from_name("350m", n_layer=2, max_seq_len=512)
     ref = build_model(cfg.replace(attn_backend="sdpa"), device="cuda").to(torch.bfloat16)
-    fast = build_model(cfg.replace(attn_backend="auto"), device="cuda").to(torch.bfloat16)
+    fast = build_model(cfg.replace(attn_backend=backend), device="cuda").to(torch.bfloat16)
     fast.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, cfg.vocab_size, (4, 512), device="cuda")
     losses = []

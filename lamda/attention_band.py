@@ -1,0 +1,430 @@
+"""The learned T5 bias as a near band plus a plain causal far part (CUDA training).
+
+Two facts make the bias cheap:
+
+1. It depends only on the distance d = i - j between query i and key j, and every d >= W
+   (max_distance) shares the last bucket: one value per head, b_far.
+2. Adding the same value to a whole softmax row changes nothing.
+
+So with nb(d) = b(d) - b_far, attention with the bias equals attention where the keys at
+distances d < W (the band) carry nb(d) and all farther keys carry nothing. The far part is then
+plain causal attention of queries W.. over keys ..T-W (a square causal mask, shifted by W), which
+the fastest fused kernel (FlashAttention) does at full speed. The band, W keys per query, is three
+small Triton kernels of this module (forward, dq + the bias gradient, dk + dv). Forward merges the
+two parts through their log-sum-exps; backward runs each part's backward with the merged output
+and log-sum-exp, which gives each part its exact share of the gradients (as ring attention does).
+
+The bias gradient needs no atomics: in a block of W/2 queries, the three key tiles before and on
+the diagonal have distances t * W/2 + r - c that depend only on the tile t and the element (r, c),
+so each program sums its score gradients elementwise over the batch and a tiny diagonal sum at the
+end gives dL/dnb. autograd then gives b_far minus the band's total (softmax rows sum to zero).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lamda.attention import BACKENDS, RelativeBias, distance_bias
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the backend reports itself unavailable
+    triton = None
+
+# Launch settings per kernel: (num_warps, num_stages), for the dq kernel also the number of
+# programs to aim for (fewer: more batch rows summed per program); "bias_grad" is the dq kernel
+# without dq (the flex backend's). The fastest measured on an H200 (bench/band_kernels.py).
+LAUNCH = {"fwd": (8, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2)}
+FAR_KERNEL = "flash"  # "flash" or "cudnn" on CUDA; CPU uses torch's CPU flash kernel
+
+
+def configure(spec: str) -> None:
+    """Sets LAUNCH from e.g. "dq=4.1.2048,fwd=8.2" (kernel=numbers separated by dots)."""
+    for item in filter(None, spec.split(",")):
+        kernel, numbers = item.split("=")
+        LAUNCH[kernel] = tuple(int(x) for x in numbers.split("."))
+
+
+def supports(head_dim: int, window: int) -> bool:
+    """Whether the kernels run here: Triton present, a power-of-two head size in 16..256 and a
+    power-of-two max_distance >= 32 (blocks of W/2 queries)."""
+    pow2 = lambda n: n & (n - 1) == 0  # noqa: E731
+    return triton is not None and 16 <= head_dim <= 256 and pow2(head_dim) and window >= 32 \
+        and pow2(window)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _band_fwd_kernel(Q, K, V, NB, O, LSE, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt,
+                         sob, soh, sot, H, T, scale,
+                         W: tl.constexpr, BM: tl.constexpr, D: tl.constexpr):
+        """One block of BM = W/2 queries of one (batch, head) over its band (3 key tiles)."""
+        b, h = tl.program_id(1) // H, tl.program_id(1) % H
+        i = tl.program_id(0) * BM + tl.arange(0, BM)  # (BM,) query positions
+        d = tl.arange(0, D)
+        q = tl.load(Q + b * sqb + h * sqh + i[:, None] * sqt + d[None, :],
+                    mask=(i < T)[:, None], other=0.0)
+        m = tl.full([BM], float("-inf"), tl.float32)  # running row max
+        l = tl.zeros([BM], tl.float32)  # running row sum
+        acc = tl.zeros([BM, D], tl.float32)
+        for t in tl.static_range(3):  # t = 0 is the diagonal tile: every row has a key there
+            j = tl.program_id(0) * BM - t * BM + tl.arange(0, BM)  # (BM,) key positions
+            kmask = ((j >= 0) & (j < T))[:, None]
+            k = tl.load(K + b * skb + h * skh + j[:, None] * skt + d[None, :], mask=kmask, other=0.0)
+            v = tl.load(V + b * svb + h * svh + j[:, None] * svt + d[None, :], mask=kmask, other=0.0)
+            dist = i[:, None] - j[None, :]  # (BM, BM)
+            valid = (j[None, :] >= 0) & (dist >= 0) & (dist < W)
+            nb = tl.load(NB + h * W + tl.minimum(tl.maximum(dist, 0), W - 1))
+            s = tl.where(valid, tl.dot(q, tl.trans(k)) * scale + nb, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            l = l * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        tl.store(O + b * sob + h * soh + i[:, None] * sot + d[None, :],
+                 (acc / l[:, None]).to(O.dtype.element_ty), mask=(i < T)[:, None])
+        tl.store(LSE + (b * H + h) * T + i, m + tl.log(l), mask=i < T)
+
+    @triton.jit
+    def _band_tile(q, do, lse, delta, dq, i, K, V, kb, skt, vb, svt, NB, j0, T, scale,
+                   W: tl.constexpr, BM: tl.constexpr, D: tl.constexpr, COMPUTE_DQ: tl.constexpr):
+        """Queries i against the key tile at j0: its score gradients dS (BM, BM), and dq plus
+        this tile's share."""
+        j = j0 + tl.arange(0, BM)
+        d = tl.arange(0, D)
+        kmask = ((j >= 0) & (j < T))[:, None]
+        k = tl.load(K + kb + j[:, None] * skt + d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + vb + j[:, None] * svt + d[None, :], mask=kmask, other=0.0)
+        dist = i[:, None] - j[None, :]
+        valid = (j[None, :] >= 0) & (dist >= 0) & (dist < W) & (i[:, None] < T)
+        nb = tl.load(NB + tl.minimum(tl.maximum(dist, 0), W - 1))
+        p = tl.where(valid, tl.exp(tl.dot(q, tl.trans(k)) * scale + nb - lse[:, None]), 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        if COMPUTE_DQ:
+            dq += tl.dot(ds.to(k.dtype), k)
+        return ds, dq
+
+    @triton.jit
+    def _band_dq_kernel(Q, K, V, O, DO, LSE, NB, DQ, DQF, DELTA, DNB,
+                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+                        sdob, sdoh, sdot, sdqb, sdqh, sdqt, sfb, sfh, sft,
+                        B, H, T, b_per_prog, scale, W: tl.constexpr, BM: tl.constexpr,
+                        D: tl.constexpr, COMPUTE_DQ: tl.constexpr, HAS_FAR: tl.constexpr):
+        """One block of queries of one head over b_per_prog batch rows: dq (plus the far part's
+        dq, shifted by W), D_i = dO_i . O_i for the dk/dv kernel, and the three dS tiles summed
+        over the batch rows for the bias gradient."""
+        pid, h, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i = pid * BM + tl.arange(0, BM)
+        d = tl.arange(0, D)
+        rows = (i < T)[:, None]
+        acc0 = tl.zeros([BM, BM], tl.float32)
+        acc1 = tl.zeros([BM, BM], tl.float32)
+        acc2 = tl.zeros([BM, BM], tl.float32)
+        for b in range(split * b_per_prog, tl.minimum(split * b_per_prog + b_per_prog, B)):
+            q = tl.load(Q + b * sqb + h * sqh + i[:, None] * sqt + d[None, :], mask=rows, other=0.0)
+            do = tl.load(DO + b * sdob + h * sdoh + i[:, None] * sdot + d[None, :], mask=rows,
+                         other=0.0)
+            o = tl.load(O + b * sob + h * soh + i[:, None] * sot + d[None, :], mask=rows, other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+            tl.store(DELTA + (b * H + h) * T + i, delta, mask=i < T)
+            lse = tl.load(LSE + (b * H + h) * T + i, mask=i < T, other=0.0)
+            kb, vb = b * skb + h * skh, b * svb + h * svh
+            dq = tl.zeros([BM, D], tl.float32)
+            # the three key tiles one by one: their dS tiles have accumulators of their own
+            ds, dq = _band_tile(q, do, lse, delta, dq, i, K, V, kb, skt, vb, svt, NB + h * W,
+                                pid * BM, T, scale, W, BM, D, COMPUTE_DQ)
+            acc0 += ds
+            ds, dq = _band_tile(q, do, lse, delta, dq, i, K, V, kb, skt, vb, svt, NB + h * W,
+                                pid * BM - BM, T, scale, W, BM, D, COMPUTE_DQ)
+            acc1 += ds
+            ds, dq = _band_tile(q, do, lse, delta, dq, i, K, V, kb, skt, vb, svt, NB + h * W,
+                                pid * BM - 2 * BM, T, scale, W, BM, D, COMPUTE_DQ)
+            acc2 += ds
+            if COMPUTE_DQ:
+                dq = dq * scale
+                if HAS_FAR:  # the far part covers queries W.. (its row i - W)
+                    dq += tl.load(DQF + b * sfb + h * sfh + (i[:, None] - W) * sft + d[None, :],
+                                  mask=rows & (i >= W)[:, None], other=0.0).to(tl.float32)
+                tl.store(DQ + b * sdqb + h * sdqh + i[:, None] * sdqt + d[None, :],
+                         dq.to(DQ.dtype.element_ty), mask=rows)
+        r, c = tl.arange(0, BM)[:, None], tl.arange(0, BM)[None, :]
+        base = DNB + ((h * tl.num_programs(0) + pid) * tl.num_programs(2) + split) * 3 * BM * BM
+        tl.store(base + r * BM + c, acc0)
+        tl.store(base + BM * BM + r * BM + c, acc1)
+        tl.store(base + 2 * BM * BM + r * BM + c, acc2)
+
+    @triton.jit
+    def _band_dkdv_kernel(Q, K, V, DO, LSE, DELTA, NB, DK, DV, DKF, DVF,
+                          sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot,
+                          sdkb, sdkh, sdkt, sfb, sfh, sft, sgb, sgh, sgt, H, T, scale,
+                          W: tl.constexpr, BM: tl.constexpr, D: tl.constexpr,
+                          HAS_FAR: tl.constexpr):
+        """One block of BM keys of one (batch, head) against the 3 query tiles that see it:
+        dk, dv (plus the far part's, which covers keys ..T-W-1 at the same rows)."""
+        b, h = tl.program_id(1) // H, tl.program_id(1) % H
+        j = tl.program_id(0) * BM + tl.arange(0, BM)
+        d = tl.arange(0, D)
+        cols = (j < T)[:, None]
+        k = tl.load(K + b * skb + h * skh + j[:, None] * skt + d[None, :], mask=cols, other=0.0)
+        v = tl.load(V + b * svb + h * svh + j[:, None] * svt + d[None, :], mask=cols, other=0.0)
+        dk = tl.zeros([BM, D], tl.float32)
+        dv = tl.zeros([BM, D], tl.float32)
+        for t in tl.static_range(3):
+            i = tl.program_id(0) * BM + t * BM + tl.arange(0, BM)  # (BM,) queries
+            qmask = (i < T)[:, None]
+            q = tl.load(Q + b * sqb + h * sqh + i[:, None] * sqt + d[None, :], mask=qmask, other=0.0)
+            do = tl.load(DO + b * sdob + h * sdoh + i[:, None] * sdot + d[None, :], mask=qmask,
+                         other=0.0)
+            lse = tl.load(LSE + (b * H + h) * T + i, mask=i < T, other=0.0)
+            delta = tl.load(DELTA + (b * H + h) * T + i, mask=i < T, other=0.0)
+            dist = i[:, None] - j[None, :]
+            valid = (dist >= 0) & (dist < W) & (i[:, None] < T)
+            nb = tl.load(NB + h * W + tl.minimum(tl.maximum(dist, 0), W - 1))
+            p = tl.where(valid, tl.exp(tl.dot(q, tl.trans(k)) * scale + nb - lse[:, None]), 0.0)
+            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])  # (BM queries, BM keys)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        dk = dk * scale
+        if HAS_FAR:
+            far = cols & (j < T - W)[:, None]
+            dk += tl.load(DKF + b * sfb + h * sfh + j[:, None] * sft + d[None, :], mask=far,
+                          other=0.0).to(tl.float32)
+            dv += tl.load(DVF + b * sgb + h * sgh + j[:, None] * sgt + d[None, :], mask=far,
+                          other=0.0).to(tl.float32)
+        tl.store(DK + b * sdkb + h * sdkh + j[:, None] * sdkt + d[None, :],
+                 dk.to(DK.dtype.element_ty), mask=cols)
+        tl.store(DV + b * sdkb + h * sdkh + j[:, None] * sdkt + d[None, :],
+                 dv.to(DV.dtype.element_ty), mask=cols)
+
+
+def _bht(x: Tensor) -> tuple[int, int, int]:
+    """Batch, head and position strides of a (B, H, T, D) tensor."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _last_dim_contiguous(*xs: Tensor) -> list[Tensor]:
+    return [x if x.stride(-1) == 1 else x.contiguous() for x in xs]
+
+
+def _check(q: Tensor, W: int) -> None:
+    if triton is None:
+        raise RuntimeError("the band attention backend needs Triton (it ships with CUDA PyTorch)")
+    if not supports(q.shape[-1], W):
+        raise ValueError(f"band attention needs a power-of-two head size in 16..256 and "
+                         f"max_distance a power of two >= 32; got {q.shape[-1]} and {W}")
+
+
+@torch.library.custom_op("lamda::band_attention_fwd", mutates_args=())
+def band_attention_fwd(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor,
+                       scale: float) -> tuple[Tensor, Tensor]:
+    """The band part: each query over its W nearest keys (itself included) with bias
+    near_bias (H, W) by distance -> (out (B, H, T, D), lse (B, H, T) float32)."""
+    B, H, T, D = q.shape
+    W = near_bias.shape[1]
+    _check(q, W)
+    q, k, v = _last_dim_contiguous(q, k, v)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    BM = W // 2
+    warps, stages = LAUNCH["fwd"]
+    _band_fwd_kernel[(triton.cdiv(T, BM), B * H)](
+        q, k, v, near_bias.contiguous(), out, lse, *_bht(q), *_bht(k), *_bht(v), *_bht(out),
+        H, T, scale, W=W, BM=BM, D=D, num_warps=warps, num_stages=stages)
+    return out, lse
+
+
+@band_attention_fwd.register_fake
+def _(q, k, v, near_bias, scale):
+    (q,) = _last_dim_contiguous(q)
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, compute_dq):
+    """Runs the dq kernel -> (dq or None, delta (B, H, T), dnb (H, W))."""
+    B, H, T, D = q.shape
+    W = near_bias.shape[1]
+    BM = W // 2
+    nblocks = triton.cdiv(T, BM)
+    # enough programs to fill the GPU (each sums its batch rows' dS tiles before writing them)
+    warps, stages, programs = LAUNCH["dq" if compute_dq else "bias_grad"]
+    splits = max(1, min(B, -(-programs // (nblocks * H))))
+    b_per_prog = -(-B // splits)
+    splits = -(-B // b_per_prog)
+    dq = torch.empty_like(q) if compute_dq else q.new_empty(0)
+    delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    tiles = torch.empty(H, nblocks, splits, 3, BM, BM, device=q.device, dtype=torch.float32)
+    far = dq_far if dq_far is not None else q
+    _band_dq_kernel[(nblocks, H, splits)](
+        q, k, v, out, dout, lse, near_bias.contiguous(), dq, far, delta, tiles,
+        *_bht(q), *_bht(k), *_bht(v), *_bht(out), *_bht(dout),
+        *(_bht(dq) if compute_dq else (0, 0, 0)), *_bht(far), B, H, T, b_per_prog, scale,
+        W=W, BM=BM, D=D, COMPUTE_DQ=compute_dq, HAS_FAR=dq_far is not None,
+        num_warps=warps, num_stages=stages)
+    return (dq if compute_dq else None), delta, _diagonal_sums(tiles.sum((1, 2)), W)
+
+
+def _diagonal_sums(tiles: Tensor, W: int) -> Tensor:
+    """(H, 3, BM, BM) dS summed per tile -> (H, W) by distance: tile t, element (r, c) is at
+    distance t * BM + r - c (negative and >= W entries are zero by masking)."""
+    H, _, BM, _ = tiles.shape
+    t, r, c = torch.meshgrid(*(torch.arange(n, device=tiles.device) for n in (3, BM, BM)),
+                             indexing="ij")
+    index = (t * BM + r - c + BM).flatten()  # shifted to 0..4BM-2
+    sums = tiles.new_zeros(H, 4 * BM).index_add_(1, index, tiles.flatten(1))
+    return sums[:, BM:BM + W].contiguous()
+
+
+@torch.library.custom_op("lamda::band_attention_bwd", mutates_args=())
+def band_attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                       near_bias: Tensor, scale: float, dq_far: Tensor | None,
+                       dk_far: Tensor | None, dv_far: Tensor | None
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of the band part given the *merged* out and lse, plus the far part's gradients
+    (for queries W.. and keys ..T-W, None when T <= W) -> (dq, dk, dv, d near_bias)."""
+    B, H, T, D = q.shape
+    W = near_bias.shape[1]
+    q, k, v, out, dout = _last_dim_contiguous(q, k, v, out, dout)
+    dq, delta, dnb = _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, True)
+    dk, dv = torch.empty_like(k), torch.empty_like(k)  # the kernel stores both with dk's strides
+    has_far = dk_far is not None
+    fk, fv = (dk_far, dv_far) if has_far else (k, k)
+    warps, stages = LAUNCH["dkdv"]
+    BM = W // 2
+    _band_dkdv_kernel[(triton.cdiv(T, BM), B * H)](
+        q, k, v, dout, lse, delta, near_bias.contiguous(), dk, dv, fk, fv,
+        *_bht(q), *_bht(k), *_bht(v), *_bht(dout), *_bht(dk), *_bht(fk), *_bht(fv), H, T, scale,
+        W=W, BM=BM, D=D, HAS_FAR=has_far, num_warps=warps, num_stages=stages)
+    return dq, dk, dv, dnb
+
+
+@band_attention_bwd.register_fake
+def _(q, k, v, out, lse, dout, near_bias, scale, dq_far, dk_far, dv_far):
+    q, k = _last_dim_contiguous(q, k)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(k),
+            torch.empty_like(near_bias))
+
+
+@torch.library.custom_op("lamda::band_bias_grad", mutates_args=())
+def band_bias_grad(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                   near_bias: Tensor, scale: float) -> Tensor:
+    """Only dL/d near_bias (H, W) of causal attention whose keys at distance d < W carry
+    near_bias[:, d] (the flex backend's bias gradient; out and lse are the full attention's)."""
+    _check(q, near_bias.shape[1])
+    q, k, v, out, dout = _last_dim_contiguous(q, k, v, out, dout)
+    return _band_dq(q, k, v, out, lse, dout, near_bias, scale, None, False)[2]
+
+
+@band_bias_grad.register_fake
+def _(q, k, v, out, lse, dout, near_bias, scale):
+    return torch.empty_like(near_bias)
+
+
+# ---- the far part: plain causal attention of queries W.. over keys ..T-W ----
+
+def _far_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor, tuple]:
+    """-> (out, lse (B, H, T'), what the backward needs)."""
+    if not q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, True, scale=scale)
+        return out, lse, ()
+    if FAR_KERNEL == "cudnn":
+        out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, True, False, scale=scale)
+        return out, lse.view(q.shape[:3]), (cq, ck, mq, mk, seed, offset)
+    out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, True, False, scale=scale)
+    return out, lse, (cq, ck, mq, mk, seed, offset)
+
+
+def _far_backward(dout, q, k, v, out, lse, saved, scale):
+    if not q.is_cuda:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, k, v, out, lse, 0.0, True, scale=scale)
+    cq, ck, mq, mk, seed, offset = saved
+    if FAR_KERNEL == "cudnn":
+        return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+            dout, q, k, v, out, lse[..., None], seed, offset, None, cq, ck, mq, mk, 0.0, True,
+            scale=scale)
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        dout, q, k, v, out, lse, cq, ck, mq, mk, 0.0, True, seed, offset, scale=scale)
+
+
+def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Attention over two disjoint key sets from each one's output and log-sum-exp."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    out = out_a.float() * torch.exp(lse_a - lse)[..., None] + \
+        out_b.float() * torch.exp(lse_b - lse)[..., None]
+    return out.to(out_a.dtype), lse
+
+
+class _BandPlusFar(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, near_bias, scale):
+        T, W = q.shape[2], near_bias.shape[1]
+        out, lse = band_attention_fwd(q, k, v, near_bias, scale)
+        saved = ()
+        if T > W:
+            out_f, lse_f, saved = _far_forward(q[:, :, W:], k[:, :, :T - W], v[:, :, :T - W], scale)
+            tail, lse_tail = _merge(out[:, :, W:], lse[:, :, W:], out_f, lse_f)
+            out = torch.cat([out[:, :, :W], tail], dim=2)
+            lse = torch.cat([lse[:, :, :W], lse_tail], dim=2)
+        ctx.save_for_backward(q, k, v, out, lse, near_bias,
+                              *[s for s in saved if isinstance(s, Tensor)])
+        ctx.far = [s if not isinstance(s, Tensor) else "tensor" for s in saved]
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, near_bias, *tensors = ctx.saved_tensors
+        T, W = q.shape[2], near_bias.shape[1]
+        saved = [tensors.pop(0) if s == "tensor" else s for s in ctx.far]
+        far = (None, None, None)
+        if T > W:
+            far = _far_backward(dout[:, :, W:], q[:, :, W:], k[:, :, :T - W], v[:, :, :T - W],
+                                out[:, :, W:], lse[:, :, W:].contiguous(), saved, ctx.scale)
+        dq, dk, dv, dnb = band_attention_bwd(q, k, v, out, lse, dout, near_bias, ctx.scale, *far)
+        return dq, dk, dv, dnb, None
+
+
+def band_attention(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor, scale: float = 1.0) -> Tensor:
+    """Causal attention, q k v (B, H, T, D), where keys at distance d < W carry near_bias[:, d]
+    (H, W) and farther keys carry nothing -> (B, H, T, D)."""
+    return _BandPlusFar.apply(q, k, v, near_bias.float(), scale)
+
+
+def near_bias(bias: RelativeBias) -> Tensor:
+    """(H, W) float32: the bias at distances 0..W-1 minus the far bias (differentiable)."""
+    W = bias.max_distance
+    b = distance_bias(bias.table, W + 1, bias.num_buckets, W)  # (H, W + 1)
+    return b[:, :W] - b[:, W:]
+
+
+@dataclass
+class BandPrepared:
+    near_bias: Tensor  # (H, W) float32 bias by distance, relative to the far bias
+
+
+class BandBackend:
+    """Causal self-attention only (no KV cache, no padding mask, no dropout)."""
+
+    def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> BandPrepared:
+        if not bias.self_attention or bias.key_mask is not None:
+            raise ValueError("the band backend does causal self-attention without padding masks; "
+                             "use 'sdpa' or 'auto' with a KV cache or key_mask")
+        return BandPrepared(near_bias(bias))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: BandPrepared,
+               dropout_p: float) -> Tensor:
+        if dropout_p > 0:
+            raise ValueError("the band backend has no attention dropout; use 'sdpa'")
+        return band_attention(q, k, v, prepared.near_bias)
+
+
+BACKENDS["band"] = BandBackend()
