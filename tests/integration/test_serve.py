@@ -41,7 +41,10 @@ def deploy(serve, work, num_candidates=4):
                        user_config={"research": True, "max_iterations": 2, "research_candidates": 2}
                        ).bind(
         Sampler.options(ray_actor_options=small, max_ongoing_requests=32,
-                        user_config={"num_candidates": num_candidates, "max_new_tokens": 12}).bind(model),
+                        # seeded: whether the briefly trained model routes to the toolset
+                        # must not depend on the draw
+                        user_config={"num_candidates": num_candidates, "max_new_tokens": 12,
+                                     "seed": 0}).bind(model),
         Ranker.options(ray_actor_options=small, max_ongoing_requests=32,
                        user_config={"safety_threshold": 0.0}).bind(model),
         Toolset.options(ray_actor_options=small).bind(str(work / "index.sqlite")),
