@@ -1,9 +1,9 @@
-"""The Triton band kernels alone, per launch setting of the dq kernel, at a training shape (CUDA).
-One JSON line per setting: bias_grad_ms, the kernel without dq (the flex backend's bias gradient),
-and bwd_ms, the band backend's whole band backward (dq kernel with dq, then dk/dv). Eager calls,
-CUDA-event median of 20.
+"""The Triton band kernels alone, per launch setting, at a training shape (CUDA). One JSON line
+per setting: for --bias-grad, the flex backend's bias gradient (kernel "rows", the dq kernel
+without dq, or "tiles", a program per key tile); for --dq, the band backend's band backward (dq
+kernel, then dk/dv). Settings are warps.stages.programs. Eager calls, CUDA-event median of 20.
 
-    python bench/band_kernels.py --dq "4.1.512;8.1.1024;4.1.2048"   # warps.stages.programs
+    python bench/band_kernels.py --bias-grad "rows:8.1.1024;tiles:4.2.1024" --dq "4.1.512"
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,16 +22,21 @@ import torch  # noqa: E402
 from lamda import attention_band  # noqa: E402
 
 
-def cuda_ms(fn, reps: int = 20) -> float:
+def median_ms(fn, device: str, reps: int = 20) -> float:
     fn()  # compile / warm up
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return round(statistics.median(times), 4)
 
 
@@ -38,24 +44,33 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="16,16,1024,128", help="B,H,T,D")
     p.add_argument("--window", type=int, default=128)
-    p.add_argument("--dq", default="4.1.512;8.1.1024;4.1.2048",
-                   help="dq kernel settings (warps.stages.programs) to try, separated by ;")
+    p.add_argument("--device", default="cuda", help="cpu: Triton's interpreter (a check, not a "
+                   "measurement; set TRITON_INTERPRET=1)")
+    p.add_argument("--bias-grad", default="rows:4.1.512;rows:8.1.1024;tiles:4.2.1024;"
+                   "tiles:4.3.1024;tiles:8.2.1024;tiles:4.2.4096", help="kernel:setting;...")
+    p.add_argument("--dq", default="4.1.512;8.1.1024", help="setting;...")
     a = p.parse_args(argv)
     B, H, T, D = (int(x) for x in a.shape.split(","))
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", generator=g).bfloat16()
+    g = torch.Generator(device=a.device).manual_seed(0)
+    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    q, k, v, dout = (torch.randn(B, H, T, D, device=a.device, generator=g).to(dtype)
                      for _ in range(4))
-    near = torch.randn(H, a.window, device="cuda", generator=g)
+    near = torch.randn(H, a.window, device=a.device, generator=g)
     out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0)
-    for setting in a.dq.split(";"):
-        attention_band.configure(f"dq={setting},bias_grad={setting}")
-        row = {"bench": "band_kernels", "device": torch.cuda.get_device_name(), "shape": [B, H, T, D],
-               "dq": setting}
+    runs = [("bias_grad", spec, lambda: attention_band.band_bias_grad(
+                q, k, v, out, lse, dout, near, 1.0)) for spec in a.bias_grad.split(";")]
+    runs += [("dq", spec, lambda: attention_band.band_attention_bwd(
+                q, k, v, out, lse, dout, near, 1.0, None, None, None)) for spec in a.dq.split(";")]
+    for what, spec, fn in runs:
+        kernel, _, setting = spec.rpartition(":")
+        attention_band.BIAS_GRAD_KERNEL = kernel or "rows"
+        key = "dq" if what == "dq" else {"rows": "bias_grad", "tiles": "bias_grad_tiles"}[kernel]
+        attention_band.configure(f"{key}={setting}")
+        name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (interpreter)"
+        row = {"bench": "band_kernels", "device": name,
+               "shape": [B, H, T, D], what: spec}
         try:
-            row["bias_grad_ms"] = cuda_ms(lambda: attention_band.band_bias_grad(
-                q, k, v, out, lse, dout, near, 1.0))
-            row["bwd_ms"] = cuda_ms(lambda: attention_band.band_attention_bwd(
-                q, k, v, out, lse, dout, near, 1.0, None, None, None))
+            row["ms"] = median_ms(fn, a.device, reps=20 if a.device == "cuda" else 1)
         except Exception as e:  # e.g. out of shared memory: report and go on
             row["error"] = f"{type(e).__name__}: {e}"[:300]
         print(json.dumps(row), flush=True)

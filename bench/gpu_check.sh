@@ -6,7 +6,8 @@
 #   attn:    one attention layer per variant with its top kernels (bench/attention.py), and the
 #            Triton band kernels per launch setting (bench/band_kernels.py)
 #   train:   350m training with sdpa (reference), flex, band and no bias (upper bound), with
-#            the top kernels of each; flex again with FlexAttention options for causal masks
+#            the top kernels of each; flex again with FlexAttention options for causal masks,
+#            and with the per-tile bias-gradient kernel
 #   train2b: 2b training with the default (auto) backend
 #   decode:  one chat turn, eager vs CUDA graphs vs HF generate
 # JSON lines go to stdout and to $OUT/<name>.json; stderr to $OUT/<name>.err.
@@ -44,6 +45,7 @@ for part in "${parts[@]}"; do
       train train_350m 260 350m 16 sdpa,flex,band,nobias --profile
       train train_350m_flex_options 120 350m 16 flex \
         --flex-options ROWS_GUARANTEED_SAFE=true,BLOCKS_ARE_CONTIGUOUS=true
+      train train_350m_tiles 120 350m 16 flex --bias-grad-kernel tiles
       ;;
     train2b)
       train train_2b 100 2b 16 auto

@@ -138,6 +138,8 @@ def main(argv=None) -> None:
     p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, nobias")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one more step")
     p.add_argument("--band-launch", default="", help="Triton launch settings, e.g. dq=4.1.2048")
+    p.add_argument("--bias-grad-kernel", default=attention_band.BIAS_GRAD_KERNEL,
+                   choices=["rows", "tiles"], help="the flex backend's bias-gradient kernel")
     p.add_argument("--flex-options", default="",
                    help="FlexAttention kernel_options, e.g. ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64")
     a = p.parse_args(argv)
@@ -148,6 +150,7 @@ def main(argv=None) -> None:
     for backend in a.attn_backend.split(","):
         try:
             attention_band.configure(a.band_launch)
+            attention_band.BIAS_GRAD_KERNEL = a.bias_grad_kernel
             attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
             results.append(run(argparse.Namespace(**{**vars(a), "attn_backend": backend})))
         except Exception as e:  # e.g. out of memory: report it and go on with the others

@@ -38,7 +38,11 @@ except ImportError:  # CPU-only installs: the backend reports itself unavailable
 # Launch settings per kernel: (num_warps, num_stages), for the dq kernel also the number of
 # programs to aim for (fewer: more batch rows summed per program); "bias_grad" is the dq kernel
 # without dq (the flex backend's). The fastest measured on an H200 (bench/band_kernels.py).
-LAUNCH = {"fwd": (8, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2)}
+LAUNCH = {"fwd": (8, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
+          "bias_grad_tiles": (4, 2, 1024)}
+# The flex backend's bias gradient: "rows", the dq kernel without dq (measured, bench/RESULTS.md),
+# or "tiles", a kernel per key tile (_band_bias_grad_kernel).
+BIAS_GRAD_KERNEL = "rows"
 FAR_KERNEL = "flash"  # "flash" or "cudnn" on CUDA; CPU uses torch's CPU flash kernel
 
 
@@ -111,6 +115,42 @@ if triton is not None:
         return ds, dq
 
     @triton.jit
+    def _query_rows(Q, DO, O, LSE, b, h, i, sqb, sqh, sqt, sdob, sdoh, sdot, sob, soh, sot, H, T,
+                    D: tl.constexpr):
+        """q and dO (BM, D) of queries i, D_i = dO_i . O_i and their log-sum-exps."""
+        d = tl.arange(0, D)
+        rows = (i < T)[:, None]
+        q = tl.load(Q + b * sqb + h * sqh + i[:, None] * sqt + d[None, :], mask=rows, other=0.0)
+        do = tl.load(DO + b * sdob + h * sdoh + i[:, None] * sdot + d[None, :], mask=rows, other=0.0)
+        o = tl.load(O + b * sob + h * soh + i[:, None] * sot + d[None, :], mask=rows, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        lse = tl.load(LSE + (b * H + h) * T + i, mask=i < T, other=0.0)
+        return q, do, delta, lse
+
+    @triton.jit
+    def _band_bias_grad_kernel(Q, K, V, O, DO, LSE, NB, DNB,
+                               sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+                               sdob, sdoh, sdot, B, H, T, b_per_prog, scale,
+                               W: tl.constexpr, BM: tl.constexpr, D: tl.constexpr):
+        """Only the bias gradient: one key tile t (0 the diagonal, 1 and 2 before it) of one block
+        of queries of one head, its dS summed over b_per_prog batch rows. One accumulator and
+        five tiles loaded per row leave room for pipelining (the dq kernel holds three)."""
+        pid, h = tl.program_id(0), tl.program_id(1)
+        t, split = tl.program_id(2) % 3, tl.program_id(2) // 3
+        i = pid * BM + tl.arange(0, BM)
+        acc = tl.zeros([BM, BM], tl.float32)
+        for b in range(split * b_per_prog, tl.minimum(split * b_per_prog + b_per_prog, B)):
+            q, do, delta, lse = _query_rows(Q, DO, O, LSE, b, h, i, sqb, sqh, sqt, sdob, sdoh,
+                                            sdot, sob, soh, sot, H, T, D)
+            ds, _ = _band_tile(q, do, lse, delta, 0.0, i, K, V, b * skb + h * skh, skt,
+                               b * svb + h * svh, svt, NB + h * W, pid * BM - t * BM, T, scale,
+                               W, BM, D, False)
+            acc += ds
+        splits = tl.num_programs(2) // 3
+        base = DNB + (((h * tl.num_programs(0) + pid) * splits + split) * 3 + t) * BM * BM
+        tl.store(base + tl.arange(0, BM)[:, None] * BM + tl.arange(0, BM)[None, :], acc)
+
+    @triton.jit
     def _band_dq_kernel(Q, K, V, O, DO, LSE, NB, DQ, DQF, DELTA, DNB,
                         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                         sdob, sdoh, sdot, sdqb, sdqh, sdqt, sfb, sfh, sft,
@@ -127,13 +167,9 @@ if triton is not None:
         acc1 = tl.zeros([BM, BM], tl.float32)
         acc2 = tl.zeros([BM, BM], tl.float32)
         for b in range(split * b_per_prog, tl.minimum(split * b_per_prog + b_per_prog, B)):
-            q = tl.load(Q + b * sqb + h * sqh + i[:, None] * sqt + d[None, :], mask=rows, other=0.0)
-            do = tl.load(DO + b * sdob + h * sdoh + i[:, None] * sdot + d[None, :], mask=rows,
-                         other=0.0)
-            o = tl.load(O + b * sob + h * soh + i[:, None] * sot + d[None, :], mask=rows, other=0.0)
-            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+            q, do, delta, lse = _query_rows(Q, DO, O, LSE, b, h, i, sqb, sqh, sqt, sdob, sdoh,
+                                            sdot, sob, soh, sot, H, T, D)
             tl.store(DELTA + (b * H + h) * T + i, delta, mask=i < T)
-            lse = tl.load(LSE + (b * H + h) * T + i, mask=i < T, other=0.0)
             kb, vb = b * skb + h * skh, b * svb + h * svh
             dq = tl.zeros([BM, D], tl.float32)
             # the three key tiles one by one: their dS tiles have accumulators of their own
@@ -251,11 +287,8 @@ def _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, compute_dq):
     W = near_bias.shape[1]
     BM = W // 2
     nblocks = triton.cdiv(T, BM)
-    # enough programs to fill the GPU (each sums its batch rows' dS tiles before writing them)
     warps, stages, programs = LAUNCH["dq" if compute_dq else "bias_grad"]
-    splits = max(1, min(B, -(-programs // (nblocks * H))))
-    b_per_prog = -(-B // splits)
-    splits = -(-B // b_per_prog)
+    splits, b_per_prog = _batch_splits(B, programs, nblocks * H)
     dq = torch.empty_like(q) if compute_dq else q.new_empty(0)
     delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     tiles = torch.empty(H, nblocks, splits, 3, BM, BM, device=q.device, dtype=torch.float32)
@@ -267,6 +300,30 @@ def _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, compute_dq):
         W=W, BM=BM, D=D, COMPUTE_DQ=compute_dq, HAS_FAR=dq_far is not None,
         num_warps=warps, num_stages=stages)
     return (dq if compute_dq else None), delta, _diagonal_sums(tiles.sum((1, 2)), W)
+
+
+def _batch_splits(B: int, programs: int, per_split: int) -> tuple[int, int]:
+    """Into how many parts to split the batch (and rows per part) for about `programs` programs
+    (enough to fill the GPU; each sums its rows' dS tiles before writing them)."""
+    splits = max(1, min(B, -(-programs // per_split)))
+    b_per_prog = -(-B // splits)
+    return -(-B // b_per_prog), b_per_prog
+
+
+def _bias_grad_tiles(q, k, v, out, lse, dout, near_bias, scale) -> Tensor:
+    """dL/d near_bias (H, W) by _band_bias_grad_kernel."""
+    B, H, T, D = q.shape
+    W = near_bias.shape[1]
+    BM = W // 2
+    nblocks = triton.cdiv(T, BM)
+    warps, stages, programs = LAUNCH["bias_grad_tiles"]
+    splits, b_per_prog = _batch_splits(B, programs, nblocks * H * 3)
+    tiles = torch.empty(H, nblocks, splits, 3, BM, BM, device=q.device, dtype=torch.float32)
+    _band_bias_grad_kernel[(nblocks, H, 3 * splits)](
+        q, k, v, out, dout, lse, near_bias.contiguous(), tiles,
+        *_bht(q), *_bht(k), *_bht(v), *_bht(out), *_bht(dout), B, H, T, b_per_prog, scale,
+        W=W, BM=BM, D=D, num_warps=warps, num_stages=stages)
+    return _diagonal_sums(tiles.sum((1, 2)), W)
 
 
 def _diagonal_sums(tiles: Tensor, W: int) -> Tensor:
@@ -317,6 +374,8 @@ def band_bias_grad(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, do
     near_bias[:, d] (the flex backend's bias gradient; out and lse are the full attention's)."""
     _check(q, near_bias.shape[1])
     q, k, v, out, dout = _last_dim_contiguous(q, k, v, out, dout)
+    if BIAS_GRAD_KERNEL == "tiles":
+        return _bias_grad_tiles(q, k, v, out, lse, dout, near_bias, scale)
     return _band_dq(q, k, v, out, lse, dout, near_bias, scale, None, False)[2]
 
 
