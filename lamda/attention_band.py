@@ -18,6 +18,10 @@ The bias gradient needs no atomics: in a block of W/2 queries, the three key til
 the diagonal have distances t * W/2 + r - c that depend only on the tile t and the element (r, c),
 so each program sums its score gradients elementwise over the batch and a tiny diagonal sum at the
 end gives dL/dnb. autograd then gives b_far minus the band's total (softmax rows sum to zero).
+
+Measured on an H200 at T = 1024 (bench/RESULTS.md): correct, but slower than the flex backend;
+its dq kernel (three accumulators, no room to pipeline) is the slow part. The flex backend uses
+this module's kernels for its bias gradient.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ try:
 except ImportError:  # CPU-only installs: the backend reports itself unavailable
     triton = None
 
-# Launch settings per kernel: (num_warps, num_stages), for the dq kernel also the number of
+# Launch settings per kernel: (num_warps, num_stages), for the dq kernels also the number of
 # programs to aim for (fewer: more batch rows summed per program); "bias_grad" is the dq kernel
-# without dq (the flex backend's). The fastest measured on an H200 (bench/band_kernels.py).
-LAUNCH = {"fwd": (8, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
+# without dq (the flex backend's). All but "bias_grad_tiles" are the fastest of those measured on
+# an H200 (bench/RESULTS.md); more stages than these run out of shared memory.
+LAUNCH = {"fwd": (4, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
           "bias_grad_tiles": (4, 2, 1024)}
 # The flex backend's bias gradient: "rows", the dq kernel without dq (measured, bench/RESULTS.md),
 # or "tiles", a kernel per key tile (_band_bias_grad_kernel).
