@@ -144,10 +144,11 @@ if triton is not None:
         t, split = tl.program_id(2) % 3, tl.program_id(2) // 3
         i = pid * BM + tl.arange(0, BM)
         acc = tl.zeros([BM, BM], tl.float32)
+        unused_dq = tl.zeros([BM, D], tl.float32)
         for b in range(split * b_per_prog, tl.minimum(split * b_per_prog + b_per_prog, B)):
             q, do, delta, lse = _query_rows(Q, DO, O, LSE, b, h, i, sqb, sqh, sqt, sdob, sdoh,
                                             sdot, sob, soh, sot, H, T, D)
-            ds, _ = _band_tile(q, do, lse, delta, 0.0, i, K, V, b * skb + h * skh, skt,
+            ds, _ = _band_tile(q, do, lse, delta, unused_dq, i, K, V, b * skb + h * skh, skt,
                                b * svb + h * svh, svt, NB + h * W, pid * BM - t * BM, T, scale,
                                W, BM, D, False)
             acc += ds
