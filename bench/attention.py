@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -32,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lamda.attention import RelativeBias, get_backend  # noqa: E402
-from lamda import attention_band  # noqa: E402
-from lamda.attention import distance_bias  # noqa: E402
-from lamda import attention_flex  # noqa: E402
-from lamda.attention_flex import _BiasGradOnBand  # noqa: E402
+from bench.timing import median_ms  # noqa: E402
 from bench.train_step import profile_step  # noqa: E402
+from lamda import attention_band, attention_flex  # noqa: E402
+from lamda.attention import RelativeBias, distance_bias, get_backend  # noqa: E402
+from lamda.attention_flex import _BiasGradOnBand  # noqa: E402
 
 BUCKETS, MAX_DISTANCE = 32, 128
 
@@ -122,24 +120,13 @@ def main(argv=None) -> None:
             out, dq, dtable = run(fn, qb, kb, vb, table, dout)
             res["err_out"], res["err_dq"] = rel_err(out, ref[0]), rel_err(dq, ref[1])
             res["err_dtable"] = rel_err(dtable, ref[2]) if name != "nobias" else None
-            times = []
-            for i in range(25):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run(fn, qb, kb, vb, table, dout)
-                end.record()
-                torch.cuda.synchronize()
-                if i >= 5:
-                    times.append(start.elapsed_time(end))
-            res["fwd_bwd_ms"] = round(statistics.median(times), 3)
-            if a.profile:
-                print(json.dumps(res), flush=True)
-                profile_step(lambda: run(fn, qb, kb, vb, table, dout), "cuda", top=12)
-                res = {}
+            res["fwd_bwd_ms"] = round(median_ms(lambda: run(fn, qb, kb, vb, table, dout), "cuda",
+                                                reps=20, warmup=5), 3)
         except Exception as e:  # a probe may be refused by the library: report it
             res["error"] = f"{type(e).__name__}: {e}"[:400]
-        if res:
-            print(json.dumps(res), flush=True)
+        print(json.dumps(res), flush=True)
+        if a.profile and "error" not in res:
+            profile_step(lambda: run(fn, qb, kb, vb, table, dout), "cuda", top=12)
         torch._dynamo.reset()
 
 

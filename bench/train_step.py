@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, nobias")
+    p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, band, nobias")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one more step")
     p.add_argument("--band-launch", default="", help="Triton launch settings, e.g. dq=4.1.2048")
     p.add_argument("--bias-grad-kernel", default=attention_band.BIAS_GRAD_KERNEL,
@@ -146,12 +146,12 @@ def main(argv=None) -> None:
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
     if a.device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls
+    attention_band.configure(a.band_launch)
+    attention_band.BIAS_GRAD_KERNEL = a.bias_grad_kernel
+    attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
     results = []
     for backend in a.attn_backend.split(","):
         try:
-            attention_band.configure(a.band_launch)
-            attention_band.BIAS_GRAD_KERNEL = a.bias_grad_kernel
-            attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
             results.append(run(argparse.Namespace(**{**vars(a), "attn_backend": backend})))
         except Exception as e:  # e.g. out of memory: report it and go on with the others
             results.append({"bench": "train_step", "preset": a.preset, "attn_backend": backend,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
 
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(a.address)
-    entrypoint = " ".join(["python", "-m", f"jobs.{a.job}", *(_quote(x) for x in a.args)])
+    entrypoint = " ".join(["python", "-m", f"jobs.{a.job}", *(shlex.quote(x) for x in a.args)])
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={
         "working_dir": a.working_dir, "excludes": EXCLUDES, "env_vars": env})
     print(f"submitted {job_id}: {entrypoint}", flush=True)
@@ -66,11 +67,6 @@ def main(argv=None) -> int:
     status = client.get_job_status(job_id)
     print(f"job {job_id}: {status}", flush=True)
     return 0 if status == JobStatus.SUCCEEDED else 1
-
-
-def _quote(arg: str) -> str:
-    import shlex
-    return shlex.quote(arg)
 
 
 if __name__ == "__main__":

@@ -302,7 +302,7 @@ def train_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32: the flex backend's band matmuls
+        torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls (the torch band gradient)
     tc = spec.train
 
     torch.manual_seed(tc.seed + rank)

@@ -45,7 +45,8 @@ def build_app(args: dict, options: dict[str, dict] | None = None) -> Application
     def opt(deployment):
         return deployment.options(**options.get(deployment.name, {}))
 
-    return opt(Chat).bind(opt(Sampler).bind(model, threads), opt(Ranker).bind(model, threads),
-                          opt(Toolset).bind(index, args.get("translate_url")),
-                     conversations=resolve(args.get("conversations", "runs/serve/conversations.sqlite")),
-                     roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"))
+    return opt(Chat).bind(
+        opt(Sampler).bind(model, threads), opt(Ranker).bind(model, threads),
+        opt(Toolset).bind(index, args.get("translate_url")),
+        conversations=resolve(args.get("conversations", "runs/serve/conversations.sqlite")),
+        roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"))

@@ -4,6 +4,7 @@ and every gradient, the bias table's included) and CUDA-graph decoding."""
 import pytest
 import torch
 
+from bench.decode import BenchTokenizer
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import ModelConfig
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate
@@ -66,28 +67,18 @@ def test_compiled_training_step_matches_sdpa(backend):
         assert ((p.grad.double() - p2.grad.double()).norm() / p.grad.double().norm()) < 5e-2, name
 
 
-class Tok:
-    pad_id, eos_id, eot_id = 0, 1, 999
-
-    def special(self, name):
-        return {"SENSIBLE": 10, "SPECIFIC": 11, "INTERESTING": 12, "UNSAFE": 13, "<0>": 14,
-                "<1>": 15}[name]
-
-    def decode(self, ids):
-        return " ".join(map(str, ids))
-
-
 def test_graph_step_samples_what_the_eager_step_samples():
     torch.manual_seed(0)
     cfg = ModelConfig.from_name("debug", vocab_size=1000)
     model = build_model(cfg, device="cuda").eval()  # float32: sampling is exactly reproducible
+    tok = BenchTokenizer(cfg.vocab_size)
     prompts = [list(range(20, 60)), list(range(30, 45))]
     sampling = SamplingConfig(num_candidates=4, max_new_tokens=12, seed=1)
     step = GraphStep()
     for _ in range(2):  # the second turn replays the captured graph
-        eager = generate(model, Tok(), prompts, sampling, step=EagerStep())
-        graph = generate(model, Tok(), prompts, sampling, step=step)
+        eager = generate(model, tok, prompts, sampling, step=EagerStep())
+        graph = generate(model, tok, prompts, sampling, step=step)
         assert [[c.ids for c in cs] for cs in graph.candidates] == \
             [[c.ids for c in cs] for cs in eager.candidates]
-        assert torch.allclose(score_generation(model, Tok(), graph),
-                              score_generation(model, Tok(), eager), atol=1e-4)
+        assert torch.allclose(score_generation(model, tok, graph),
+                              score_generation(model, tok, eager), atol=1e-4)
