@@ -7,7 +7,9 @@ its relative error against a float64 reference (output, q gradient, bias-table g
 layer is little GPU work: these times include the CPU's launch overhead, so compare kernels with
 --profile and whole steps with bench/train_step.py.
   sdpa        the reference backend: materialised bias, SDPA (no fused kernel takes the bias)
-  flex        the FlexAttention backend (lamda.attention_flex)
+  flex        the FlexAttention backend (lamda.attention_flex); `flex:bwd_BLOCK_M1=64,...` sets
+              its kernel_options
+  flex_alltable  flex with score_mod reading the whole (H, T) bias row (NEAR_TABLE off)
   band        the band backend (lamda.attention_band): Triton band + FlashAttention far part;
               `band:fwd=8.2,dq=4.1.512` sets launch settings (attention_band.configure)
   band_cudnn  the same with cuDNN's fused attention for the far part
@@ -32,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.timing import median_ms  # noqa: E402
-from bench.train_step import profile_step  # noqa: E402
+from bench.train_step import parse_options, profile_step  # noqa: E402
 from lamda import attention_band, attention_flex  # noqa: E402
 from lamda.attention import RelativeBias, distance_bias, get_backend  # noqa: E402
 from lamda.attention_flex import _BiasGradOnBand  # noqa: E402
@@ -67,7 +69,8 @@ def nobias(q, k, v, table):
 
 VARIANTS = {"sdpa": backend_variant("sdpa"), "flex": backend_variant("flex"),
             "band": backend_variant("band"), "band_cudnn": backend_variant("band"),
-            "flex_torchband": backend_variant("flex"), "cudnn_band": cudnn_band, "nobias": nobias}
+            "flex_torchband": backend_variant("flex"), "flex_alltable": backend_variant("flex"),
+            "cudnn_band": cudnn_band, "nobias": nobias}
 KERNEL_BAND_GRADIENT = attention_flex.band_gradient
 DEFAULT_LAUNCH = dict(attention_band.LAUNCH)
 
@@ -77,7 +80,10 @@ def variant(name: str):
     base, _, opts = name.partition(":")
     attention_band.FAR_KERNEL = "cudnn" if base == "band_cudnn" else "flash"
     attention_band.LAUNCH.update(DEFAULT_LAUNCH)
-    attention_band.configure(opts)
+    attention_flex.KERNEL_OPTIONS = parse_options(opts) if base.startswith("flex") else {}
+    if not base.startswith("flex"):
+        attention_band.configure(opts)
+    attention_flex.NEAR_TABLE = base != "flex_alltable"
     attention_flex.band_gradient = partial(KERNEL_BAND_GRADIENT,
                                            use_kernel=False if base == "flex_torchband" else None)
     return VARIANTS[base]

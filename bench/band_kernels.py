@@ -38,10 +38,11 @@ def main(argv=None) -> None:
                      for _ in range(4))
     near = torch.randn(H, a.window, device=a.device, generator=g)
     out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0)
+    specs = lambda arg: filter(None, arg.split(";"))  # noqa: E731
     runs = [("bias_grad", spec, lambda: attention_band.band_bias_grad(
-                q, k, v, out, lse, dout, near, 1.0)) for spec in a.bias_grad.split(";")]
+                q, k, v, out, lse, dout, near, 1.0)) for spec in specs(a.bias_grad)]
     runs += [("dq", spec, lambda: attention_band.band_attention_bwd(
-                q, k, v, out, lse, dout, near, 1.0, None, None, None)) for spec in a.dq.split(";")]
+                q, k, v, out, lse, dout, near, 1.0, None, None, None)) for spec in specs(a.dq)]
     for what, spec, fn in runs:
         kernel, _, setting = spec.rpartition(":")
         attention_band.BIAS_GRAD_KERNEL = kernel or "rows"

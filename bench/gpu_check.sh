@@ -8,6 +8,9 @@
 #   train:   350m training with sdpa (reference), flex, band and no bias (upper bound), with
 #            the top kernels of each; flex again with FlexAttention options for causal masks,
 #            and with the per-tile bias-gradient kernel
+#   tune:    the flex backend's settings: the bias-gradient kernels' launch settings, then 350m
+#            training with the previous settings (whole-row bias table, "rows" kernel), the near
+#            table, the fastest bias-gradient kernel, and Inductor's FlexAttention autotuning
 #   train2b: 2b training with the default (auto) backend
 #   decode:  one chat turn, eager vs CUDA graphs vs HF generate
 # JSON lines go to stdout and to $OUT/<name>.json; stderr to $OUT/<name>.err.
@@ -46,6 +49,27 @@ for part in "${parts[@]}"; do
       train train_350m_flex_options 120 350m 16 flex \
         --flex-options ROWS_GUARANTEED_SAFE=true,BLOCKS_ARE_CONTIGUOUS=true
       train train_350m_tiles 120 350m 16 flex --bias-grad-kernel tiles
+      ;;
+    tune)
+      step band_kernels 90 $py bench/band_kernels.py --dq "" --bias-grad "rows:8.1.1024;\
+rows:8.1.2048;tiles:4.1.1024;tiles:4.2.1024;tiles:4.3.1024;tiles:8.2.1024;tiles:8.3.1024;\
+tiles:4.2.512;tiles:4.2.2048;tiles:8.2.4096"
+      # the fastest bias-gradient setting -> "--bias-grad-kernel K --band-launch KEY=SETTING"
+      best=$($py - "$OUT/band_kernels.json" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if '"ms"' in line]
+kernel, _, setting = min(rows, key=lambda r: r["ms"])["bias_grad"].partition(":")
+key = {"rows": "bias_grad", "tiles": "bias_grad_tiles"}[kernel]
+print(f"--bias-grad-kernel {kernel} --band-launch {key}={setting}")
+PY
+)
+      echo "fastest bias gradient: ${best:-none}"
+      train tune_previous 110 350m 16 flex --flex-table all --bias-grad-kernel rows
+      train tune_near 110 350m 16 flex --flex-table near --bias-grad-kernel rows
+      train tune_near_best 110 350m 16 flex --flex-table near $best --profile
+      timeout 100 $py -m pytest -q -p no:cacheprovider tests/gpu -k float64 2>&1 | tail -3
+      train tune_near_best_autotune 240 350m 16 flex --flex-table near $best --flex-autotune
+      grep -A12 "AUTOTUNE" "$OUT/tune_near_best_autotune.err" | head -60
       ;;
     train2b)
       train train_2b 100 2b 16 auto

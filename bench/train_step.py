@@ -142,6 +142,11 @@ def main(argv=None) -> None:
                    choices=["rows", "tiles"], help="the flex backend's bias-gradient kernel")
     p.add_argument("--flex-options", default="",
                    help="FlexAttention kernel_options, e.g. ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64")
+    p.add_argument("--flex-table", default="near" if attention_flex.NEAR_TABLE else "all",
+                   choices=["near", "all"], help="score_mod reads (H, W+1) or (H, T)")
+    p.add_argument("--flex-autotune", action="store_true",
+                   help="Inductor autotunes FlexAttention's block sizes (matmuls stay cuBLAS); "
+                   "its AUTOTUNE tables go to stderr")
     a = p.parse_args(argv)
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
     if a.device.startswith("cuda"):
@@ -149,6 +154,10 @@ def main(argv=None) -> None:
     attention_band.configure(a.band_launch)
     attention_band.BIAS_GRAD_KERNEL = a.bias_grad_kernel
     attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
+    attention_flex.NEAR_TABLE = a.flex_table == "near"
+    if a.flex_autotune:
+        import torch._inductor.config as inductor
+        inductor.max_autotune, inductor.max_autotune_gemm_backends = True, "ATEN"
     results = []
     for backend in a.attn_backend.split(","):
         try:

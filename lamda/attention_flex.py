@@ -37,6 +37,9 @@ _block_masks: dict[tuple[int, str], BlockMask] = {}
 # FlexAttention's kernel_options for the CUDA kernel (block sizes, warps, ...; empty: its own
 # choice). bench/train_step.py --flex-options tries others.
 KERNEL_OPTIONS: dict = {}
+# score_mod reads the bias from an (H, W + 1) table by distance clamped at W (every far key reads
+# one address) instead of the whole (H, T) row; same values. bench/train_step.py --flex-table.
+NEAR_TABLE = True
 
 
 def _causal(b, h, q_idx, kv_idx):
@@ -133,14 +136,18 @@ def band_gradient(q, k, v, out, lse, dout, dist_bias, window, use_kernel=None):
     return spread_band(attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0), T)
 
 
-def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask
-                  ) -> tuple[Tensor, Tensor]:
-    """Causal attention with the constant per-distance bias read in-kernel -> (out, lse)."""
-    T = q.shape[2]
+def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask,
+                  window: int | None = None) -> tuple[Tensor, Tensor]:
+    """Causal attention with the constant per-distance bias (H, T) read in-kernel -> (out, lse).
+    Given `window` (all distances >= window share one value), only its first window + 1
+    columns are read (NEAR_TABLE)."""
+    if window is not None and NEAR_TABLE:
+        dist_bias = dist_bias[:, :window + 1].contiguous()  # (H, min(T, W + 1))
+    last = dist_bias.shape[1] - 1
 
     def score_mod(score, b, h, q_idx, kv_idx):
         # masked-out scores are modified too: clamp keeps their index in range
-        return score + dist_bias[h, torch.clamp(q_idx - kv_idx, 0, T - 1)]
+        return score + dist_bias[h, torch.clamp(q_idx - kv_idx, 0, last)]
 
     if q.is_cuda:
         kernel, options = _flex_compiled, KERNEL_OPTIONS or None
@@ -173,7 +180,8 @@ class FlexBackend:
                dropout_p: float) -> Tensor:
         if dropout_p > 0:
             raise ValueError("the flex backend has no attention dropout; use 'sdpa'")
-        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask)
+        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask,
+                                 prepared.window)
         return _BiasGradOnBand.apply(out, prepared.dist_bias, q.detach(), k.detach(), v.detach(),
                                      lse.detach(), prepared.window)
 

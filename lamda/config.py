@@ -24,6 +24,11 @@ class ModelConfig:
     norm_eps: float = 1e-6  # RMSNorm epsilon
     attn_backend: str = "auto"  # lamda.attention.BACKENDS: auto (flex on CUDA training), sdpa, flex, band
 
+    def __post_init__(self):
+        if self.rel_max_distance <= self.rel_buckets // 2:
+            raise ValueError(f"rel_max_distance ({self.rel_max_distance}) must exceed "
+                             f"rel_buckets // 2 ({self.rel_buckets // 2}): the exact buckets")
+
     @classmethod
     def from_name(cls, name: str, **overrides) -> "ModelConfig":
         """A preset by name (see PRESETS), with optional field overrides."""

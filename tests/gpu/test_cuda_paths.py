@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench.decode import BenchTokenizer
+from lamda import attention_band
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import ModelConfig
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate
@@ -28,9 +29,12 @@ def attention_grads(backend, q, k, v, table, dout, dtype):
     return out, q.grad, k.grad, v.grad, table.grad
 
 
-@pytest.mark.parametrize("backend", ["flex", "band"])
+@pytest.mark.parametrize("backend", ["flex:rows", "flex:tiles", "band"])
 @pytest.mark.parametrize("T,D", [(1024, 128), (300, 64)])
-def test_fast_backend_matches_float64_reference(backend, T, D):
+def test_fast_backend_matches_float64_reference(backend, T, D, monkeypatch):
+    backend, _, bias_grad_kernel = backend.partition(":")  # flex's bias-gradient kernel
+    if bias_grad_kernel:
+        monkeypatch.setattr(attention_band, "BIAS_GRAD_KERNEL", bias_grad_kernel)
     g = torch.Generator(device="cuda").manual_seed(T)
     B, H = 2, 4
     q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", generator=g) for _ in range(4))

@@ -47,7 +47,7 @@ def test_band_gradient_equals_autograd(T, num_buckets, max_distance):
 def test_model_gradients_through_the_flex_backend(monkeypatch):
     """The whole model with `flex` (kernel replaced by a plain differentiable one that, like the
     real kernel, sees the bias as a constant) has the same gradients as with `sdpa`."""
-    def kernel(q, k, v, dist_bias, block_mask):
+    def kernel(q, k, v, dist_bias, block_mask, window=None):
         T = q.shape[2]
         pos = torch.arange(T)
         dist = (pos[:, None] - pos[None]).clamp(min=0)
@@ -69,9 +69,12 @@ def test_model_gradients_through_the_flex_backend(monkeypatch):
     assert flex.rel_bias.weight.grad.abs().sum() > 0
 
 
-def test_real_flex_forward_matches_sdpa():
+@pytest.mark.parametrize("near_table", [True, False])
+@pytest.mark.parametrize("max_distance", [16, 128])  # far keys read the clamped column / none
+def test_real_flex_forward_matches_sdpa(monkeypatch, near_table, max_distance):
+    monkeypatch.setattr(attention_flex, "NEAR_TABLE", near_table)
     torch.manual_seed(0)
-    cfg = ModelConfig.from_name("debug")
+    cfg = ModelConfig.from_name("debug", rel_max_distance=max_distance, rel_buckets=8)
     ref = build_model(cfg.replace(attn_backend="sdpa")).eval()
     flex = build_model(cfg.replace(attn_backend="flex")).eval()
     flex.load_state_dict(ref.state_dict())

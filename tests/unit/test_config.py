@@ -37,6 +37,8 @@ def test_flops_per_token_palm_convention():
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         ModelConfig.from_name("huge")
+    with pytest.raises(ValueError, match="rel_max_distance"):  # T5 bucketing would divide by 0
+        ModelConfig.from_name("tiny", rel_buckets=32, rel_max_distance=16)
 
 
 def test_config_round_trips_through_json(tmp_path):
