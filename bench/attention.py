@@ -80,7 +80,7 @@ def variant(name: str):
     base, _, opts = name.partition(":")
     attention_band.FAR_KERNEL = "cudnn" if base == "band_cudnn" else "flash"
     attention_band.LAUNCH.update(DEFAULT_LAUNCH)
-    attention_flex.KERNEL_OPTIONS = parse_options(opts) if base.startswith("flex") else {}
+    attention_flex.KERNEL_OPTIONS = parse_options(opts) if opts and base.startswith("flex") else None
     if not base.startswith("flex"):
         attention_band.configure(opts)
     attention_flex.NEAR_TABLE = base != "flex_alltable"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks, as one call on a GPU machine without Ray (the `device` tool's
 # machine, or any box with CUDA PyTorch):
-#   `bash bench/gpu_check.sh [tests] [attn] [train] [train2b] [decode]` (all of them by default)
+#   `bash bench/gpu_check.sh [tests] [attn] [train] [flex] [tune] [train2b] [decode]`
+#   (by default tests, attn, train, train2b and decode)
 #   tests:   correctness on CUDA (tests/gpu)
 #   attn:    one attention layer per variant with its top kernels (bench/attention.py), and the
 #            Triton band kernels per launch setting (bench/band_kernels.py)
 #   train:   350m training with sdpa (reference), flex, band and no bias (upper bound), with
-#            the top kernels of each; flex again with FlexAttention options for causal masks,
-#            and with the per-tile bias-gradient kernel
+#            the top kernels of each
+#   flex:    350m training with the flex backend's defaults, its previous settings (whole-row bias
+#            table, "rows" bias-gradient kernel, FlexAttention's own block sizes), and no bias
 #   tune:    the flex backend's settings: the bias-gradient kernels' launch settings, then 350m
 #            training with the previous settings (whole-row bias table, "rows" kernel), the near
 #            table, the fastest bias-gradient kernel, and Inductor's FlexAttention autotuning
@@ -46,9 +48,10 @@ for part in "${parts[@]}"; do
       ;;
     train)
       train train_350m 260 350m 16 sdpa,flex,band,nobias --profile
-      train train_350m_flex_options 120 350m 16 flex \
-        --flex-options ROWS_GUARANTEED_SAFE=true,BLOCKS_ARE_CONTIGUOUS=true
-      train train_350m_tiles 120 350m 16 flex --bias-grad-kernel tiles
+      ;;
+    flex)
+      train flex_defaults 150 350m 16 flex,nobias
+      train flex_previous 110 350m 16 flex --flex-table all --bias-grad-kernel rows --flex-options ""
       ;;
     tune)
       step band_kernels 90 $py bench/band_kernels.py --dq "" --bias-grad "rows:8.1.1024;\
@@ -64,11 +67,12 @@ print(f"--bias-grad-kernel {kernel} --band-launch {key}={setting}")
 PY
 )
       echo "fastest bias gradient: ${best:-none}"
-      train tune_previous 110 350m 16 flex --flex-table all --bias-grad-kernel rows
-      train tune_near 110 350m 16 flex --flex-table near --bias-grad-kernel rows
-      train tune_near_best 110 350m 16 flex --flex-table near $best --profile
+      train tune_previous 110 350m 16 flex --flex-table all --bias-grad-kernel rows --flex-options ""
+      train tune_near 110 350m 16 flex --flex-table near --bias-grad-kernel rows --flex-options ""
+      train tune_near_best 110 350m 16 flex --flex-table near $best --flex-options "" --profile
       timeout 100 $py -m pytest -q -p no:cacheprovider tests/gpu -k float64 2>&1 | tail -3
-      train tune_near_best_autotune 240 350m 16 flex --flex-table near $best --flex-autotune
+      train tune_near_best_autotune 240 350m 16 flex --flex-table near $best --flex-options "" \
+        --flex-autotune
       grep -A12 "AUTOTUNE" "$OUT/tune_near_best_autotune.err" | head -60
       ;;
     train2b)

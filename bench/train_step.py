@@ -140,8 +140,8 @@ def main(argv=None) -> None:
     p.add_argument("--band-launch", default="", help="Triton launch settings, e.g. dq=4.1.2048")
     p.add_argument("--bias-grad-kernel", default=attention_band.BIAS_GRAD_KERNEL,
                    choices=["rows", "tiles"], help="the flex backend's bias-gradient kernel")
-    p.add_argument("--flex-options", default="",
-                   help="FlexAttention kernel_options, e.g. ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64")
+    p.add_argument("--flex-options", default=None, help="FlexAttention kernel_options, e.g. "
+                   "ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64 ('': its own; default: the library's)")
     p.add_argument("--flex-table", default="near" if attention_flex.NEAR_TABLE else "all",
                    choices=["near", "all"], help="score_mod reads (H, W+1) or (H, T)")
     p.add_argument("--flex-autotune", action="store_true",
@@ -153,7 +153,8 @@ def main(argv=None) -> None:
         torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls
     attention_band.configure(a.band_launch)
     attention_band.BIAS_GRAD_KERNEL = a.bias_grad_kernel
-    attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
+    if a.flex_options is not None:
+        attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
     attention_flex.NEAR_TABLE = a.flex_table == "near"
     if a.flex_autotune:
         import torch._inductor.config as inductor

@@ -41,13 +41,13 @@ except ImportError:  # CPU-only installs: the backend reports itself unavailable
 
 # Launch settings per kernel: (num_warps, num_stages), for the dq kernels also the number of
 # programs to aim for (fewer: more batch rows summed per program); "bias_grad" is the dq kernel
-# without dq (the flex backend's). All but "bias_grad_tiles" are the fastest of those measured on
-# an H200 (bench/RESULTS.md); more stages than these run out of shared memory.
+# without dq. All are the fastest of those measured on an H200 (bench/RESULTS.md); more stages
+# than these run out of shared memory or run slower.
 LAUNCH = {"fwd": (4, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
           "bias_grad_tiles": (4, 2, 1024)}
-# The flex backend's bias gradient: "rows", the dq kernel without dq (measured, bench/RESULTS.md),
-# or "tiles", a kernel per key tile (_band_bias_grad_kernel).
-BIAS_GRAD_KERNEL = "rows"
+# The flex backend's bias gradient: "tiles", a kernel per key tile (_band_bias_grad_kernel; the
+# faster on an H200, bench/RESULTS.md), or "rows", the dq kernel without dq.
+BIAS_GRAD_KERNEL = "tiles"
 FAR_KERNEL = "flash"  # "flash" or "cudnn" on CUDA; CPU uses torch's CPU flash kernel
 
 

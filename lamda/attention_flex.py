@@ -34,9 +34,13 @@ from lamda.attention import BACKENDS, RelativeBias, distance_bias
 # Compiled once, lazily on first call; inside an already compiled model it is inlined.
 _flex_compiled = torch.compile(flex_attention, dynamic=False)
 _block_masks: dict[tuple[int, str], BlockMask] = {}
-# FlexAttention's kernel_options for the CUDA kernel (block sizes, warps, ...; empty: its own
-# choice). bench/train_step.py --flex-options tries others.
-KERNEL_OPTIONS: dict = {}
+# FlexAttention's kernel_options for the CUDA kernel (block sizes, warps, ...; {}: its own choice;
+# None: SM90_D128 where it applies). bench/train_step.py --flex-options tries others.
+KERNEL_OPTIONS: dict | None = None
+# Backward block sizes for head size 128 on Hopper (sm90): Inductor's autotuning chose these over
+# its default (64, 128, 128, 64, 3 stages, 8 warps) on an H200 (bench/RESULTS.md).
+SM90_D128 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
+             "bwd_num_stages": 3, "bwd_num_warps": 4}
 # score_mod reads the bias from an (H, W + 1) table by distance clamped at W (every far key reads
 # one address) instead of the whole (H, T) row; same values. bench/train_step.py --flex-table.
 NEAR_TABLE = True
@@ -136,6 +140,18 @@ def band_gradient(q, k, v, out, lse, dout, dist_bias, window, use_kernel=None):
     return spread_band(attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0), T)
 
 
+@torch._dynamo.assume_constant_result
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def kernel_options(head_dim: int) -> dict:
+    """FlexAttention's kernel_options on CUDA (KERNEL_OPTIONS)."""
+    if KERNEL_OPTIONS is not None:
+        return KERNEL_OPTIONS
+    return SM90_D128 if head_dim == 128 and _hopper() else {}
+
+
 def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask,
                   window: int | None = None) -> tuple[Tensor, Tensor]:
     """Causal attention with the constant per-distance bias (H, T) read in-kernel -> (out, lse).
@@ -150,7 +166,7 @@ def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask
         return score + dist_bias[h, torch.clamp(q_idx - kv_idx, 0, last)]
 
     if q.is_cuda:
-        kernel, options = _flex_compiled, KERNEL_OPTIONS or None
+        kernel, options = _flex_compiled, kernel_options(q.shape[-1]) or None
     else:  # CPU: eager, forward only
         kernel, options = flex_attention, None
     out, aux = kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
