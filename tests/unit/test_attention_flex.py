@@ -98,3 +98,12 @@ def test_flex_refuses_what_it_cannot_do():
         get_backend("flex").prepare(cached, torch.float32)
     with pytest.raises(ValueError, match="unknown attention backend"):
         get_backend("triton")
+
+
+def test_kernel_options_apply_the_tuned_blocks_only_where_measured(monkeypatch):
+    assert attention_flex.kernel_options(128) == {}  # no CUDA here: FlexAttention's own choice
+    monkeypatch.setattr(attention_flex, "_hopper", lambda: True)
+    assert attention_flex.kernel_options(128) == attention_flex.SM90_D128
+    assert attention_flex.kernel_options(64) == {}
+    monkeypatch.setattr(attention_flex, "KERNEL_OPTIONS", {"bwd_num_warps": 8})
+    assert attention_flex.kernel_options(128) == {"bwd_num_warps": 8}
