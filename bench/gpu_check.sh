@@ -37,6 +37,8 @@ train() {  # train NAME SECONDS PRESET BATCH BACKENDS [more flags]
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+# the flex backend's settings before the third GPU pass (bench/RESULTS.md), for comparisons
+previous=(--flex-table all --bias-grad-kernel rows --flex-options "")
 parts=("$@")
 [ $# -eq 0 ] && parts=(tests attn train train2b decode)
 for part in "${parts[@]}"; do
@@ -51,7 +53,7 @@ for part in "${parts[@]}"; do
       ;;
     flex)
       train flex_defaults 150 350m 16 flex,nobias
-      train flex_previous 110 350m 16 flex --flex-table all --bias-grad-kernel rows --flex-options ""
+      train flex_previous 110 350m 16 flex "${previous[@]}"
       ;;
     tune)
       step band_kernels 90 $py bench/band_kernels.py --dq "" --bias-grad "rows:8.1.1024;\
@@ -67,7 +69,7 @@ print(f"--bias-grad-kernel {kernel} --band-launch {key}={setting}")
 PY
 )
       echo "fastest bias gradient: ${best:-none}"
-      train tune_previous 110 350m 16 flex --flex-table all --bias-grad-kernel rows --flex-options ""
+      train tune_previous 110 350m 16 flex "${previous[@]}"
       train tune_near 110 350m 16 flex --flex-table near --bias-grad-kernel rows --flex-options ""
       train tune_near_best 110 350m 16 flex --flex-table near $best --flex-options "" --profile
       timeout 100 $py -m pytest -q -p no:cacheprovider tests/gpu -k float64 2>&1 | tail -3

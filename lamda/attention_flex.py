@@ -41,8 +41,9 @@ KERNEL_OPTIONS: dict | None = None
 # its default (64, 128, 128, 64, 3 stages, 8 warps) on an H200 (bench/RESULTS.md).
 SM90_D128 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
              "bwd_num_stages": 3, "bwd_num_warps": 4}
-# score_mod reads the bias from an (H, W + 1) table by distance clamped at W (every far key reads
-# one address) instead of the whole (H, T) row; same values. bench/train_step.py --flex-table.
+# The bias table by distance holds distances 0..W (every farther one shares W's value, and the
+# score_mod reads it clamped: all far keys read one address) instead of 0..T-1; same values.
+# bench/train_step.py --flex-table.
 NEAR_TABLE = True
 
 
@@ -61,8 +62,9 @@ def causal_block_mask(T: int, device: torch.device) -> BlockMask:
 
 def bias_grad_by_distance(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
                           dist_bias: Tensor, window: int) -> Tensor:
-    """dL/d dist_bias (H, T) for causal attention with an additive per-distance bias, given
-    every distance >= `window` has the same bias value (the last T5 bucket).
+    """dL/d dist_bias (H, C) for causal attention with an additive per-distance bias, given
+    every distance >= `window` has the same bias value (the last T5 bucket); C >= min(T, window)
+    distances, the last standing for all farther ones.
 
     q, k, v, out, dout (B, H, T, D); lse (B, H, T) natural-log row normalisers of the forward.
     Products are in float32 (exact for bf16 inputs under TF32 matmuls too).
@@ -92,18 +94,19 @@ def bias_grad_by_distance(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Ten
     dist = W - 1 - torch.arange(W, device=q.device)  # (W,) distance of column m
     i = torch.arange(n * W, device=q.device).view(n, W, 1)  # (n, W, 1) query position
     valid = (i >= dist) & (i < T)  # (n, W, W): key inside the sequence, query not padding
-    bias = F.pad(dist_bias.float(), (0, max(0, W - T)))[:, dist]  # (H, W)
+    bias = F.pad(dist_bias.float(), (0, max(0, W - dist_bias.shape[1])))[:, dist]  # (H, W)
     lse_b = F.pad(lse.float(), (0, pad)).view(B, H, n, W, 1)
     delta = F.pad((dout.float() * out.float()).sum(-1), (0, pad)).view(B, H, n, W, 1)
 
     p = torch.exp(skew(s) + bias[None, :, None, None, :] - lse_b)  # (B, H, n, W, W)
     ds = torch.where(valid, p * (skew(dp) - delta), 0.0)
-    return spread_band(ds.sum(dim=(0, 2, 3)).flip(-1), T)  # (H, W) by distance 0..W-1
+    g = ds.sum(dim=(0, 2, 3)).flip(-1)  # (H, W) by distance 0..W-1
+    return spread_band(g, dist_bias.shape[1])
 
 
 def spread_band(g: Tensor, T: int) -> Tensor:
     """The band's gradient g (H, W) by distance -> (H, T) by distance: rows sum to zero, so the
-    far distances (one bucket) get minus the band's total, given to distance W."""
+    far distances (one bucket) get minus the band's total, given to distance W (T > W)."""
     H, W = g.shape
     grad = F.pad(g[:, :min(W, T)].float(), (0, max(0, T - W)))
     if T > W:
@@ -131,7 +134,7 @@ class _BiasGradOnBand(torch.autograd.Function):
 def band_gradient(q, k, v, out, lse, dout, dist_bias, window, use_kernel=None):
     """bias_grad_by_distance, by the Triton kernel of lamda.attention_band where it applies
     (by default on CUDA)."""
-    T, W = q.shape[2], window
+    T, W = dist_bias.shape[1], window
     if use_kernel is None:
         use_kernel = q.is_cuda and attention_band.supports(q.shape[-1], W)
     if not use_kernel:
@@ -152,13 +155,10 @@ def kernel_options(head_dim: int) -> dict:
     return SM90_D128 if head_dim == 128 and _hopper() else {}
 
 
-def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask,
-                  window: int | None = None) -> tuple[Tensor, Tensor]:
-    """Causal attention with the constant per-distance bias (H, T) read in-kernel -> (out, lse).
-    Given `window` (all distances >= window share one value), only its first window + 1
-    columns are read (NEAR_TABLE)."""
-    if window is not None and NEAR_TABLE:
-        dist_bias = dist_bias[:, :window + 1].contiguous()  # (H, min(T, W + 1))
+def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask
+                  ) -> tuple[Tensor, Tensor]:
+    """Causal attention with the constant per-distance bias (H, C) read in-kernel, distances
+    beyond C - 1 reading column C - 1 -> (out, lse)."""
     last = dist_bias.shape[1] - 1
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -176,7 +176,8 @@ def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask
 
 @dataclass
 class FlexPrepared:
-    dist_bias: Tensor  # (H, T) float32 bias per distance, differentiable w.r.t. the table
+    dist_bias: Tensor  # (H, min(T, W + 1)) float32 bias per distance (NEAR_TABLE; else (H, T)),
+    #                    differentiable w.r.t. the table
     block_mask: BlockMask  # causal T x T
     window: int  # distances >= window share one bias value (max_distance)
 
@@ -188,16 +189,16 @@ class FlexBackend:
         if not bias.self_attention or bias.key_mask is not None:
             raise ValueError("the flex backend does causal self-attention without padding masks; "
                              "use 'sdpa' or 'auto' with a KV cache or key_mask")
-        T = bias.q_pos.shape[-1]
-        return FlexPrepared(distance_bias(bias.table, T, bias.num_buckets, bias.max_distance),
-                            causal_block_mask(T, bias.table.device), bias.max_distance)
+        T, W = bias.q_pos.shape[-1], bias.max_distance
+        columns = min(T, W + 1) if NEAR_TABLE else T
+        return FlexPrepared(distance_bias(bias.table, columns, bias.num_buckets, W),
+                            causal_block_mask(T, bias.table.device), W)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: FlexPrepared,
                dropout_p: float) -> Tensor:
         if dropout_p > 0:
             raise ValueError("the flex backend has no attention dropout; use 'sdpa'")
-        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask,
-                                 prepared.window)
+        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask)
         return _BiasGradOnBand.apply(out, prepared.dist_bias, q.detach(), k.detach(), v.detach(),
                                      lse.detach(), prepared.window)
 
