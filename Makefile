@@ -3,11 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Debian packages: real dictionary data for the tools, and Prometheus for the metrics tests
-DEB_PACKAGES := dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa dict-elements \
+# Debian packages: real dictionary data for the tools (FreeDict both ways: the reverse dictionaries
+# rank the translations), and Prometheus for the metrics tests
+DEB_PACKAGES := dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa \
+                dict-freedict-fra-eng dict-freedict-deu-eng dict-freedict-spa-eng dict-elements \
                 dict-foldoc prometheus
-DEB_STAMP := /usr/share/dictd/freedict-eng-fra.index /usr/share/dictd/elements.index \
-             /usr/share/dictd/foldoc.index /usr/bin/prometheus
+DEB_STAMP := /usr/share/dictd/freedict-eng-fra.index /usr/share/dictd/freedict-spa-eng.index \
+             /usr/share/dictd/freedict-fra-eng.index /usr/share/dictd/freedict-deu-eng.index \
+             /usr/share/dictd/elements.index /usr/share/dictd/foldoc.index /usr/bin/prometheus
 
 .PHONY: setup system-deps run test bench clean
 

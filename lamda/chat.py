@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lamda.accounting import inference_flops_per_token
+from lamda import tokenizer as T
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import (Candidate, EagerStep, GraphStep, SamplingConfig, best_by_likelihood,
                           default_step, generate)
@@ -26,7 +27,8 @@ class ChatConfig:
     rank: RankConfig = RankConfig()
     research: bool = True  # run the research loop after sample-and-rank
     max_iterations: int = 4  # tool calls per turn (paper's example: 4)
-    research_candidates: int = 4  # samples per research step; the likeliest is used
+    research_candidates: int = 1  # samples per research step; the likeliest is used
+    research_temperature: float = 0.0  # 0: greedy research outputs (queries copy exactly)
 
 
 @dataclass
@@ -89,6 +91,11 @@ class ChatModel:
             out.append((cands, flops, {"prompt": len(prompt), "generated": generated}))
         return gen, out
 
+    def candidate(self, text: str) -> Candidate:
+        """A reply written elsewhere (the research loop's) as a candidate to score."""
+        ids = self.tok.encode(text)
+        return Candidate(ids, text, 0.0, len(ids) + 1, False)
+
     def score(self, context: list[Turn], candidates: list[Candidate], rank_cfg: RankConfig
               ) -> tuple[Ranked, float, dict]:
         """Discriminator scores by re-encoding context + candidates (one prefill), then ranking."""
@@ -101,9 +108,11 @@ class ChatModel:
 
     def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
                  sampling: SamplingConfig) -> tuple[str, float]:
-        """The research task's next output ("TS, query" or "User, reply") and its FLOPs."""
+        """The research task's next output ("TS, query" or "User, reply") and its FLOPs. The first
+        token is one of the two routing words; the rest is text."""
         prompt = research_prompt(self.tok, context, draft, steps)
-        gen = generate(self.model, self.tok, [prompt], sampling, step=self.step)
+        routes = [self.tok.special(T.TO_TOOLSET), self.tok.special(T.TO_USER)]
+        gen = generate(self.model, self.tok, [prompt], sampling, step=self.step, first_tokens=routes)
         best = best_by_likelihood(gen.candidates[0])
         tokens = len(prompt) + sum(c.length for c in gen.candidates[0])
         return self.tok.decode(best.ids), self.flops(len(prompt) + best.length, tokens)
@@ -113,9 +122,12 @@ SCORED_PER_CANDIDATE = 8  # tokens the discriminators add per candidate: "<eot> 
 
 
 def chat_turn(context: list[Turn], respond: Callable, research: Callable,
-              toolset: Callable[[str], list[str]], cfg: ChatConfig) -> Answer:
+              toolset: Callable[[str], list[str]], cfg: ChatConfig,
+              check: Callable | None = None) -> Answer:
     """One turn: `respond(context) -> (Ranked, flops, tokens)`, then, unless the safety filter fell
-    back, the research loop with `research(context, draft, steps) -> (output, flops)`."""
+    back, the research loop with `research(context, draft, steps) -> (output, flops)`. The
+    research loop's final reply passes the safety filter like any candidate: `check(context,
+    reply) -> (Ranked, flops)` ranks it alone, and a filtered reply becomes the fallback."""
     ranked, flops, tokens = respond(context)
     if not cfg.research or ranked.fallback:
         return Answer(ranked.reply, ranked, None, flops, tokens)
@@ -128,15 +140,34 @@ def chat_turn(context: list[Turn], respond: Callable, research: Callable,
 
     result = research_loop(context, lambda _: ranked.reply, research_step, toolset,
                            cfg.max_iterations)
-    return Answer(result.reply, ranked, result, sum(spent), tokens)
+    reply = result.reply
+    if check is not None and reply != ranked.reply:
+        final, f = check(context, reply)
+        spent.append(f)
+        if final.fallback:
+            result.filtered = next((c.filtered for c in final.candidates if c.filtered),
+                                   "safety filter")
+            reply = final.reply
+    return Answer(reply, ranked, result, sum(spent), tokens)
+
+
+def research_sampling(cfg: ChatConfig) -> SamplingConfig:
+    """The sampling settings of the research task's outputs."""
+    return dataclasses.replace(cfg.sampling, num_candidates=cfg.research_candidates,
+                               temperature=cfg.research_temperature)
 
 
 def local_turn(chat: ChatModel, toolset: Callable[[str], list[str]], context: list[Turn],
                cfg: ChatConfig = ChatConfig()) -> Answer:
     """chat_turn with a ChatModel in this process."""
-    research_sampling = dataclasses.replace(cfg.sampling, num_candidates=cfg.research_candidates)
+    sampling = research_sampling(cfg)
+
+    def check(ctx, reply):
+        ranked, flops, _ = chat.score(ctx, [chat.candidate(reply)], cfg.rank)
+        return ranked, flops
+
     return chat_turn(
         context,
         lambda ctx: chat.respond([ctx], cfg.sampling, cfg.rank)[0],
-        lambda ctx, draft, steps: chat.research(ctx, draft, steps, research_sampling),
-        toolset, cfg)
+        lambda ctx, draft, steps: chat.research(ctx, draft, steps, sampling),
+        toolset, cfg, check)

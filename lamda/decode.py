@@ -5,13 +5,16 @@
 1. `prefill` runs every prompt once (left-padded into one batch) and fills a KV cache.
 2. The cache is expanded to N candidate rows per prompt without recomputing anything.
 3. `decode_one_token` advances all B x N rows together; `sample_top_k` draws each next token.
+   Special tokens are masked out (`text_only_mask`): a response holds ordinary text and ends with
+   <eot>; `first_tokens` restricts the first token (the research task's routing word).
    On GPU, `GraphStep` runs it compiled into a CUDA graph over a static KV cache.
    A row stops at <eot>; a row still open at `max_new_tokens` gets a forced <eot> (truncated), so
    every response ends the way the fine-tuning formats expect and the discriminators can be
    appended right after it (lamda.rank reuses this cache).
 
-Candidates carry their summed log-likelihood under the model (temperature 1, whole vocabulary,
-whatever temperature and top-k were used to sample) and their length, <eot> included.
+Candidates carry their summed log-likelihood under the model (temperature 1, over the tokens a
+response may hold, whatever temperature and top-k were used to sample) and their length, <eot>
+included.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from lamda.tokenizer import Tokenizer
 class SamplingConfig:
     num_candidates: int = 16  # candidates per prompt (paper: 16)
     top_k: int = 40  # sample among the k most likely tokens (paper: 40)
-    temperature: float = 1.0  # paper: no temperature (1.0)
+    temperature: float = 1.0  # paper: no temperature (1.0); 0: greedy
     max_new_tokens: int = 64  # including the final <eot>
     seed: int | None = None  # None: nondeterministic
     length_alpha: float = 1.0  # exponent of the length normalisation in Candidate.score
@@ -69,14 +72,30 @@ class Generation:
 
 def sample_top_k(logits: Tensor, top_k: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """logits (R, V) -> (tokens (R,), log p(token) (R,) under the untempered full softmax)."""
-    k = min(top_k, logits.shape[-1])
-    top_vals, top_idx = torch.topk(logits.float(), k, dim=-1)  # (R, k)
-    probs = torch.softmax(top_vals / max(temperature, 1e-5), dim=-1)
-    choice = torch.multinomial(probs, 1, generator=generator)  # (R, 1)
-    tokens = top_idx.gather(-1, choice).squeeze(-1)
+    """logits (R, V) -> (tokens (R,), log p(token) (R,) under the untempered full softmax).
+    Temperature 0 takes the most likely token (greedy)."""
+    if temperature <= 0:
+        tokens = logits.argmax(dim=-1)
+    else:
+        k = min(top_k, logits.shape[-1])
+        top_vals, top_idx = torch.topk(logits.float(), k, dim=-1)  # (R, k)
+        probs = torch.softmax(top_vals / temperature, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=generator)  # (R, 1)
+        tokens = top_idx.gather(-1, choice).squeeze(-1)
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logp
+
+
+def text_only_mask(tok: Tokenizer, vocab_size: int, device=None) -> Tensor:
+    """(V,) additive mask: 0 for ordinary pieces and <eot>, -inf for the special tokens, padding,
+    unknown, begin/end of sequence and ids beyond the tokenizer's vocabulary. A response can hold
+    only text and end its turn; it can never forge a rating, a speaker or a routing word."""
+    mask = torch.zeros(vocab_size, device=device)
+    banned = [i for i in tok.special_ids.values() if i != tok.eot_id]
+    banned += [tok.pad_id, tok.eos_id, tok.sp.unk_id(), tok.sp.bos_id()]
+    mask[torch.tensor([i for i in banned if 0 <= i < vocab_size], device=device)] = float("-inf")
+    mask[tok.vocab_size:] = float("-inf")
+    return mask
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
@@ -177,9 +196,12 @@ def default_step(model: LaMDA) -> EagerStep:
 
 @torch.no_grad()
 def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
-             extra_cache: int = 2, step: EagerStep | None = None) -> Generation:
+             extra_cache: int = 2, step: EagerStep | None = None,
+             first_tokens: list[int] | None = None) -> Generation:
     """Sample cfg.num_candidates responses for each prompt, all rows decoded as one batch.
 
+    Tokens are drawn from ordinary text and <eot> only (`text_only_mask`); `first_tokens`, when
+    given, are the only tokens allowed first (e.g. the research task's TS, / User,).
     `extra_cache` positions are left free after the longest response (ranking appends there).
     `step` runs each token (default: `EagerStep`; `GraphStep` on GPU).
     """
@@ -201,12 +223,18 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
     cache, logits = prefill(model, tokens, mask, max_len)
     cache = step.rows(cache, N)
     logits = logits.repeat_interleave(N, dim=0)  # (R, V), R = B * N
-    R = logits.shape[0]
+    R, V = logits.shape
+    text_only = text_only_mask(tok, V, device)
+    first = text_only
+    if first_tokens:  # only these first (special tokens allowed), then text as usual
+        first = torch.full((V,), float("-inf"), device=device)
+        first[torch.tensor(first_tokens, device=device)] = 0.0
     out = torch.full((R, cfg.max_new_tokens), tok.pad_id, dtype=torch.long, device=device)
     logprob = torch.zeros(R, device=device)
     lengths = torch.zeros(R, dtype=torch.long, device=device)
     done = torch.zeros(R, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
+        logits = logits.float() + (first if t == 0 else text_only)  # (R, V)
         nxt, logp = sample_top_k(logits, cfg.top_k, cfg.temperature, gen)
         if t == cfg.max_new_tokens - 1:  # out of room: end every open row with <eot>
             nxt = torch.full_like(nxt, eot)

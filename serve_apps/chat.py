@@ -8,6 +8,7 @@ same orchestration serves in-process use and Serve; the event loop never blocks)
 
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -27,6 +28,7 @@ from lamda.rank import Ranked, Scored
 from lamda.roles import load_roles
 from serve_apps.api import MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest, error
 
+CHAT_SETTINGS = ("research", "max_iterations", "research_candidates", "research_temperature")
 app = FastAPI(title="LaMDA on Ray", version="0.1.0",
               description="LaMDA-style dialog: sample-and-rank, safety filter, research loop.")
 
@@ -165,10 +167,12 @@ class Chat:
         self.metrics = Metrics()
 
     def reconfigure(self, config: dict) -> None:
-        """user_config: research (bool), max_iterations, research_candidates."""
-        self.cfg = ChatConfig(research=config.get("research", True),
-                              max_iterations=int(config.get("max_iterations", 4)),
-                              research_candidates=int(config.get("research_candidates", 4)))
+        """user_config: research (bool), max_iterations, research_candidates,
+        research_temperature (unknown keys are refused)."""
+        unknown = set(config) - set(CHAT_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown Chat settings in user_config: {sorted(unknown)}")
+        self.cfg = dataclasses.replace(ChatConfig(), **config)
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -193,9 +197,14 @@ class Chat:
         def research(_, draft, steps):
             out = self._call(self.sampler.research.remote(
                 ctx, draft, [{"query": s.query, "results": list(s.results)} for s in steps],
-                self.cfg.research_candidates))
+                self.cfg.research_candidates, self.cfg.research_temperature))
             spent["energy_kwh"] += out["energy_kwh"]
             return out["output"], out["flops"]
+
+        def check(_, reply):  # the research loop's reply passes the safety filter too
+            r = self._call(self.ranker.rank_reply.remote(ctx, reply))
+            spent["energy_kwh"] += r["energy_kwh"]
+            return ranked_from_dict(r["ranked"]), r["flops"]
 
         def toolset(query):
             calls = self._call(self.toolset.run.remote(query, session))
@@ -205,7 +214,7 @@ class Chat:
             spent["tool_calls"].append({"query": query, "calls": calls})
             return [r for c in calls for r in c["results"]]
 
-        return chat_turn(context, respond, research, toolset, self.cfg), spent
+        return chat_turn(context, respond, research, toolset, self.cfg, check), spent
 
     async def _answer(self, route: str, model: str, conversation: list[Turn], session: str):
         """(answer, spent) or an error response."""

@@ -94,10 +94,11 @@ class Sampler(_ModelReplica):
         return out
 
     async def research(self, context: list[dict], draft: str, steps: list[dict],
-                       num_candidates: int = 4) -> dict:
-        """The research task's next output for one conversation."""
+                       num_candidates: int = 1, temperature: float = 0.0) -> dict:
+        """The research task's next output for one conversation (greedy by default)."""
         meter = self._meter()
-        sampling = dataclasses.replace(self.sampling, num_candidates=num_candidates)
+        sampling = dataclasses.replace(self.sampling, num_candidates=num_candidates,
+                                       temperature=temperature)
         output, flops = self.chat.research(
             turns(context), draft, [ResearchStep(s["query"], tuple(s["results"])) for s in steps],
             sampling)
@@ -115,9 +116,15 @@ class Ranker(_ModelReplica):
         self.cfg = from_user_config(RankConfig, config)
 
     async def rank(self, context: list[dict], candidates: list[dict]) -> dict:
+        return self._rank(context, [Candidate(**c) for c in candidates])
+
+    async def rank_reply(self, context: list[dict], reply: str) -> dict:
+        """One reply written elsewhere (the research loop's), through the same safety filter."""
+        return self._rank(context, [self.chat.candidate(reply)])
+
+    def _rank(self, context: list[dict], candidates: list[Candidate]) -> dict:
         meter = self._meter()
-        ranked, flops, tokens = self.chat.score(turns(context), [Candidate(**c) for c in candidates],
-                                                self.cfg)
+        ranked, flops, tokens = self.chat.score(turns(context), candidates, self.cfg)
         return {"ranked": ranked.to_dict(), "flops": flops, "tokens": tokens,
                 "energy_kwh": meter.kwh()}
 

@@ -2,7 +2,7 @@
 
     calculate("135+7721") == ["7856"]
     calculate("what is 15% of 240?") == ["36"]
-    calculate("sqrt(2) * 3") == ["4.242640687"]
+    calculate("sqrt(2) * 3") == ["4.24264"]
 
 The expression is parsed with Python's `ast` and evaluated by walking a whitelist of node types
 (numbers, + - * / // % **, unary minus, parentheses, a few named functions and constants); nothing
@@ -24,6 +24,7 @@ MAX_DEPTH = 40  # AST nesting
 MAX_BITS = 4096  # size of any integer, intermediate or final
 MAX_FACTORIAL = 300
 MAX_FLOAT = 1e300
+SIGNIFICANT = 6  # digits of a non-integer result
 
 FUNCTIONS = {
     "sqrt": math.sqrt, "cbrt": lambda x: math.copysign(abs(x) ** (1 / 3), x), "abs": abs,
@@ -139,8 +140,9 @@ def _check(v):
 
 
 def _format(v) -> str:
+    """Integers in full, other values to SIGNIFICANT digits (what a reply quotes)."""
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         v = int(v)
     if isinstance(v, int):
         return str(v)
-    return f"{v:.10g}"
+    return f"{v:.{SIGNIFICANT}g}"

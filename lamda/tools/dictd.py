@@ -8,6 +8,7 @@ of every fixed-size chunk, so one definition is read by inflating only the chunk
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import zlib
@@ -78,17 +79,19 @@ class DictzipFile:
             offset += size
 
     def read(self, start: int, length: int) -> bytes:
+        """`length` bytes of the text at `start`. Safe to call from several threads (positioned
+        reads); recently decompressed chunks are cached."""
         if self.chunks is None:
-            self.f.seek(start)
-            return self.f.read(length)
+            return os.pread(self.f.fileno(), length, start)
         first, last = start // self.chunk_len, (start + length - 1) // self.chunk_len
-        out = bytearray()
-        for i in range(first, min(last, len(self.chunks) - 1) + 1):
-            offset, size = self.chunks[i]
-            self.f.seek(offset)
-            out += zlib.decompressobj(-zlib.MAX_WBITS).decompress(self.f.read(size))
+        out = b"".join(self._chunk(i) for i in range(first, min(last, len(self.chunks) - 1) + 1))
         skip = start - first * self.chunk_len
-        return bytes(out[skip:skip + length])
+        return out[skip:skip + length]
+
+    @functools.lru_cache(maxsize=64)
+    def _chunk(self, i: int) -> bytes:
+        offset, size = self.chunks[i]
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(os.pread(self.f.fileno(), size, offset))
 
     def close(self) -> None:
         self.f.close()

@@ -1,6 +1,11 @@
 """Information retrieval tool: an SQLite FTS5 index of documents {id, title, text, url} with BM25
 ranking. A query returns the best-matching passage of the best document, as "<snippet> <url>";
-within one conversation, repeating a query returns the next-ranked result (PAPER.md §6.2).
+within one conversation, repeating a query returns the next-ranked result (paper §6.2).
+
+A document must match enough of the query to count (`min_match` of its words, as search engines'
+"minimum should match"), and a query of numbers alone is not a search: so "12 + 30" or
+"river in French" (the calculator's and the translator's business) return nothing rather than a
+document that happens to share one word.
 
     python -m lamda.tools.retrieval --db runs/index.sqlite --jsonl data/sample/documents.jsonl \\
         --dictd elements foldoc
@@ -13,6 +18,7 @@ User text never becomes SQL or FTS5 syntax: queries are reduced to plain words, 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sqlite3
 import threading
@@ -52,6 +58,12 @@ def fts_query(words: list[str]) -> str:
     return " OR ".join(f'"{w}"' for w in words)
 
 
+def matched(words: list[str], text: str) -> int:
+    """How many of the query's words `text` contains (as FTS5 matches them: whole tokens)."""
+    have = set(re.findall(r"[^\W_]+", text.lower()))
+    return sum(w in have for w in words)
+
+
 def best_passage(text: str, words: list[str], max_chars: int = 300) -> str:
     """The sentence or line of `text` that contains the most query words."""
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text) if p.strip()]
@@ -69,8 +81,9 @@ def best_passage(text: str, words: list[str], max_chars: int = 300) -> str:
 class Retriever:
     """The tool. `search(query, session)` remembers per session how far each query has got."""
 
-    def __init__(self, db_path: str | Path):
+    def __init__(self, db_path: str | Path, min_match: float = 2 / 3):
         self.db_path = str(db_path)
+        self.min_match = min_match  # share of the query's words a document must contain
         self._local = threading.local()
         self._seen: dict[str, dict[tuple[str, ...], int]] = defaultdict(dict)
         self._lock = threading.Lock()
@@ -103,15 +116,29 @@ class Retriever:
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM docs").fetchone()[0]
 
+    def url_prefixes(self, min_count: int = 10) -> list[str]:
+        """The URL prefixes shared by at least `min_count` documents (up to the last "/" or
+        ":"): "dict://dict.org/d:" for dictionary entries, one per collection of documents. The
+        tokenizer makes them single pieces, so citing a source means copying its name after one."""
+        counts: dict[str, int] = defaultdict(int)
+        for (url,) in self._conn().execute("SELECT url FROM docs"):
+            m = re.match(r"dict://[^/]+/d:|.*/", url)
+            if m:
+                counts[m.group()] += 1
+        return sorted(p for p, n in counts.items() if n >= min_count)
+
     def ranked(self, query: str, limit: int = 10) -> list[tuple[str, str, str, str]]:
-        """(id, title, text, url) of the best documents, BM25 (title weighted 2x)."""
+        """(id, title, text, url) of the best documents, BM25 (title weighted 2x), among those
+        holding at least `min_match` of the query's words."""
         words = terms(query)
-        if not words:
+        if not any(not w.isdigit() for w in words):
             return []
-        return self._conn().execute(
+        need = math.ceil(self.min_match * len(words))
+        rows = self._conn().execute(
             "SELECT d.id, d.title, d.text, d.url FROM docs_fts JOIN docs d ON d.rowid = docs_fts.rowid "
             "WHERE docs_fts MATCH ? ORDER BY bm25(docs_fts, 2.0, 1.0) LIMIT ?",
-            (fts_query(words), limit)).fetchall()
+            (fts_query(words), 10 * limit)).fetchall()
+        return [r for r in rows if matched(words, f"{r[1]} {r[2]}") >= need][:limit]
 
     def search(self, query: str, session: str | None = None) -> list[str]:
         """["<snippet> <url>"] of the next result for this query in this session ([] when none)."""
@@ -125,7 +152,8 @@ class Retriever:
         if len(rows) <= rank:
             return []
         _, title, text, url = rows[rank]
-        passage = best_passage(text, words)
+        # the title names the whole document: its words do not single out a passage
+        passage = best_passage(text, [w for w in words if w not in terms(title)])
         if title.lower() not in passage.lower():
             passage = f"{title}: {passage}"
         return [f"{passage} {url}"]
@@ -138,12 +166,31 @@ class Retriever:
         return self.search(query, session)
 
 
+FIELD = re.compile(r"^[A-Z][\w ]{0,30}:\s*\S")  # a "Symbol: Na" line of a dictionary entry
+
+
+def entry_text(body: str) -> str:
+    """A dictd entry's body as document text: "Field: value" lines stay lines of their own (so
+    the best passage of "atomic number of carbon" is "Atomic number: 6"), the prose between them
+    is joined back into sentences."""
+    lines, prose = [], []
+    for line in body.splitlines():
+        if FIELD.match(line.strip()):
+            if prose:
+                lines.append(" ".join(prose))
+                prose = []
+            lines.append(" ".join(line.split()))
+        elif line.strip():
+            prose.append(" ".join(line.split()))
+    return "\n".join(lines + ([" ".join(prose)] if prose else []))
+
+
 def dictd_documents(db: DictDatabase) -> Iterable[Document]:
     """Every entry of a dictd database as a document with a stable DICT-protocol URL."""
     for word, definition in db.entries():
         body = definition.split("\n", 1)[1] if "\n" in definition else definition
         if body.strip():
-            yield Document(id=f"{db.name}:{word}", title=word, text=" ".join(body.split()),
+            yield Document(id=f"{db.name}:{word}", title=word, text=entry_text(body),
                            url=f"dict://dict.org/d:{quote(word)}:{db.name}")
 
 

@@ -60,31 +60,47 @@ class Backend(Protocol):
 
 
 class DictdBackend:
-    """FreeDict dictionaries (freedict-eng-<code>), loaded on first use per language."""
+    """FreeDict dictionaries (freedict-eng-<code>), loaded on first use per language.
+
+    A word has many translations across its entries and senses, in no useful order ("cat" in
+    French: mégère, peau de vache, rosse, chat). They are ranked so that the usual one comes first:
+    translations whose reverse dictionary (freedict-<code>-eng, where installed) gives the English
+    word back, then those of entries with more usage examples (a word's main sense has the most),
+    then the dictionary's order.
+    """
 
     def __init__(self, dirs: list[str] | None = None):
         self.dirs = dirs
         self._dbs: dict[str, DictDatabase | None] = {}
 
-    def _db(self, language: str) -> DictDatabase | None:
-        if language not in self._dbs:
-            path = find_database(f"freedict-eng-{LANGUAGES[language][1]}", self.dirs)
-            self._dbs[language] = DictDatabase(path) if path else None
-        return self._dbs[language]
+    def _db(self, name: str) -> DictDatabase | None:
+        if name not in self._dbs:
+            path = find_database(name, self.dirs)
+            self._dbs[name] = DictDatabase(path) if path else None
+        return self._dbs[name]
 
     def translate(self, text: str, language: str) -> list[str]:
-        db = self._db(language)
+        code = LANGUAGES[language][1]
+        db = self._db(f"freedict-eng-{code}")
         if db is None:
             return []
-        out: list[str] = []
+        found: dict[str, int] = {}  # translation -> most usage examples of an entry giving it
         for definition in db.lookup(text):
             headword = definition.split("\n", 1)[0].split(" /")[0].strip().lower()
             if headword != text.lower():  # an entry that only mentions the word (e.g. "CAT")
                 continue
+            examples = sum(1 for line in definition.splitlines() if line.strip().startswith('"'))
             for t in parse_freedict(definition):
-                if t not in out:
-                    out.append(t)
-        return out
+                found[t] = max(found.get(t, 0), examples)
+        reverse = self._db(f"freedict-{code}-eng")
+        order = list(found)
+
+        def rank(t: str) -> tuple:
+            back = text.lower() in {w.lower() for d in (reverse.lookup(t) if reverse else [])
+                                    for w in parse_freedict(d)}
+            return (not back, -found[t], order.index(t))
+
+        return sorted(found, key=rank)
 
 
 def parse_freedict(definition: str) -> list[str]:
@@ -128,10 +144,12 @@ class LibreTranslateBackend:
 
 
 class Translator:
-    """The tool: parse the request, ask the backends in order, return the first answer."""
+    """The tool: parse the request, ask the backends in order, return the first answer (at most
+    `max_results` translations, the usual one first)."""
 
-    def __init__(self, backends: list[Backend] | None = None):
+    def __init__(self, backends: list[Backend] | None = None, max_results: int = 3):
         self.backends = backends if backends is not None else [DictdBackend()]
+        self.max_results = max_results
 
     def __call__(self, query: str) -> list[str]:
         req = parse_request(query)
@@ -140,5 +158,5 @@ class Translator:
         for backend in self.backends:
             found = backend.translate(req.text, req.language)
             if found:
-                return found
+                return found[:self.max_results]
         return []

@@ -70,12 +70,15 @@ def test_candidates_stop_at_end_of_turn(model, tok):
 @torch.no_grad()
 def test_batched_cached_decoding_has_the_logits_of_a_plain_forward(model, tok):
     """Every candidate's log-likelihood, summed from the batched, cached, left-padded decode,
-    equals a one-sequence full forward over prompt + response + <eot>."""
+    equals a one-sequence full forward over prompt + response + <eot> (over the tokens a
+    response may hold)."""
+    from lamda.decode import text_only_mask
     gen = generate(model, tok, prompts(tok), SamplingConfig(num_candidates=3, max_new_tokens=8, seed=3))
     for prompt, cands in zip(prompts(tok), gen.candidates):
         for c in cands:
             seq = torch.tensor([prompt + c.ids + [tok.eot_id]])
-            logp = torch.log_softmax(model(seq)[0, :-1].float(), -1)
+            logits = model(seq)[0, :-1].float() + text_only_mask(tok, model.cfg.vocab_size)
+            logp = torch.log_softmax(logits, -1)
             targets = seq[0, 1:]
             expected = logp[torch.arange(len(targets)), targets][len(prompt) - 1:].sum()
             assert c.logprob == pytest.approx(float(expected), abs=1e-3)
@@ -161,3 +164,50 @@ def test_graph_step_pads_the_batch_to_a_power_of_two(model, tok):
     assert list(step.caches) == [(2, 64)]
     assert [c.ids for c in one.candidates[0]] == \
         [c.ids for c in generate(model, tok, three[:1], cfg).candidates[0]]
+
+
+class SpecialLover(LaMDA):
+    """A random model that would rather say special tokens (RESPONSE, <0>, USER:, TS, ...)."""
+
+    boost: list[int] = []
+
+    def forward(self, *args, **kwargs):
+        logits = super().forward(*args, **kwargs)
+        logits[..., self.boost] += 50.0
+        return logits
+
+
+def test_responses_never_hold_a_special_token(tok):
+    from lamda import tokenizer as T
+    torch.manual_seed(0)
+    m = SpecialLover(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
+    specials = [tok.special(n) for n in T.SPECIAL_TOKENS if n != T.EOT]
+    m.boost = specials + [tok.pad_id, tok.eos_id]
+    gen = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=8, max_new_tokens=12, seed=0))
+    for c in (c for p in gen.candidates for c in p):
+        assert not set(c.ids) & set(m.boost), tok.decode(c.ids)
+    greedy = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=1, temperature=0.0,
+                                                           max_new_tokens=6))
+    assert not set(greedy.candidates[0][0].ids) & set(m.boost)
+
+
+def test_first_tokens_restrict_only_the_first_token(tok):
+    from lamda import tokenizer as T
+    torch.manual_seed(0)
+    m = SpecialLover(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
+    routes = [tok.special(T.TO_TOOLSET), tok.special(T.TO_USER)]
+    m.boost = [tok.special(T.RESPONSE)]  # what it would say, were it allowed
+    gen = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=6, max_new_tokens=8, seed=3),
+                   first_tokens=routes)
+    for c in (c for p in gen.candidates for c in p):
+        assert c.ids[0] in routes and not set(c.ids[1:]) & set(routes + m.boost)
+        assert tok.decode(c.ids).split()[0] in ("TS,", "User,")
+
+
+def test_temperature_zero_is_greedy(model, tok):
+    cfg = SamplingConfig(num_candidates=3, temperature=0.0, max_new_tokens=10)
+    gen = generate(model, tok, prompts(tok), cfg)
+    for p in gen.candidates:
+        assert len({tuple(c.ids) for c in p}) == 1  # every row takes the argmax
+    again = generate(model, tok, prompts(tok), cfg)
+    assert [[c.ids for c in p] for p in gen.candidates] == [[c.ids for c in p] for p in again.candidates]

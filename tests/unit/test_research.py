@@ -5,7 +5,7 @@ import torch
 
 from lamda.chat import ChatConfig, ChatModel, chat_turn, local_turn
 from lamda.config import ModelConfig
-from lamda.data import SAMPLE_DIR, Turn, read_jsonl, research_examples, research_prompt
+from lamda.data import Turn, research_example, research_prompt
 from lamda.decode import GraphStep, SamplingConfig
 from lamda.model import build_model
 from lamda.rank import RankConfig, Ranked, Scored
@@ -69,16 +69,14 @@ def test_citations_only_count_urls_from_tool_results():
     assert r.citations == ["https://example.org/a"]
 
 
-def test_research_prompt_matches_the_fine_tuning_format(tok):
-    """What the loop asks the model to continue is exactly what the research examples trained."""
-    rec = next(r for r in read_jsonl(SAMPLE_DIR / "research.jsonl", "research") if len(r.steps) == 2)
-    examples = research_examples(tok, rec)
-    for i, ex in enumerate(examples):
-        prompt = research_prompt(tok, rec.context, rec.draft, rec.steps[:i])
-        trained_from = ex.loss_mask.index(1)
-        assert ex.ids[:trained_from] == prompt
-    assert tok.decode(examples[0].ids[examples[0].loss_mask.index(1):]).startswith("TS,")
-    assert tok.decode(examples[-1].ids[examples[-1].loss_mask.index(1):]).startswith("User,")
+def test_research_prompt_matches_the_fine_tuning_format(tok, research_records):
+    """What the loop asks the model to continue is exactly what the research example trained."""
+    rec = next(r for r in research_records if len(r.steps) == 2)
+    ex = research_example(tok, rec)
+    starts = [i for i in range(1, len(ex.ids)) if ex.loss_mask[i] and not ex.loss_mask[i - 1]]
+    for i, start in enumerate(starts):
+        assert ex.ids[:start] == research_prompt(tok, rec.context, rec.draft, rec.steps[:i])
+    assert [tok.decode(ex.ids[s:s + 1]) for s in starts] == ["TS,", "TS,", "User,"]
 
 
 def test_roles_load_and_precondition():
@@ -118,15 +116,37 @@ def test_chat_turn_runs_research_on_the_ranked_reply():
     assert seen[0][0] == "9,000 m" and a.reply == f"8,849 m. {URL}" and a.flops == 12.0
 
 
+def test_chat_turn_checks_the_research_reply_for_safety():
+    """The research loop's final reply passes the safety filter like any candidate."""
+    research, _ = scripted(["User, something unsafe"])
+    checked = []
+
+    def check(ctx, reply):
+        checked.append(reply)
+        return ranked("Sorry, I'd rather not answer that.", fallback=True), 3.0
+
+    a = chat_turn(CONTEXT, lambda ctx: (ranked("9,000 m"), 10.0, {}),
+                  lambda ctx, d, s: (research(ctx, d, s), 2.0), lambda q: [], ChatConfig(), check)
+    assert checked == ["something unsafe"] and a.reply == "Sorry, I'd rather not answer that."
+    assert a.research.reply == "something unsafe" and a.research.filtered and a.flops == 15.0
+    research, _ = scripted(["User, 8,849 m."])
+    a = chat_turn(CONTEXT, lambda ctx: (ranked("9,000 m"), 10.0, {}),
+                  lambda ctx, d, s: (research(ctx, d, s), 2.0), lambda q: [], ChatConfig(),
+                  lambda ctx, reply: (ranked(reply), 3.0))
+    assert a.reply == "8,849 m." and a.research.filtered is None
+
+
 def test_local_turn_with_a_real_model(tok):
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
     cfg = ChatConfig(sampling=SamplingConfig(num_candidates=4, max_new_tokens=8, seed=0),
-                     rank=RankConfig(safety_threshold=0.0), max_iterations=1, research_candidates=2)
+                     rank=RankConfig(safety_threshold=0.0), max_iterations=1, research_candidates=2,
+                     research_temperature=1.0)
     a = local_turn(ChatModel(model, tok), lambda q: ["result https://example.org/r"], CONTEXT, cfg)
     assert isinstance(a.reply, str) and len(a.ranked.candidates) == 4
     assert a.flops > 0 and a.tokens["generated"] > 0
     assert a.research is not None and a.research.trace[0]["from"] == "LAMDA-BASE"
+    assert a.research.trace[1]["to"] in ("TS", "User")  # the research output routes itself
 
 
 def test_graph_step_chat_model_warms_up_and_answers(tok):
