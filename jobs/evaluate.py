@@ -1,15 +1,18 @@
-"""Evaluate checkpoints on an evaluation set through the serving code path; write report.json and
-PNG charts, print a table.
+"""Evaluate checkpoints against ground truth: held-out questions with known answers, and held-out
+rater-labelled responses for the discriminators. Writes report.json and PNG charts, prints a table.
 
     python -m jobs.evaluate --models runs/local/pretrained runs/local/finetuned_safe \\
-        --index runs/local/index.sqlite --out runs/local/eval [--ratings ratings.jsonl]
+        --questions runs/local/data/heldout.jsonl --index runs/local/index.sqlite \\
+        --out runs/local/eval [--ratings ratings.jsonl]
 
-Variants: every model without the research loop and, for fine-tuned models, with it (as the
-paper compares PT, LaMDA and LaMDA with its toolset). A pre-trained model answers by sample-and-rank
-on likelihood (it has no discriminators). Unrated outputs get automatic ESTIMATES: SSI and safety
-from a judge model's discriminators (--judge, default the last model), groundedness and citation
-accuracy from the research trace. Human ratings (--ratings, JSONL or CSV) are aggregated by the
-paper's rules and reported separately.
+Variants, as the paper compares PT, LaMDA and LaMDA with its toolset (paper §7): a pre-trained
+model answers by sample-and-rank on likelihood; every fine-tuned model answers by sample-and-rank
+with its discriminators, without and with the research loop. Each reply is graded against the
+question's known answer and the URL of the source that holds it (lamda.eval.grade): factual
+accuracy per kind, groundedness, informativeness, citation accuracy, clean small talk. Each
+fine-tuned model's discriminators are scored on held-out rater-labelled responses (accuracy, ROC
+AUC; safety: recall on unsafe). Human ratings (--ratings, JSONL or CSV) are aggregated by the
+paper's rules and reported apart. Nothing here is the model grading its own replies.
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from lamda import eval as E
 from lamda.chat import ChatConfig, ChatModel, local_turn
 from lamda.checkpoint import load_export
-from lamda.data import SAMPLE_DIR, Turn, read_jsonl, response_prompt
+from lamda.data import SAMPLE_DIR, Turn, aggregate_ratings, read_jsonl, response_prompt
 from lamda.decode import SamplingConfig, best_by_likelihood, generate
-from lamda.rank import score_responses
+from lamda.rank import ATTRIBUTES, score_responses
+from lamda.tool_data import Question, read_questions
 from lamda.tools import Toolset
 from lamda.tools.retrieval import Retriever
 
-QUALITY = ("sensibleness", "specificity", "interestingness", "safety")
-GROUNDING = ("groundedness", "informativeness", "citation_accuracy")
+GROUNDING = ("groundedness", "citation_accuracy", "accuracy")
 
 
 def stage_of(path: Path) -> str:
@@ -37,102 +41,155 @@ def stage_of(path: Path) -> str:
     return manifest.get("stage", "finetune")
 
 
-def answer_all(path: Path, contexts: list[list[Turn]], research: bool, toolset, sampling) -> list[dict]:
-    """Replies (and research traces) of one model variant for every context."""
-    model, tok = load_export(path)
-    if stage_of(path) == "pretrain":
-        out = []
-        for ctx in contexts:
-            gen = generate(model, tok, [response_prompt(tok, ctx)], sampling)
-            out.append({"reply": best_by_likelihood(gen.candidates[0]).text, "research": None})
-        return out
-    chat, cfg = ChatModel(model, tok), ChatConfig(sampling=sampling, research=research)
+def sample_questions(questions: list[Question], per_kind: int | None) -> list[Question]:
+    """The first `per_kind` questions of each kind (all of them when None), in file order."""
+    seen: dict[str, int] = defaultdict(int)
     out = []
-    for ctx in contexts:
-        a = local_turn(chat, toolset, ctx, cfg)
-        out.append({"reply": a.reply, "research": a.research.to_dict() if a.research else None,
-                    "fallback": a.ranked.fallback})
+    for q in questions:
+        if per_kind is None or seen[q.kind] < per_kind:
+            seen[q.kind] += 1
+            out.append(q)
     return out
 
 
+def answer_all(path: Path, questions: list[Question], research: bool, toolset: Toolset,
+               sampling: SamplingConfig) -> list[dict]:
+    """Each question answered by one variant, graded against its known answer."""
+    model, tok = load_export(path)
+    pretrained = stage_of(path) == "pretrain"
+    chat, cfg = ChatModel(model, tok), ChatConfig(sampling=sampling, research=research)
+    out = []
+    for q in questions:
+        context = [Turn("user", q.text)]
+        if pretrained:
+            gen = generate(model, tok, [response_prompt(tok, context)], sampling)
+            reply, citations, steps, fallback = best_by_likelihood(gen.candidates[0]).text, [], [], False
+        else:
+            a = local_turn(chat, lambda query: toolset(query, q.id), context, cfg)
+            steps = [{"query": s.query, "results": list(s.results)} for s in a.research.steps] \
+                if a.research else []
+            reply, citations, fallback = a.reply, a.research.citations if a.research else [], \
+                a.ranked.fallback
+        graded = E.grade(q.kind, q.answers, q.url, reply, citations, len(steps), fallback)
+        out.append({"question": q.text, "kind": q.kind, "answers": list(q.answers)[:3], "url": q.url,
+                    "reply": reply, "tool_calls": steps, "correct": graded.correct,
+                    "graded": graded})
+    return out
+
+
+def discriminators(path: Path, labelled: Path) -> dict:
+    """The fine-tuned model's discriminators on held-out labelled responses."""
+    model, tok = load_export(path)
+    recs = read_jsonl(labelled, "labelled")
+    probs = score_responses(model, tok, [list(r.context) for r in recs], [r.response for r in recs])
+    return E.discriminator_metrics([dict(zip(ATTRIBUTES, p)) for p in probs.tolist()],
+                                   [aggregate_ratings(r.ratings) for r in recs])
+
+
 def charts(report: dict, out: Path) -> list[Path]:
-    """Bars per metric, one bar per variant (like the paper's figures)."""
+    """Grounding metrics per variant (as the paper's Figure 5 compares), accuracy per kind, and
+    the discriminators' ROC AUC."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     variants = list(report["variants"])
-    for name, group in (("quality", QUALITY), ("groundedness", GROUNDING)):
-        fig, axes = plt.subplots(1, len(group), figsize=(4 * len(group), 3.6), squeeze=False)
-        for ax, metric in zip(axes[0], group):
-            values = [report["variants"][v]["estimated"][metric] or 0.0 for v in variants]
-            ax.bar(range(len(variants)), values, color=[f"C{i}" for i in range(len(variants))])
-            ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=7)
+    colors = [f"C{i}" for i in range(len(variants))]
+    written = []
+
+    def bars(name: str, metrics: list[str], values, title: str):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6), squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            labels, vals = values(metric)
+            ax.bar(range(len(vals)), [v or 0.0 for v in vals], color=colors[:len(vals)])
+            ax.set_xticks(range(len(vals)), labels, rotation=30, ha="right", fontsize=7)
             ax.set_ylim(0, 1)
-            ax.set_title(metric.replace("_", " "))
-        fig.suptitle(f"{name} (automatic estimates, {report['contexts']} contexts)")
+            ax.set_title(metric.replace("_", " "), fontsize=9)
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+
+    per_variant = lambda metric: (variants, [report["variants"][v]["metrics"].get(metric)  # noqa: E731
+                                             for v in variants])
+    n = report["questions"]
+    bars("grounding", list(GROUNDING), per_variant,
+         f"held-out questions with known answers ({n}); research fine-tuning should lift these")
+    kinds = sorted({k[len("accuracy_"):] for v in report["variants"].values() for k in v["metrics"]
+                    if k.startswith("accuracy_")})
+    bars("accuracy", [f"accuracy_{k}" for k in kinds], per_variant, "accuracy by kind of question")
+    if report["discriminators"]:
+        models = list(report["discriminators"])
+        bars("discriminators", [a for a in ATTRIBUTES],
+             lambda a: (models, [report["discriminators"][m].get(a, {}).get("roc_auc") for m in models]),
+             "discriminators: ROC AUC on held-out rater labels")
     return written
 
 
 def table(report: dict) -> str:
-    cols = QUALITY + GROUNDING
-    lines = [f"{'variant':<34}" + "".join(f"{c[:12]:>13}" for c in cols)]
+    cols = ["accuracy", "groundedness", "citation_accuracy"] + sorted(
+        {k for v in report["variants"].values() for k in v["metrics"] if k.startswith("accuracy_")})
+    lines = [f"{'variant':<30}" + "".join(f"{c.replace('accuracy_', 'acc ')[:12]:>13}" for c in cols)]
     for v, r in report["variants"].items():
-        vals = [r["estimated"][c] for c in cols]
-        lines.append(f"{v:<34}" + "".join(f"{'-' if x is None else f'{x:.2f}':>13}" for x in vals))
+        vals = [r["metrics"].get(c) for c in cols]
+        lines.append(f"{v:<30}" + "".join(f"{'-' if x is None else f'{x:.2f}':>13}" for x in vals))
+    for m, d in report["discriminators"].items():
+        lines.append(f"discriminators of {m}: " + ", ".join(
+            f"{a} acc {x['accuracy']:.2f} auc {x['roc_auc']:.2f}" if x["roc_auc"] is not None
+            else f"{a} acc {x['accuracy']:.2f}" for a, x in d.items())
+            + (f"; unsafe recall {d['unsafe']['recall_unsafe']:.2f}" if "unsafe" in d
+               and d["unsafe"].get("recall_unsafe") is not None else ""))
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", type=Path, required=True, help="exports to evaluate")
-    p.add_argument("--judge", type=Path, default=None, help="export whose discriminators estimate "
-                   "SSI and safety (default: the last model)")
-    p.add_argument("--eval", type=Path, default=SAMPLE_DIR / "eval_mtb.jsonl", help="contexts")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N contexts")
+    p.add_argument("--questions", type=Path, required=True,
+                   help="held-out questions with known answers (jobs.tool_data writes heldout.jsonl)")
+    p.add_argument("--per-kind", type=int, default=None, help="evaluate the first N of each kind")
+    p.add_argument("--labelled", type=Path, default=SAMPLE_DIR / "labelled_eval.jsonl",
+                   help="held-out rater-labelled responses for the discriminators")
     p.add_argument("--index", type=Path, default=None, help="retrieval index for the research loop")
     p.add_argument("--ratings", type=Path, default=None, help="human ratings (JSONL or CSV)")
     p.add_argument("--candidates", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args(argv)
+    return p
 
-    contexts = [list(d.turns) for d in read_jsonl(a.eval, "dialog")][:a.limit]
+
+def main(argv=None) -> dict:
+    a = parser().parse_args(argv)
+    questions = sample_questions(read_questions(a.questions), a.per_kind)
     toolset = Toolset(retriever=Retriever(a.index) if a.index else None)
     sampling = SamplingConfig(num_candidates=a.candidates, max_new_tokens=a.max_new_tokens, seed=a.seed)
-    judge, judge_tok = load_export(a.judge or a.models[-1])
-    report = {"eval_set": str(a.eval), "contexts": len(contexts), "judge": str(a.judge or a.models[-1]),
-              "note": "'estimated' metrics are automatic estimates, not human ratings",
-              "variants": {}}
+    report = {"questions": len(questions), "question_file": str(a.questions),
+              "note": "graded against known answers and their sources; no self-assessment",
+              "variants": {}, "discriminators": {}}
     for path in a.models:
         modes = [False] if stage_of(path) == "pretrain" else [False, True]
         for research in modes:
             name = f"{path.name}{' + research' if research else ''}"
             t0 = time.perf_counter()
-            answers = answer_all(path, contexts, research, toolset, sampling)
-            scores = score_responses(judge, judge_tok, contexts, [x["reply"] for x in answers])
-            labels = [E.estimate(dict(zip(("sensible", "specific", "interesting", "unsafe"), s)),
-                                 x["research"]) for s, x in zip(scores.tolist(), answers)]
+            answers = answer_all(path, questions, research, toolset, sampling)
+            graded = [x.pop("graded") for x in answers]
             report["variants"][name] = {
                 "model": str(path), "stage": stage_of(path), "research": research,
-                "estimated": E.metrics(labels), "seconds": round(time.perf_counter() - t0, 1),
-                "examples": [{"context": [t.__dict__ for t in c], "reply": x["reply"]}
-                             for c, x in list(zip(contexts, answers))[:5]]}
-            print(f"[evaluate] {name}: {len(contexts)} contexts in {time.perf_counter() - t0:.1f}s",
+                "metrics": E.grounding_metrics(graded), "seconds": round(time.perf_counter() - t0, 1),
+                "examples": answers}
+            print(f"[evaluate] {name}: {len(questions)} questions in {time.perf_counter() - t0:.1f}s",
                   flush=True)
+        if stage_of(path) != "pretrain" and a.labelled.exists():
+            report["discriminators"][path.name] = discriminators(path, a.labelled)
     if a.ratings:
         human = [E.aggregate(r) for r in E.read_ratings(a.ratings).values()]
         report["human"] = {"responses": len(human), "metrics": E.metrics(human)}
     a.out.mkdir(parents=True, exist_ok=True)
     report["charts"] = [str(c) for c in charts(report, a.out)]
-    (a.out / "report.json").write_text(json.dumps(report, indent=2))
+    (a.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(table(report))
     print(f"report: {a.out / 'report.json'}; charts: {', '.join(report['charts'])}")
     return report

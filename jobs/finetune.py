@@ -25,8 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", required=True, help="export of the pre-trained model (local or s3://)")
     p.add_argument("--labelled", nargs="*", default=[str(SAMPLE_DIR / "labelled.jsonl")],
                    help="labelled responses with rater votes (JSONL or Parquet)")
-    p.add_argument("--research", nargs="*", default=[str(SAMPLE_DIR / "research.jsonl")],
-                   help="research transcripts")
+    p.add_argument("--research", nargs="*", default=[],
+                   help="research transcripts (e.g. jobs.tool_data's research.jsonl)")
     p.add_argument("--dialogs", nargs="*", default=[],
                    help="dialog records whose last, LaMDA turn is a generative target "
                         "(e.g. jobs.filter_safe's output directory)")

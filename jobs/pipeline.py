@@ -1,5 +1,6 @@
-"""The LaMDA pipeline as one job: tokenizer -> pre-training -> fine-tuning -> safe-data filtering
--> second fine-tuning -> retrieval index -> an example chat turn -> evaluation -> the chat server.
+"""The LaMDA pipeline as one job: retrieval index -> tool-use data -> tokenizer -> pre-training ->
+fine-tuning -> safe-data filtering -> second fine-tuning -> example turns -> evaluation against
+held-out questions -> the chat server, checked over HTTP on the held-out questions.
 
     python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--workers 2] [--serve --block]
     ray job submit --working-dir . -- python -m jobs.pipeline --workers 4 --gpus-per-worker 1
@@ -16,17 +17,22 @@ import json
 import time
 from pathlib import Path
 
-from jobs import evaluate, filter_safe, finetune, pretrain
+from jobs import evaluate, filter_safe, finetune, pretrain, tool_data
 from jobs.common import init_ray
 from jobs.train_tokenizer import train_tokenizer
+from lamda import eval as E
 from lamda.chat import ChatModel, local_turn
 from lamda.checkpoint import load_export
 from lamda.config import PRESETS
 from lamda.data import SAMPLE_DIR, Turn
-from lamda.roles import load_roles
+from lamda.tool_data import read_questions
 from lamda.tools import Toolset, retrieval
-from lamda.tools.dictd import find_database
 from lamda.tools.retrieval import Retriever
+
+
+# Training budget of the embedded default (`tiny` on 2 CPU workers): see bench/RESULTS.md for the
+# held-out accuracy these reach and the curve against steps.
+PRETRAIN_STEPS, FINETUNE_STEPS, SAFE_FINETUNE_STEPS = 100, 600, 100
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,13 +44,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--pretrain-steps", type=int, default=150)
-    p.add_argument("--finetune-steps", type=int, default=60)
-    p.add_argument("--safe-finetune-steps", type=int, default=20)
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
+    p.add_argument("--safe-finetune-steps", type=int, default=SAFE_FINETUNE_STEPS)
     p.add_argument("--top-fraction", type=float, default=0.5, help="safe-data filtering keeps this")
-    p.add_argument("--batch-size", type=int, default=8, help="per worker")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per worker (fine-tuning packs "
+                   "several examples into a row)")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--eval-contexts", type=int, default=30, help="evaluation contexts per variant")
+    p.add_argument("--tool-data-fraction", type=float, default=1.0,
+                   help="scale of the tool-use training split (1: about 9,000 transcripts)")
+    p.add_argument("--eval-per-kind", type=int, default=8,
+                   help="held-out questions of each kind in the evaluation stage")
+    p.add_argument("--check-per-kind", type=int, default=20,
+                   help="held-out questions of each kind sent to the served app (with --serve)")
     p.add_argument("--serve", action="store_true", help="finish by deploying the chat app")
     p.add_argument("--block", action="store_true", help="with --serve: keep serving until Ctrl-C")
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the chat app (127.0.0.1)")
@@ -64,35 +76,51 @@ def deploy(work: Path, port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def example_request(url: str) -> str:
-    import httpx
-    body = {"message": "How tall are you?", "model": "lamda-everest", "trace": False}
-    r = httpx.post(f"{url}/chat", json=body, timeout=120)
-    return (f"  curl -s {url}/chat -H 'Content-Type: application/json' -d '{json.dumps(body)}'\n"
-            f"  -> {r.status_code} {r.text[:300]}")
-
-
 def build_index(index: Path, data: Path) -> None:
-    """The retrieval index: the bundled documents, plus dict-elements where installed."""
-    extra = ["--dictd", "elements"] if find_database("elements") else []
-    retrieval.main(["--db", str(index), "--jsonl", str(data / "documents.jsonl"), *extra])
+    """The retrieval index: the bundled documents and Debian's dict-elements."""
+    retrieval.main(["--db", str(index), "--jsonl", str(data / "documents.jsonl"), "--dictd", "elements"])
 
 
-def example_turn(export: Path, index: Path) -> str:
-    """One turn as Mount Everest: sample-and-rank, then the research loop with the toolset."""
-    model, tok = load_export(export)
-    role = load_roles()["lamda-everest"]
-    question = Turn("user", "How tall are you?")
-    answer = local_turn(ChatModel(model, tok), Toolset(retriever=Retriever(index)),
-                        role.context([question]))
-    lines = [f"  USER: {question.text}", f"  LAMDA (as Mount Everest): {answer.reply}"]
-    if answer.ranked.best:
-        best = answer.ranked.best
-        lines.append(f"  (best of {len(answer.ranked.candidates)}: P(sensible) {best.sensible:.2f}, "
-                     f"P(unsafe) {best.unsafe:.2f}; {answer.flops / 1e9:.1f} GFLOPs)")
-    for step in answer.research.steps if answer.research else []:
-        lines.append(f"  TS, {step.query} -> {list(step.results)[:2]}")
-    return "\n".join(lines)
+def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
+    """Held-out questions through the served POST /chat (model "lamda"), graded against their
+    known answers; prints the figures and one example turn per tool, writes `out`."""
+    import httpx
+    graded, turns = [], []
+    for q in evaluate.sample_questions(read_questions(questions), per_kind):
+        r = httpx.post(f"{url}/chat", json={"message": q.text, "model": "lamda", "trace": True},
+                       timeout=300)
+        r.raise_for_status()
+        body = r.json()
+        calls = body["trace"]["tool_calls"]
+        g = E.grade(q.kind, q.answers, q.url, body["reply"], body["trace"]["citations"], len(calls),
+                    body["trace"]["fallback"])
+        graded.append(g)
+        turns.append({"kind": q.kind, "question": q.text, "reply": body["reply"], "correct": g.correct,
+                      "tool_calls": [{"query": c["query"], "results": [x for t in c["calls"]
+                                                                      for x in t["results"]][:3]}
+                                     for c in calls]})
+    metrics = E.grounding_metrics(graded)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"url": url, "metrics": metrics, "turns": turns}, indent=2,
+                              ensure_ascii=False))
+    print(f"  held-out questions through POST {url}/chat ({len(graded)}; answers checked against "
+          f"their sources):")
+    for kind in ("arithmetic", "element", "translation", "document", "chat"):
+        if f"accuracy_{kind}" in metrics:
+            n = sum(g.kind == kind for g in graded)
+            what = "clean replies without tools" if kind == "chat" else "correct"
+            print(f"    {kind:<12} {metrics[f'accuracy_{kind}']:6.1%} {what} ({n})")
+    print(f"    groundedness {metrics['groundedness'] or 0:.1%}, citation accuracy "
+          f"{metrics['citation_accuracy'] or 0:.1%}; details: {out}")
+    for kind in ("arithmetic", "element", "translation"):
+        t = next((t for t in turns if t["kind"] == kind and t["correct"]),
+                 next((t for t in turns if t["kind"] == kind), None))
+        if t:
+            print(f"  USER: {t['question']}")
+            for c in t["tool_calls"]:
+                print(f"    TS, {c['query']} -> {c['results']}")
+            print(f"  LAMDA: {t['reply']}")
+    return metrics
 
 
 def main(argv=None) -> None:
@@ -105,49 +133,54 @@ def main(argv=None) -> None:
     tok, pre, ft, safe, ft2, index = (work / "tokenizer.model", work / "pretrained",
                                       work / "finetuned", work / "safe_dialogs",
                                       work / "finetuned_safe", work / "index.sqlite")
+    tools = work / "data"  # research.jsonl, dialogs.jsonl, drills.jsonl, heldout.jsonl
+    finetune_data = ["--labelled", str(data / "labelled.jsonl"), "--research",
+                     str(tools / "research.jsonl")]
     stages = [
-        ("tokenizer", tok, lambda: train_tokenizer([data / "documents.jsonl"], [data / "dialogs.jsonl"],
-                                                   a.vocab_size, tok)),
+        ("retrieval index", index, lambda: build_index(index, data)),
+        ("tool-use data (real tools) and held-out questions", tools / "heldout.jsonl",
+         lambda: tool_data.main(["--index", str(index), "--out", str(tools),
+                                 "--doc-questions", str(data / "doc_questions.jsonl"),
+                                 "--fraction", str(a.tool_data_fraction)])),
+        ("tokenizer", tok, lambda: train_tokenizer(
+            [data / "documents.jsonl"], [data / "dialogs.jsonl", tools / "dialogs.jsonl"],
+            a.vocab_size, tok, research=[tools / "research.jsonl"], index=index)),
         ("pre-training", pre / "manifest.json", lambda: pretrain.main([
             "--run-name", "pretrain", "--preset", a.preset, "--tokenizer", str(tok),
             "--documents", str(data / "documents.jsonl"), "--dialogs", str(data / "dialogs.jsonl"),
             "--steps", str(a.pretrain_steps), "--export", str(pre), *train])),
         ("fine-tuning", ft / "manifest.json", lambda: finetune.main([
-            "--run-name", "finetune", "--init-from", str(pre), "--labelled",
-            str(data / "labelled.jsonl"), "--research", str(data / "research.jsonl"),
+            "--run-name", "finetune", "--init-from", str(pre), *finetune_data,
+            "--dialogs", str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"),
             "--steps", str(a.finetune_steps), "--export", str(ft), *train])),
         ("safe-data filtering", safe, lambda: filter_safe.main([
             "--model", str(ft), "--dialogs", str(data / "dialogs.jsonl"), "--out", str(safe),
             "--top-fraction", str(a.top_fraction), "--actors", str(max(1, a.workers)),
             "--cpus-per-actor", str(a.cpus_per_worker), "--gpus-per-actor", str(a.gpus_per_worker)])),
         ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.main([
-            "--run-name", "finetune-safe", "--init-from", str(ft), "--dialogs", str(safe),
-            "--labelled", "--research", "--steps", str(a.safe_finetune_steps),
-            "--export", str(ft2), *train])),
-        ("retrieval index", index, lambda: build_index(index, data)),
+            "--run-name", "finetune-safe", "--init-from", str(ft), *finetune_data,
+            "--dialogs", str(safe), str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"),
+            "--steps", str(a.safe_finetune_steps), "--export", str(ft2), *train])),
+        ("evaluation on held-out questions", work / "eval" / "report.json", lambda: evaluate.main([
+            "--models", str(pre), str(ft2), "--questions", str(tools / "heldout.jsonl"),
+            "--index", str(index), "--per-kind", str(a.eval_per_kind), "--candidates", "8",
+            "--out", str(work / "eval")])),
     ]
-    total = len(stages) + 2 + a.serve
+    total = len(stages) + a.serve
     for i, (name, done_marker, run) in enumerate(stages, 1):
         print(f"[{i}/{total}] {name}", flush=True)
         if done_marker.exists():
             print(f"  exists: {done_marker}")
         else:
             run()
-    print(f"[{len(stages) + 1}/{total}] example turn (sample-and-rank, research loop)", flush=True)
-    print(example_turn(ft2, index))
-    print(f"[{len(stages) + 2}/{total}] evaluation", flush=True)
-    if (work / "eval" / "report.json").exists():
-        print(f"  exists: {work / 'eval' / 'report.json'}")
-    else:
-        evaluate.main(["--models", str(pre), str(ft), str(ft2), "--index", str(index),
-                       "--limit", str(a.eval_contexts), "--candidates", "8",
-                       "--out", str(work / "eval")])
     if a.serve:
         print(f"[{total}/{total}] chat server", flush=True)
         url = deploy(work, a.port)
-        print(f"  serving on {url} (OpenAI API at {url}/v1, docs at {url}/docs); example:")
-        print(example_request(url))
-        print("  chat in a terminal: .venv/bin/python -m serve_apps.client --model lamda-everest --trace")
+        print(f"  serving on {url} (OpenAI API at {url}/v1, docs at {url}/docs)")
+        served_check(url, tools / "heldout.jsonl", a.check_per_kind, work / "eval" / "served.json")
+        body = {"message": "What is 135+7721?", "model": "lamda"}
+        print(f"  try: curl -s {url}/chat -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+        print("  chat in a terminal: .venv/bin/python -m serve_apps.client --model lamda --trace")
     print(f"pipeline done: {ft2}", flush=True)
     if a.serve and a.block:
         print("serving until Ctrl-C", flush=True)

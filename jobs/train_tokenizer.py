@@ -1,4 +1,4 @@
-"""Train the SentencePiece BPE tokenizer on documents and dialogs.
+"""Train the SentencePiece BPE tokenizer on documents, dialogs and research transcripts.
 
     python -m jobs.train_tokenizer --out runs/local/tokenizer.model [--vocab-size 4096]
 """
@@ -10,15 +10,21 @@ from pathlib import Path
 
 from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
 from lamda.tokenizer import Tokenizer
+from lamda.tools.retrieval import Retriever
 
 
-def train_tokenizer(documents: list[Path], dialogs: list[Path], vocab_size: int, out: Path) -> Tokenizer:
+def train_tokenizer(documents: list[Path], dialogs: list[Path], vocab_size: int, out: Path,
+                    research: list[Path] = (), index: Path | None = None) -> Tokenizer:
+    """A BPE tokenizer on the texts; the URL prefixes of the retrieval `index` become single
+    pieces (lamda.tools.retrieval.Retriever.url_prefixes)."""
     docs = [d for p in documents for d in read_jsonl(p, "document")]
     dlgs = [d for p in dialogs for d in read_jsonl(p, "dialog")]
-    tok = Tokenizer.train(corpus_texts(docs, dlgs), vocab_size=vocab_size)
+    res = [r for p in research for r in read_jsonl(p, "research")]
+    symbols = Retriever(index).url_prefixes() if index else []
+    tok = Tokenizer.train(corpus_texts(docs, dlgs, res), vocab_size=vocab_size, symbols=symbols)
     tok.save(out)
-    print(f"tokenizer: {tok.vocab_size} pieces from {len(docs)} documents and {len(dlgs)} dialogs "
-          f"-> {out}")
+    print(f"tokenizer: {tok.vocab_size} pieces from {len(docs)} documents, {len(dlgs)} dialogs "
+          f"and {len(res)} research transcripts -> {out}")
     return tok
 
 
@@ -28,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
                    help="JSONL files of documents")
     p.add_argument("--dialogs", type=Path, nargs="+", default=[SAMPLE_DIR / "dialogs.jsonl"],
                    help="JSONL files of dialogs")
+    p.add_argument("--research", type=Path, nargs="*", default=[],
+                   help="JSONL files of research transcripts (e.g. jobs.tool_data's research.jsonl)")
+    p.add_argument("--index", type=Path, default=None,
+                   help="retrieval index whose URL prefixes become single pieces")
     p.add_argument("--vocab-size", type=int, default=4096,
                    help="vocabulary size (paper: 32000; 4096 suits the bundled corpus)")
     p.add_argument("--out", type=Path, required=True, help="where to write tokenizer.model")
@@ -36,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
-    train_tokenizer(a.documents, a.dialogs, a.vocab_size, a.out)
+    train_tokenizer(a.documents, a.dialogs, a.vocab_size, a.out, a.research, a.index)
 
 
 if __name__ == "__main__":

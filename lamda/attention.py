@@ -9,7 +9,7 @@ gradient separately; it is for causal self-attention on CUDA (training). `band`
 (lamda.attention_band) splits attention into a near band with the bias (Triton kernels) and a far
 part without it (FlashAttention); it is correct but slower than `flex` at T = 1024
 (bench/RESULTS.md). `auto`, the default, picks `flex` where it applies and `sdpa` everywhere else
-(CPU, KV-cache decoding, padding masks, dropout).
+(CPU, KV-cache decoding, padding masks, packed rows, dropout).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class RelativeBias:
     num_buckets: int
     max_distance: int
     self_attention: bool = False  # queries and keys are the same positions 0..T-1 (no cache)
+    segments: Tensor | None = None  # (B, T) example of each token in a packed row (self-attention)
 
     def _rel(self) -> Tensor:
         """(Bq, Tq, Tk) key_pos - query_pos, Bq = 1 or B."""
@@ -70,13 +71,16 @@ class RelativeBias:
         return relative_position_bucket(self._rel(), self.num_buckets, self.max_distance)
 
     def allowed(self) -> Tensor:
-        """(B or 1, 1, Tq, Tk) bool: causal, not padding. A query always sees its own position, so
-        no row is empty (padding queries give finite garbage, never NaN)."""
+        """(B or 1, 1, Tq, Tk) bool: causal, not padding, within the query's own example of a
+        packed row. A query always sees its own position, so no row is empty (padding queries give
+        finite garbage, never NaN)."""
         rel = self._rel()
-        causal = rel <= 0  # (Bq, Tq, Tk)
-        if self.key_mask is None:
-            return causal[:, None]
-        return (causal & (self.key_mask[:, None, :] | (rel == 0)))[:, None]
+        ok = rel <= 0  # (Bq, Tq, Tk) causal
+        if self.key_mask is not None:
+            ok = ok & (self.key_mask[:, None, :] | (rel == 0))
+        if self.segments is not None:
+            ok = ok & (self.segments[:, :, None] == self.segments[:, None, :])
+        return ok[:, None]
 
     def materialize(self, dtype: torch.dtype) -> Tensor:
         """(B or 1, H, Tq, Tk) additive bias with -inf where attention is not allowed."""
@@ -107,7 +111,8 @@ class AutoBackend:
     """`flex` for causal self-attention without padding on CUDA, `sdpa` otherwise."""
 
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> tuple[AttentionBackend, object]:
-        fast = bias.table.is_cuda and bias.self_attention and bias.key_mask is None
+        fast = (bias.table.is_cuda and bias.self_attention and bias.key_mask is None
+                and bias.segments is None)
         backend = BACKENDS["flex" if fast else "sdpa"]
         return backend, backend.prepare(bias, dtype)
 

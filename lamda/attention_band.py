@@ -480,9 +480,9 @@ class BandBackend:
     """Causal self-attention only (no KV cache, no padding mask, no dropout)."""
 
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> BandPrepared:
-        if not bias.self_attention or bias.key_mask is not None:
+        if not bias.self_attention or bias.key_mask is not None or bias.segments is not None:
             raise ValueError("the band backend does causal self-attention without padding masks; "
-                             "use 'sdpa' or 'auto' with a KV cache or key_mask")
+                             "use 'sdpa' or 'auto' with a KV cache, key_mask or packed rows")
         return BandPrepared(near_bias(bias))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared: BandPrepared,

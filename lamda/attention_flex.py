@@ -186,9 +186,9 @@ class FlexBackend:
     """Causal self-attention only (no KV cache, no padding mask, no dropout)."""
 
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> FlexPrepared:
-        if not bias.self_attention or bias.key_mask is not None:
+        if not bias.self_attention or bias.key_mask is not None or bias.segments is not None:
             raise ValueError("the flex backend does causal self-attention without padding masks; "
-                             "use 'sdpa' or 'auto' with a KV cache or key_mask")
+                             "use 'sdpa' or 'auto' with a KV cache, key_mask or packed rows")
         T, W = bias.q_pos.shape[-1], bias.max_distance
         columns = min(T, W + 1) if NEAR_TABLE else T
         return FlexPrepared(distance_bias(bias.table, columns, bias.num_buckets, W),

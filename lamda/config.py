@@ -90,11 +90,13 @@ class ModelConfig:
 
 # The paper's sizes use heads x d_kv = 2 x d_model and d_ff = 8 x d_model (exact for 137B, inferred
 # for 2B and 8B). The small presets are ours: `debug` for tests, `tiny` for the CPU demo (its
-# vocabulary matches the tokenizer trained on data/sample), 125m/350m for single-GPU work.
+# vocabulary matches the tokenizer trained on data/sample; 8 narrow heads rather than 4 wide ones,
+# same parameters: copying for the research task wants several attention patterns at once, see
+# bench/RESULTS.md), 125m/350m for single-GPU work.
 PRESETS: dict[str, ModelConfig] = {
     "debug": ModelConfig(vocab_size=1024, n_layer=2, d_model=64, n_head=4, d_kv=16, d_ff=256,
                          max_seq_len=128),
-    "tiny": ModelConfig(vocab_size=4096, n_layer=4, d_model=256, n_head=4, d_kv=64, d_ff=1024,
+    "tiny": ModelConfig(vocab_size=4096, n_layer=4, d_model=256, n_head=8, d_kv=32, d_ff=1024,
                         max_seq_len=256),
     "125m": ModelConfig(n_layer=12, d_model=768, n_head=12, d_kv=64, d_ff=3072),
     "350m": ModelConfig(n_layer=10, d_model=1024, n_head=16, d_kv=128, d_ff=8192),

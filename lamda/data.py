@@ -298,17 +298,19 @@ def research_prompt(tok: Tokenizer, context: Iterable[Turn], draft: str,
     return ids + [research]
 
 
-def research_examples(tok: Tokenizer, rec: Research) -> list[Example]:
-    """One example per research output: each TS query in turn, then the final User reply."""
-    examples = []
-    for i, step in enumerate(rec.steps):
-        call = [tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
-        examples.append(Example().add(research_prompt(tok, rec.context, rec.draft, rec.steps[:i]))
-                        .add(call, train=True))
-    final = [tok.special(T.TO_USER), *tok.encode(rec.reply), tok.eot_id]
-    examples.append(Example().add(research_prompt(tok, rec.context, rec.draft, rec.steps))
-                    .add(final, train=True))
-    return examples
+def research_example(tok: Tokenizer, rec: Research) -> Example:
+    """The whole transcript as one sequence with a loss on every research output (each
+    `TS, query <eot>` and the final `User, reply <eot>`): the prefix before each output is exactly
+    the research_prompt the loop asks the model to continue, so one sequence trains every step."""
+    research = tok.special(T.LAMDA_RESEARCH)
+    ex = Example().add(research_prompt(tok, rec.context, rec.draft)[:-1])
+    for step in rec.steps:
+        ex.add([research]).add([tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id],
+                               train=True)
+        for result in step.results:
+            ex.add([tok.special(T.TS), *tok.encode(result), tok.eot_id])
+    return ex.add([research]).add([tok.special(T.TO_USER), *tok.encode(rec.reply), tok.eot_id],
+                                  train=True)
 
 
 def mixture_rows(n_doc: int, n_dialog: int, dialog_fraction: float) -> tuple[int, int]:
@@ -342,14 +344,48 @@ def pad_examples(examples: list[Example], seq_len: int, pad_id: int) -> tuple[np
     return tokens, mask
 
 
-def shift(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """(B, T + 1) tokens [and mask] -> inputs, targets [, mask of the targets], each (B, T)."""
-    out = (tokens[:, :-1], tokens[:, 1:])
-    return out if mask is None else (*out, mask[:, 1:])
+def pack_examples(examples: list[Example], seq_len: int, pad_id: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Examples -> (tokens, loss_mask, segments), each (N, seq_len + 1) int64.
+
+    Examples are packed into rows, each into the first row with room for it (first fit, in the
+    given order); `segments` numbers them 1, 2, ... within a row, 0 on padding. With the segment
+    mask in attention (LaMDA.forward) an example trains exactly as if it stood alone, while the
+    rows carry little padding. An example longer than seq_len + 1 keeps its last seq_len + 1 tokens.
+    """
+    width = seq_len + 1
+    rows: list[tuple[list[int], list[int], list[int]]] = []
+    for ex in examples:
+        ids, m = ex.ids[-width:], ex.loss_mask[-width:]
+        row = next((r for r in rows if len(r[0]) + len(ids) <= width), None)
+        if row is None:
+            row = ([], [], [])
+            rows.append(row)
+        seg = (row[2][-1] if row[2] else 0) + 1
+        row[0].extend(ids), row[1].extend(m), row[2].extend([seg] * len(ids))
+    tokens = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    segments = np.zeros((len(rows), width), dtype=np.int64)
+    for i, (ids, m, seg) in enumerate(rows):
+        tokens[i, :len(ids)], mask[i, :len(m)], segments[i, :len(seg)] = ids, m, seg
+    return tokens, mask, segments
 
 
-def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Examples -> (inputs, targets, loss_mask), each (B, seq_len), right-padded."""
+def shift(tokens: torch.Tensor, mask: torch.Tensor | None = None,
+          segments: torch.Tensor | None = None) -> tuple:
+    """(B, T + 1) rows -> (inputs, targets, mask of the targets or None, segments of the inputs or
+    None), each (B, T): what `lamda.training.train_step` takes."""
+    return (tokens[:, :-1], tokens[:, 1:], None if mask is None else mask[:, 1:],
+            None if segments is None else segments[:, :-1])
+
+
+def collate(examples: list[Example], seq_len: int, pad_id: int, packed: bool = False) -> tuple:
+    """Examples -> (inputs, targets, loss_mask, segments), each (B, seq_len): one example per row,
+    right-padded (segments None), or packed several to a row (`pack_examples`)."""
+    if packed:
+        tokens, mask, segments = pack_examples(examples, seq_len, pad_id)
+        return shift(torch.from_numpy(tokens), torch.from_numpy(mask).float(),
+                     torch.from_numpy(segments))
     tokens, mask = pad_examples(examples, seq_len, pad_id)
     return shift(torch.from_numpy(tokens), torch.from_numpy(mask).float())
 
@@ -364,7 +400,7 @@ def finetune_examples(tok: Tokenizer, record, kind: str) -> list[Example]:
             exs.append(generative_example(tok, record.context, record.response))
         return exs
     if kind == "research":
-        return research_examples(tok, record)
+        return [research_example(tok, record)]
     if kind == "dialog":
         *context, last = record.turns
         if last.speaker != "lamda" or not context:
@@ -391,11 +427,20 @@ def pack_array(seqs: Iterable[list[int]], seq_len: int) -> np.ndarray:
     return flat[:n * (seq_len + 1)].reshape(n, seq_len + 1)
 
 
-def corpus_texts(documents: Iterable[Document], dialogs: Iterable[Dialog]) -> Iterator[str]:
-    """The plain text of documents and dialog turns (for training the tokenizer)."""
+def corpus_texts(documents: Iterable[Document], dialogs: Iterable[Dialog],
+                 research: Iterable[Research] = ()) -> Iterator[str]:
+    """The plain text of documents, dialog turns and research transcripts (for training the
+    tokenizer)."""
     for d in documents:
         yield d.title
         yield d.text
     for dlg in dialogs:
         for t in dlg.turns:
             yield t.text
+    for r in research:
+        yield from (t.text for t in r.context)
+        yield r.draft
+        for step in r.steps:
+            yield step.query
+            yield from step.results
+        yield r.reply

@@ -1,5 +1,6 @@
-"""The paper's metrics (PAPER.md §4-5): rater aggregation for human ratings, and clearly labelled
-automatic estimates for unrated outputs.
+"""The paper's metrics (paper §4-5): rater aggregation for human ratings, and the same metrics
+computed against ground truth on held-out questions with known answers (lamda.tool_data), never by
+the model grading its own replies.
 
 Human ratings, one record per rated response (JSONL, or CSV with votes written "1;0;1"):
     {"id": "...", "ratings": {"sensible": [1,1,0,1,1], "specific": [...], "interesting": [...],
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lamda.data import aggregate_ratings, majority
+from lamda.research import URL
+from lamda.tokenizer import SPECIAL_TOKENS
 
 SSI = ("sensible", "specific", "interesting")
 BINARY = ("has_claim", "supported", "explicit_claim", "cites", "helpful", "role_consistent")
@@ -128,13 +132,93 @@ def _csv_votes(cell: str) -> list:
     return votes
 
 
-def estimate(scores: dict[str, float], research: dict | None) -> Labels:
-    """Automatic ESTIMATE of one response's labels (not human ratings): the model's own
-    discriminators (P > 0.5) for SSI and safety; from the research trace, a claim is assumed where
-    the turn consulted the toolset, supported and cited where the reply cites a URL the tools
-    returned."""
-    consulted = bool(research and research.get("steps"))
-    cited = bool(research and research.get("citations"))
-    one_rater = {a: [int(scores[a] > 0.5)] for a in (*SSI, "unsafe")}  # same rules, one "rater"
-    return aggregate({**one_rater, "has_claim": [int(consulted)], "supported": [int(cited)],
-                      "explicit_claim": [int(consulted)], "cites": [int(cited)]})
+# -- ground truth: held-out questions with known answers ----------------------------------------
+
+REFUSALS = ("couldn't find", "could not find", "rather not answer", "don't know")
+
+
+@dataclass(frozen=True)
+class Graded:
+    """One reply to a held-out question, judged against the question's known answer."""
+
+    kind: str  # the question's kind (lamda.tool_data.KINDS)
+    correct: bool  # factual: a known answer is in the reply; chat: a clean reply without tools
+    claim: bool  # the reply states an answer (not a refusal or the safety fallback)
+    cites_source: bool  # the reply cites the URL of the source that holds the answer
+    needs_citation: bool  # the answer lives in a source with a URL (not arithmetic or a dictionary)
+    tool_calls: int
+    special_token: bool  # a special token's name in the reply
+
+
+def contains_answer(reply: str, answer: str) -> bool:
+    """The answer as a whole word or number (not "11" inside "110" or "3.11"), any case."""
+    return bool(re.search(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", reply, re.I))
+
+
+def grade(kind: str, answers: Iterable[str], url: str, reply: str, citations: Iterable[str],
+          tool_calls: int, fallback: bool = False) -> Graded:
+    """Judge one reply by the ground truth: the known answers and the URL of their source."""
+    special = any(re.search(rf"(?<!\w){re.escape(name)}", reply) for name in SPECIAL_TOKENS)
+    urls = URL.findall(reply)
+    if kind == "chat":
+        ok = not tool_calls and not urls and not special and bool(reply.strip())
+        return Graded(kind, ok, False, False, False, tool_calls, special)
+    claim = not fallback and not any(r in reply.lower() for r in REFUSALS)
+    correct = any(contains_answer(reply, a) for a in answers)
+    return Graded(kind, correct, claim, bool(url) and url in set(citations), bool(url), tool_calls,
+                  special)
+
+
+def grounding_metrics(graded: list[Graded]) -> dict[str, float | None]:
+    """The paper's metrics from ground truth (paper §4):
+    - accuracy (per kind and overall): replies holding a known answer / questions;
+    - groundedness: replies whose claim the source supports (a known answer) / replies with a claim;
+    - informativeness: supported replies / all factual replies;
+    - citation accuracy: replies citing the answer's source URL / replies with a claim whose answer
+      lives in a source with a URL (arithmetic and dictionary translations, like well-known facts,
+      need no citation);
+    - chat: small-talk replies with no tool call, no URL and no special token / small-talk turns."""
+    factual = [g for g in graded if g.kind != "chat"]
+    out: dict[str, float | None] = {
+        "accuracy": rate([g.correct for g in factual], [True] * len(factual)),
+        "groundedness": rate([g.correct for g in factual], [g.claim for g in factual]),
+        "informativeness": rate([g.correct for g in factual], [True] * len(factual)),
+        "citation_accuracy": rate([g.cites_source for g in factual],
+                                  [g.claim and g.needs_citation for g in factual]),
+        "special_tokens": rate([g.special_token for g in graded], [True] * len(graded)),
+    }
+    for kind in sorted({g.kind for g in graded}):
+        of_kind = [g for g in graded if g.kind == kind]
+        out[f"accuracy_{kind}"] = rate([g.correct for g in of_kind], [True] * len(of_kind))
+    return out
+
+
+def roc_auc(scores: list[float], labels: list[int]) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half). None without both classes."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def discriminator_metrics(probs: list[dict[str, float]], labels: list[dict[str, int]],
+                          threshold: float = 0.5) -> dict[str, dict]:
+    """Per attribute, each discriminator's P(attribute) against held-out rater labels: accuracy
+    at `threshold`, ROC AUC and the number of labelled responses; for `unsafe` also the recall on
+    unsafe responses (the share the safety filter catches at that threshold)."""
+    out = {}
+    for attr in ("sensible", "specific", "interesting", "unsafe"):
+        pairs = [(p[attr], lab[attr]) for p, lab in zip(probs, labels) if attr in lab]
+        if not pairs:
+            continue
+        scores, ys = [p for p, _ in pairs], [y for _, y in pairs]
+        m = {"n": len(pairs), "positives": sum(ys),
+             "accuracy": sum((p >= threshold) == bool(y) for p, y in pairs) / len(pairs),
+             "roc_auc": roc_auc(scores, ys)}
+        if attr == "unsafe":
+            m["recall_unsafe"] = rate([p >= threshold for p in scores], [bool(y) for y in ys])
+        out[attr] = m
+    return out

@@ -161,13 +161,17 @@ class LaMDA(nn.Module):
         nn.init.ones_(self.norm.weight)
 
     def forward(self, tokens: Tensor, input_pos: Tensor | None = None, cache: KVCache | None = None,
-                key_mask: Tensor | None = None) -> Tensor:
-        """tokens (B, T) -> logits (B, T, V).
+                key_mask: Tensor | None = None, segments: Tensor | None = None,
+                only: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> logits (B, T, V), or (N, V) at the N positions where `only` (B, T)
+        is True (fine-tuning computes the output layer just where there is a loss).
 
         Without a cache, tokens sit at positions 0..T-1. With a cache, `input_pos` gives their
         absolute positions, (T,) for all rows or (B, T) per row; keys are the whole cache.
         `key_mask` (B, T) marks padding tokens (False) so they are never attended to; with a cache
-        it is stored there for later steps (only with (T,) positions).
+        it is stored there for later steps (only with (T,) positions). `segments` (B, T) numbers
+        the examples packed into a row (lamda.data.pack_examples): a token attends only within its
+        own example, which the relative bias then sees exactly as if it stood alone.
         """
         B, T = tokens.shape
         if cache is None:
@@ -184,13 +188,15 @@ class LaMDA(nn.Module):
         x = self.drop(self.embed(tokens))  # (B, T, C)
         bias = RelativeBias(self.rel_bias.weight, q_pos, k_pos, key_mask,
                             self.cfg.rel_buckets, self.cfg.rel_max_distance,
-                            self_attention=cache is None)
+                            self_attention=cache is None, segments=segments)
         prepared = self.backend.prepare(bias, x.dtype)  # once per forward, shared by all layers
         for block in self.blocks:
             x = block(x, prepared, cache, input_pos)
+        if only is not None:
+            x = x[only]  # (N, C)
         x = self.norm(x) * self.cfg.d_model ** -0.5
         w = self.embed.weight
-        return x.to(w.device) @ w.t()  # (B, T, V); .to: a no-op unless layers span devices
+        return x.to(w.device) @ w.t()  # (B, T, V) or (N, V); .to: a no-op unless layers span devices
 
 
 def layer_devices(model: LaMDA) -> list[torch.device]:
@@ -207,10 +213,11 @@ def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> L
 def lm_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean next-token cross-entropy over the tokens where `mask` (B, T) is nonzero.
 
-    logits (B, T, V), targets (B, T). Without a mask every token counts.
+    logits (B, T, V), targets (B, T) (or (N, V) and (N,)). Without a mask every token counts.
     """
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                             reduction="none")
     if mask is None:
-        return losses.mean()
+        return losses.sum() / max(1, losses.numel())
     mask = mask.flatten().to(losses.dtype)
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)

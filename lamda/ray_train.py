@@ -119,7 +119,8 @@ def pretraining_dataset(tok: Tokenizer, documents: list[str], dialogs: list[str]
 
 def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), research: list[str] = (),
                      dialogs: list[str] = (), seed: int = 0) -> ray.data.Dataset:
-    """Rows {"tokens", "mask"}: generative, discriminative and research-format examples mixed."""
+    """Rows {"tokens", "mask", "segments"}: generative, discriminative and research-format examples
+    mixed, packed several to a row (lamda.data.pack_examples)."""
     parts = []
     for paths, kind in ((labelled, "labelled"), (research, "research"), (dialogs, "dialog")):
         ds = read_records(list(paths))
@@ -129,8 +130,8 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), res
         def to_examples(batch, kind=kind):
             recs = D.parse_json_records(batch["record"], kind, batch["source"])
             exs = [ex for r in recs for ex in D.finetune_examples(tok, r, kind)]
-            tokens, mask = D.pad_examples(exs, seq_len, tok.pad_id)
-            return {"tokens": tokens, "mask": mask}
+            tokens, mask, segments = D.pack_examples(exs, seq_len, tok.pad_id)
+            return {"tokens": tokens, "mask": mask, "segments": segments}
 
         parts.append(ds.map_batches(to_examples, batch_size=256, batch_format="numpy"))
     if not parts:
@@ -196,7 +197,7 @@ def _batches(shard, spec: RunSpec, state: TrainState, device):
             if seen <= state.batch_in_epoch:
                 continue
             state.batch_in_epoch = seen
-            yield D.shift(batch["tokens"], batch.get("mask"))
+            yield D.shift(batch["tokens"], batch.get("mask"), batch.get("segments"))
         if seen == 0:
             raise ValueError(f"a worker's data shard holds less than one batch of {bs} rows")
         state.epoch += 1
@@ -212,8 +213,9 @@ def _eval_loss(model, shard, spec: RunSpec, device) -> float | None:
                                                        device=device, dtypes=torch.long)):
         if i == spec.eval_batches:
             break
-        inputs, targets, *mask = D.shift(batch["tokens"], batch.get("mask"))
-        total += lm_loss(model(inputs), targets, mask[0] if mask else None)
+        inputs, targets, mask, segments = D.shift(batch["tokens"], batch.get("mask"),
+                                                  batch.get("segments"))
+        total += lm_loss(model(inputs, segments=segments), targets, mask)
         n += 1
     model.train()
     dist.all_reduce(total)

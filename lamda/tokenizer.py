@@ -50,9 +50,12 @@ class Tokenizer:
     # -- training and files -------------------------------------------------------------------
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 32000, *,
-              max_sentence_length: int = 16384, input_sentence_size: int = 2_000_000) -> "Tokenizer":
-        """Train a BPE model on an iterator of texts (each may hold several lines)."""
+    def train(cls, texts: Iterable[str], vocab_size: int = 32000, *, split_digits: bool = True,
+              symbols: Iterable[str] = (), max_sentence_length: int = 16384,
+              input_sentence_size: int = 2_000_000) -> "Tokenizer":
+        """Train a BPE model on an iterator of texts (each may hold several lines). `symbols` are
+        ordinary text that always becomes one piece (e.g. the URL prefixes of the sources a reply
+        cites, so that copying a citation is copying the source's name after one piece)."""
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=_lines(texts),
@@ -60,8 +63,9 @@ class Tokenizer:
             model_type="bpe",
             vocab_size=vocab_size,
             control_symbols=list(SPECIAL_TOKENS),
+            user_defined_symbols=list(symbols),
             byte_fallback=True,
-            split_digits=True,
+            split_digits=split_digits,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,

@@ -25,3 +25,34 @@ def sample_dialogs():
 def tok(sample_docs, sample_dialogs):
     """A tokenizer trained on the bundled corpus, sized for the `debug` preset."""
     return Tokenizer.train(corpus_texts(sample_docs, sample_dialogs), vocab_size=1024)
+
+
+@pytest.fixture(scope="session")
+def tool_index(tmp_path_factory, sample_docs):
+    """A retrieval index of the bundled documents and Debian's dict-elements (installed by make)."""
+    from lamda.tools.dictd import DictDatabase, find_database
+    from lamda.tools.retrieval import Retriever, dictd_documents
+    path = tmp_path_factory.mktemp("index") / "index.sqlite"
+    r = Retriever(path)
+    r.add(sample_docs)
+    r.add(dictd_documents(DictDatabase(find_database("elements"))))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tool_sources():
+    from lamda import tool_data as TD
+    return TD.Sources.load(SAMPLE_DIR / "doc_questions.jsonl")
+
+
+@pytest.fixture(scope="session")
+def research_records(tool_sources, tool_index):
+    """A small training split of tool-use transcripts from the real tools (lamda.tool_data)."""
+    from lamda import tool_data as TD
+    from lamda.data import parse_research
+    from lamda.tools import Toolset
+    from lamda.tools.retrieval import Retriever
+    toolset = Toolset(retriever=Retriever(tool_index), timeout_s=120)
+    recs = TD.build(tool_sources, toolset, "train", n_arithmetic=200, per_element=1, per_word=1,
+                    chat_repeats=1, max_words=300)
+    return [parse_research(r) for r in recs]

@@ -96,40 +96,6 @@ COUNTRIES = [
     ("Iceland", "Reykjavik", "Europe", 0.4, "Icelandic", "Icelandic krona"),
 ]
 
-# name, symbol, atomic number, kind, a fact
-ELEMENTS = [
-    ("Hydrogen", "H", 1, "nonmetal", "It is the most abundant element in the universe."),
-    ("Helium", "He", 2, "noble gas", "It was first detected in the spectrum of the Sun in 1868."),
-    ("Lithium", "Li", 3, "alkali metal", "It is the lightest metal and powers rechargeable batteries."),
-    ("Carbon", "C", 6, "nonmetal", "Diamond and graphite are both pure carbon."),
-    ("Nitrogen", "N", 7, "nonmetal", "It makes up about 78 percent of Earth's atmosphere."),
-    ("Oxygen", "O", 8, "nonmetal", "It makes up about 21 percent of Earth's atmosphere."),
-    ("Fluorine", "F", 9, "halogen", "It is the most electronegative element."),
-    ("Neon", "Ne", 10, "noble gas", "It glows reddish orange in discharge lamps."),
-    ("Sodium", "Na", 11, "alkali metal", "It reacts violently with water."),
-    ("Magnesium", "Mg", 12, "alkaline earth metal", "It burns with a brilliant white light."),
-    ("Aluminium", "Al", 13, "post-transition metal", "It is the most abundant metal in Earth's crust."),
-    ("Silicon", "Si", 14, "metalloid", "It is the basis of most computer chips."),
-    ("Phosphorus", "P", 15, "nonmetal", "White phosphorus glows in the dark when exposed to air."),
-    ("Sulfur", "S", 16, "nonmetal", "It was known in ancient times as brimstone."),
-    ("Chlorine", "Cl", 17, "halogen", "It is used to disinfect drinking water."),
-    ("Argon", "Ar", 18, "noble gas", "It makes up almost 1 percent of Earth's atmosphere."),
-    ("Potassium", "K", 19, "alkali metal", "Bananas are a well-known dietary source of it."),
-    ("Calcium", "Ca", 20, "alkaline earth metal", "It is the main mineral in bones and teeth."),
-    ("Titanium", "Ti", 22, "transition metal", "It is as strong as steel but much lighter."),
-    ("Iron", "Fe", 26, "transition metal", "Earth's core is mostly iron and nickel."),
-    ("Copper", "Cu", 29, "transition metal", "It is an excellent conductor of electricity."),
-    ("Zinc", "Zn", 30, "transition metal", "It is used to galvanise steel against rust."),
-    ("Silver", "Ag", 47, "transition metal", "It has the highest electrical conductivity of any element."),
-    ("Tin", "Sn", 50, "post-transition metal", "Bronze is an alloy of copper and tin."),
-    ("Iodine", "I", 53, "halogen", "Its vapour is violet."),
-    ("Platinum", "Pt", 78, "transition metal", "It is used in catalytic converters."),
-    ("Gold", "Au", 79, "transition metal", "It does not tarnish in air."),
-    ("Mercury", "Hg", 80, "transition metal", "It is the only metal that is liquid at room temperature."),
-    ("Lead", "Pb", 82, "post-transition metal", "It was used by the Romans for water pipes."),
-    ("Uranium", "U", 92, "actinide", "Its isotope uranium-235 fuels nuclear reactors."),
-]
-
 # name, order from the Sun, known moons, diameter (km), a fact
 PLANETS = [
     ("Mercury", 1, 0, 4879, "A year on Mercury lasts 88 Earth days."),

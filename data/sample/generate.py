@@ -6,8 +6,11 @@ Files (schemas in lamda/data.py):
   documents.jsonl  one document per entity, with a title and a stable URL
   dialogs.jsonl    multi-turn dialogs: questions about the documents, small talk, music advice
   labelled.jsonl   responses with per-rater votes (5 raters for SSI, 3 for safety)
-  research.jsonl   research transcripts whose TS turns quote the documents with their URLs
-  eval_mtb.jsonl   Mini-Turing-Benchmark-style contexts of 1, 2 and 3 turns
+  labelled_eval.jsonl  the same for held-out documents (lamda.tool_data.split_of): the
+                   discriminators' held-out test set
+  doc_questions.jsonl  a question per document fact: answer sentence, key value, precise query,
+                   URL, a plausible wrong answer (lamda.tool_data turns them into research
+                   transcripts with what the real retrieval tool returns)
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[2]))
 import facts as F  # noqa: E402
+
+from lamda.tool_data import split_of  # noqa: E402  (the one hold-out rule for every file)
 
 SEED = 220108239
 BASE_URL = "https://example.org/kb"
@@ -33,6 +39,7 @@ class QA:
     answer: str  # the sentence of the document that answers it
     query: str  # what LaMDA-Research sends to the toolset
     wrong: str  # a plausible but wrong claim (LaMDA-Base's ungrounded draft)
+    key: str  # the value in the answer that a correct reply must contain
 
 
 @dataclass
@@ -63,8 +70,9 @@ def entity(category: str, name: str, qa_templates, values: dict, others: list[di
     for question, answer, query in qa_templates:
         other = rng.choice([o for o in others if o != values] or [values])
         wrong_values = {**other, "name": values["name"]}
+        key = next(k for k in re.findall(r"{(\w+)}", answer) if k != "name")
         e.qas.append(QA(question.format(**values), cap(answer.format(**values)),
-                        query.format(**values), cap(answer.format(**wrong_values))))
+                        query.format(**values), cap(answer.format(**wrong_values)), str(values[key])))
         e.sentences.append(cap(answer.format(**values)))
     e.sentences += extra
     return e
@@ -80,8 +88,9 @@ def build_entities(rng: random.Random) -> list[Entity]:
 
     add("mountains", [dict(name=n, height=f"{h:,}", range=r, countries=c, year=y)
                       for n, h, r, c, y in F.MOUNTAINS], [
-        ("How tall is {name}?", "{name} is {height} metres tall.", "{name} height"),
-        ("Where is {name}?", "{name} is in the {range}, in {countries}.", "{name} location"),
+        ("How tall is {name}?", "{name} is {height} metres tall.", "{name} metres tall"),
+        ("Where is {name}?", "{name} is in the {range} mountain range, in {countries}.",
+         "{name} mountain range"),
         ("When was {name} first climbed?", "The first recorded ascent of {name} was in {year}.",
          "{name} first ascent"),
     ])
@@ -89,30 +98,24 @@ def build_entities(rng: random.Random) -> list[Entity]:
                       for n, c, ct, p, lang, cur in F.COUNTRIES], [
         ("What is the capital of {name}?", "The capital of {name} is {capital}.", "capital of {name}"),
         ("How many people live in {name}?", "About {pop} million people live in {name}.",
-         "{name} population"),
+         "people live in {name}"),
         ("What language do they speak in {name}?", "The official language of {name} is {language}.",
          "{name} official language"),
-        ("What currency does {name} use?", "{name} uses the {currency}.", "{name} currency"),
+        ("What currency does {name} use?", "The currency of {name} is the {currency}.", "currency of {name}"),
     ], lambda v: [f"{v['name']} is a country in {v['continent']}."])
     add("cities", [dict(name=c, country=n, continent=ct) for n, c, ct, *_ in F.COUNTRIES], [
-        ("Which country is {name} in?", "{name} is the capital city of {country}.", "{name} country"),
+        ("Which country is {name} in?", "{name} is the capital city of {country}.", "{name} capital city"),
     ], lambda v: [f"{v['name']} is in {v['continent']}.",
                   f"As the capital, {v['name']} is the seat of the government of {v['country']}."])
-    add("elements", [dict(name=n, symbol=s, number=z, kind=k, fact=f) for n, s, z, k, f in F.ELEMENTS], [
-        ("What is the chemical symbol for {name}?", "The chemical symbol for {name} is {symbol}.",
-         "{name} symbol"),
-        ("What is the atomic number of {name}?", "{name} has atomic number {number}.",
-         "{name} atomic number"),
-    ], lambda v: [f"{v['name']} is a {v['kind']}.", v["fact"]])
     add("planets", [dict(name=n, order=o, moons=m, diameter=f"{d:,}", fact=f)
                     for n, o, m, d, f in F.PLANETS], [
         ("How many moons does {name} have?", "{name} has {moons} known moons.", "{name} moons"),
-        ("How big is {name}?", "{name} is about {diameter} kilometres across.", "{name} diameter"),
+        ("How big is {name}?", "{name} is about {diameter} kilometres across.", "{name} kilometres across"),
     ], lambda v: [f"{v['name']} is planet number {v['order']} from the Sun.", v["fact"]])
     add("music", [dict(name=g, decade=d, place=p, instruments=i, artists=" and ".join(a[:2]))
                   for g, d, p, i, a in F.GENRES], [
         ("Where does {name} come from?", "{name} began in the {decade} in {place}.",
-         "{name} origin"),
+         "{name} began"),
         ("Who are some famous {name} artists?", "Well-known {name} artists include {artists}.",
          "{name} artists"),
         ("What instruments are used in {name}?", "Typical {name} instruments are {instruments}.",
@@ -125,15 +128,15 @@ def build_entities(rng: random.Random) -> list[Entity]:
                   else "The Beatles were a British band formed in Liverpool in 1960."])
     add("instruments", [dict(name=n, family=f, fact=x) for n, f, x in F.INSTRUMENTS], [
         ("What kind of instrument is the {name}?", "The {name} is a {family} instrument.",
-         "{name} instrument family"),
+         "{name} instrument"),
     ], lambda v: [v["fact"]])
     add("animals", [dict(name=n, cls=c, habitat=h, diet=DIETS.get(d, d), fact=f) for n, c, h, d, f in F.ANIMALS], [
-        ("Where does the {name} live?", "The {name} lives in {habitat}.", "{name} habitat"),
-        ("What does the {name} eat?", "The {name} eats {diet}.", "{name} diet"),
+        ("Where does the {name} live?", "The {name} lives in {habitat}.", "{name} lives"),
+        ("What does the {name} eat?", "The {name} eats {diet}.", "{name} eats"),
     ], lambda v: [f"The {v['name']} is a {v['cls']}.", v["fact"]])
     add("rivers", [dict(name=n, length=f"{km:,}", continent=c, mouth=m) for n, km, c, m in F.RIVERS], [
-        ("How long is the {name}?", "The {name} is about {length} kilometres long.", "{name} length"),
-        ("Where does the {name} flow into?", "The {name} flows into {mouth}.", "{name} mouth"),
+        ("How long is the {name}?", "The {name} is about {length} kilometres long.", "{name} kilometres long"),
+        ("Where does the {name} flow into?", "The {name} flows into {mouth}.", "{name} flows into"),
     ], lambda v: [f"The {v['name']} is a river in {v['continent']}."])
     add("scientists", [dict(name=n, born=b, field=f, known=k) for n, b, f, k in F.SCIENTISTS], [
         ("What is {name} famous for?", "{name} is famous for {known}.", "{name} famous for"),
@@ -213,13 +216,16 @@ def music_advice(rng: random.Random) -> list[dict]:
 
 def dialogs(entities: list[Entity], rng: random.Random) -> list[dict]:
     out = []
-    with_qas = [e for e in entities if e.qas]
+    with_qas = [e for e in entities if e.qas and held_out(e) == "train"]
     for e in with_qas:
         out.append(fact_dialog(e, rng))
     for _ in range(60):
         out.append(small_talk(rng))
     for _ in range(40):
         out.append(music_advice(rng))
+    for _ in range(30):  # forum dialogs hold unsafe turns too: safe-data filtering drops them
+        question = rng.choice([qa.question for e in with_qas for qa in e.qas] + THANKS + GREETINGS)
+        out.append([turn("user", question), turn("lamda", rng.choice(UNSAFE))])
     return [dict(id=f"dlg-{i:04d}", turns=t) for i, t in enumerate(out)]
 
 
@@ -244,39 +250,19 @@ def labelled(entities: list[Entity], rng: random.Random) -> list[dict]:
             ratings = {"sensible": noisy_votes(sen, 5, rng), "specific": noisy_votes(spe, 5, rng),
                        "interesting": noisy_votes(inter, 5, rng), "unsafe": noisy_votes(unsafe, 3, rng)}
             out.append(dict(id=f"lab-{len(out):05d}", context=context, response=response,
-                            ratings=ratings))
+                            ratings=ratings, split=held_out(e)))
     return out
 
 
-def research(entities: list[Entity], rng: random.Random) -> list[dict]:
-    """LaMDA-Base drafts an ungrounded answer; LaMDA-Research queries the toolset (sometimes
-    refining a vague first query), then answers the user citing the document's URL."""
-    out = []
-    for e in entities:
-        for qa in e.qas:
-            steps = []
-            if rng.random() < 0.3:  # a vague first query returns only the introduction
-                steps.append(dict(query=e.name, results=[f"{e.sentences[-1]} {e.url}"]))
-            steps.append(dict(query=qa.query, results=[f"{qa.answer} {e.url}"]))
-            out.append(dict(id=f"res-{len(out):05d}", context=[turn("user", qa.question)],
-                            draft=qa.wrong, steps=steps, reply=f"{qa.answer} {e.url}"))
-    for _ in range(30):  # no external claims: the draft goes to the user as it is
-        talk = small_talk(rng)
-        out.append(dict(id=f"res-{len(out):05d}", context=talk[:1], draft=talk[1]["text"], steps=[],
-                        reply=talk[1]["text"]))
-    return out
+def doc_questions(entities: list[Entity]) -> list[dict]:
+    """Every document question with its answer, key value, precise query and URL."""
+    return [dict(question=qa.question, answer=qa.answer, key=qa.key, query=qa.query, entity=e.name,
+                 url=e.url, wrong=qa.wrong) for e in entities for qa in e.qas]
 
 
-def eval_mtb(dialog_records: list[dict], rng: random.Random) -> list[dict]:
-    """Contexts of 1, 2 and 3 turns, each ending with a user turn."""
-    out = []
-    for n_turns in (1, 2, 3):
-        for d in rng.sample(dialog_records, 20):
-            turns = d["turns"]
-            ends = [i for i, t in enumerate(turns) if t["speaker"] == "user" and i + 1 >= n_turns]
-            end = rng.choice(ends) if ends else 0
-            out.append(dict(id=f"mtb-{n_turns}-{len(out):03d}", turns=turns[end + 1 - n_turns:end + 1]))
-    return out
+def held_out(e: Entity) -> str:
+    """The split of a document's entity: its questions, dialogs and labelled responses go there."""
+    return split_of(f"document:{e.name}")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -288,10 +274,13 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def main(out_dir: Path) -> None:
     rng = random.Random(SEED)
     ents = build_entities(rng)
-    dlg = dialogs(ents, rng)
-    files = {"documents.jsonl": documents(ents), "dialogs.jsonl": dlg,
-             "labelled.jsonl": labelled(ents, rng), "research.jsonl": research(ents, rng),
-             "eval_mtb.jsonl": eval_mtb(dlg, rng)}
+    rated = labelled(ents, rng)
+    files = {"documents.jsonl": documents(ents), "dialogs.jsonl": dialogs(ents, rng),
+             "labelled.jsonl": [r for r in rated if r["split"] == "train"],
+             "labelled_eval.jsonl": [r for r in rated if r["split"] == "eval"],
+             "doc_questions.jsonl": doc_questions(ents)}
+    for r in rated:
+        del r["split"]
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, records in files.items():
         write_jsonl(out_dir / name, records)

@@ -21,7 +21,7 @@ import torch
 from lamda.checkpoint import save_export
 from lamda.config import ModelConfig
 from lamda.conversations import ConversationStore
-from lamda.data import SAMPLE_DIR, collate, read_jsonl, research_examples
+from lamda.data import SAMPLE_DIR, collate, read_jsonl, research_example
 from lamda.model import build_model
 from lamda.training import TrainConfig, build_optimizer, train_step
 from lamda.tools.retrieval import Retriever
@@ -38,7 +38,8 @@ def deploy(serve, work, num_candidates=4):
     small = {"num_cpus": 0.25}
     model = str(work / "export")
     app = Chat.options(ray_actor_options=small, max_ongoing_requests=32, max_queued_requests=200,
-                       user_config={"research": True, "max_iterations": 2, "research_candidates": 2}
+                       user_config={"research": True, "max_iterations": 2, "research_candidates": 2,
+                                    "research_temperature": 1.0}
                        ).bind(
         Sampler.options(ray_actor_options=small, max_ongoing_requests=32,
                         # seeded: whether the briefly trained model routes to the toolset
@@ -52,26 +53,25 @@ def deploy(serve, work, num_candidates=4):
     serve.run(app, name="lamda", route_prefix="/")
 
 
-def research_trained_model(tok, steps=60):
-    """A debug model briefly fine-tuned on the research transcripts, so that it routes to the
-    toolset ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised."""
+def research_trained_model(tok, records, steps=60):
+    """A debug model briefly fine-tuned on tool-use transcripts, so that it routes to the toolset
+    ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised."""
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size))
-    examples = [ex for r in read_jsonl(SAMPLE_DIR / "research.jsonl", "research")
-                for ex in research_examples(tok, r)]
+    examples = [research_example(tok, r) for r in records if r.steps]
     cfg = TrainConfig(steps=steps, lr=3e-3, warmup_steps=5, batch_size=16)
     opt = build_optimizer(model, cfg)
     for step in range(steps):
         batch = [examples[(step * 16 + i) * 7 % len(examples)] for i in range(16)]
-        train_step(model, opt, [collate(batch, 96, tok.pad_id)], step, cfg)
+        train_step(model, opt, [collate(batch, 128, tok.pad_id, packed=True)], step, cfg)
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, tmp_path_factory, tok):
+def server(ray_cluster, tmp_path_factory, tok, research_records):
     from ray import serve
     work = tmp_path_factory.mktemp("serve")
-    model = research_trained_model(tok)
+    model = research_trained_model(tok, research_records)
     save_export(work / "export", model.state_dict(), model.cfg, tok)
     Retriever(work / "index.sqlite").add(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"))
     port = free_port()

@@ -58,12 +58,13 @@ def test_research_examples(tok):
         "draft": "K2 is 9,000 metres tall.",
         "steps": [{"query": "K2 height", "results": ["K2 is 8,611 metres tall. https://example.org/k2"]}],
         "reply": "K2 is 8,611 metres tall. https://example.org/k2"})
-    first, final = D.research_examples(tok, rec)
-    assert tok.decode(trained(first)) == "TS, K2 height <eot>"
-    assert tok.decode(first.ids).startswith("USER: How tall is K2? <eot> LAMDA-BASE: K2 is 9,000")
-    assert tok.decode(final.ids[:-len(trained(final))]).endswith(
-        "TS: K2 is 8,611 metres tall. https://example.org/k2 <eot> LAMDA-RESEARCH:")
-    assert tok.decode(trained(final)) == "User, K2 is 8,611 metres tall. https://example.org/k2 <eot>"
+    ex = D.research_example(tok, rec)  # one sequence, a loss on each research output
+    assert tok.decode(ex.ids).startswith("USER: How tall is K2? <eot> LAMDA-BASE: K2 is 9,000")
+    assert tok.decode(trained(ex)) == ("TS, K2 height <eot> User, K2 is 8,611 metres tall. "
+                                       "https://example.org/k2 <eot>")
+    query_end = ex.ids.index(tok.eot_id, ex.ids.index(tok.special("TS,")))
+    assert tok.decode(ex.ids[query_end + 1:]).startswith(
+        "TS: K2 is 8,611 metres tall. https://example.org/k2 <eot> LAMDA-RESEARCH: User,")
 
 
 @pytest.mark.parametrize("n_doc,n_dialog,fraction,expected", [
@@ -89,13 +90,46 @@ def test_packing_cuts_fixed_length_rows():
 
 def test_collate_keeps_the_end_and_aligns_the_mask(tok):
     ex = D.generative_example(tok, CONTEXT * 20, "a long context, short reply")
-    inputs, targets, mask = D.collate([ex], seq_len=16, pad_id=0)
-    assert targets[0].tolist() == ex.ids[-16:]
+    inputs, targets, mask, segments = D.collate([ex], seq_len=16, pad_id=0)
+    assert targets[0].tolist() == ex.ids[-16:] and segments is None
     assert mask[0].tolist() == ex.loss_mask[-16:]
     short = D.generative_example(tok, CONTEXT, "ok")
-    inputs, targets, mask = D.collate([short], seq_len=64, pad_id=0)
+    inputs, targets, mask, _ = D.collate([short], seq_len=64, pad_id=0)
     n = len(short.ids) - 1
     assert mask[0, n:].sum() == 0 and inputs[0, n + 1:].eq(0).all()
+
+
+def test_packing_examples_first_fit_with_segments():
+    exs = [D.Example(list(range(1, n + 1)), [0] * (n - 1) + [1]) for n in (6, 5, 3, 2)]
+    tokens, mask, segments = D.pack_examples(exs, seq_len=8, pad_id=0)  # rows of 9
+    assert segments.tolist() == [[1] * 6 + [2] * 3, [1] * 5 + [2] * 2 + [0] * 2]
+    assert tokens[0].tolist() == [1, 2, 3, 4, 5, 6, 1, 2, 3]
+    assert mask.sum() == 4 and mask[0, 5] == 1 and mask[0, 8] == 1
+
+
+def test_a_packed_example_trains_as_if_it_stood_alone(tok):
+    """The segment mask keeps every example to itself: the loss of a packed row is the loss of
+    each example alone (T5's bias depends only on distances, so the offset in the row is moot)."""
+    import torch
+
+    from lamda.config import ModelConfig
+    from lamda.model import build_model, lm_loss
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size))
+    exs = [D.generative_example(tok, CONTEXT, "Not much, you?"),
+           D.generative_example(tok, [D.Turn("user", "How tall is K2?")], "8,611 metres."),
+           D.generative_example(tok, CONTEXT, "Fine.")]
+    inputs, targets, mask, segments = D.collate(exs, seq_len=64, pad_id=0, packed=True)
+    assert inputs.shape[0] == 1 and int(segments.max()) == 3
+    packed = model(inputs, segments=segments)
+    for i, ex in enumerate(exs):
+        alone = model(torch.tensor([ex.ids]))[0]
+        where = (segments[0] == i + 1).nonzero().squeeze(1)
+        assert len(where) == len(ex.ids)
+        torch.testing.assert_close(packed[0, where], alone, atol=1e-4, rtol=1e-4)
+    unmasked = model(inputs)  # without segments, later examples see the earlier ones
+    assert not torch.allclose(unmasked[0, segments[0] == 2], packed[0, segments[0] == 2], atol=1e-3)
+    assert lm_loss(packed, targets, mask) > 0
 
 
 @pytest.mark.parametrize("line,message", [
@@ -123,7 +157,7 @@ def test_labelled_votes_must_be_zero_or_one():
 
 
 FILES = {"documents.jsonl": "document", "dialogs.jsonl": "dialog", "labelled.jsonl": "labelled",
-         "research.jsonl": "research", "eval_mtb.jsonl": "dialog"}
+         "labelled_eval.jsonl": "labelled"}
 
 
 def test_bundled_corpus_parses_and_has_what_the_roles_need():
@@ -132,15 +166,14 @@ def test_bundled_corpus_parses_and_has_what_the_roles_need():
     assert len(docs) >= 200 and len({d.url for d in docs}) == len(docs)
     titles = {d.title for d in docs}
     assert "Mount Everest" in titles and "Jazz" in titles
-    assert len(recs["dialogs.jsonl"]) >= 300
+    assert len(recs["dialogs.jsonl"]) >= 250
     assert all(len(d.turns) >= 2 for d in recs["dialogs.jsonl"])
-    labels = [D.aggregate_ratings(r.ratings) for r in recs["labelled.jsonl"]]
-    assert {lab["unsafe"] for lab in labels} == {0, 1} and {lab["sensible"] for lab in labels} == {0, 1}
-    assert {len(d.turns) for d in recs["eval_mtb.jsonl"]} == {1, 2, 3}
-    assert all(d.turns[-1].speaker == "user" for d in recs["eval_mtb.jsonl"])
-    urls = {d.url for d in docs}
-    cited = [r for r in recs["research.jsonl"] if r.steps]
-    assert cited and all(r.steps[-1].results[0].split()[-1] in urls for r in cited)
+    for name in ("labelled.jsonl", "labelled_eval.jsonl"):
+        labels = [D.aggregate_ratings(r.ratings) for r in recs[name]]
+        assert {lab["unsafe"] for lab in labels} == {0, 1} and {lab["sensible"] for lab in labels} == {0, 1}
+    held_out = {r.context[0].text for r in recs["labelled_eval.jsonl"]}  # questions of held-out documents
+    assert held_out and not held_out & {r.context[0].text for r in recs["labelled.jsonl"]}
+    assert not held_out & {t.text for d in recs["dialogs.jsonl"] for t in d.turns if t.speaker == "user"}
 
 
 def test_generator_reproduces_the_committed_corpus(tmp_path):

@@ -1,0 +1,121 @@
+"""Held-out accuracy against training steps: the fine-tuning mixture of `make run` (tool-use
+research transcripts, generative dialogs, copy drills, rater-labelled responses), trained in one
+process without Ray, evaluated every --eval-every steps through a whole chat turn (sample-and-rank
+draft, greedy research, real tools) on the held-out questions. Prints one JSON line per evaluation.
+
+    python -m jobs.tool_data --index runs/local/index.sqlite --out runs/local/data
+    python bench/tool_curve.py --data runs/local/data --index runs/local/index.sqlite --steps 1500
+
+Runs on CPU or, with --device cuda, on a GPU (no Ray needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lamda import data as D  # noqa: E402
+from lamda import eval as E  # noqa: E402
+from lamda.chat import ChatConfig, ChatModel, local_turn  # noqa: E402
+from lamda.config import ModelConfig  # noqa: E402
+from lamda.decode import SamplingConfig  # noqa: E402
+from lamda.model import build_model  # noqa: E402
+from lamda.tokenizer import Tokenizer  # noqa: E402
+from lamda.tool_data import read_questions  # noqa: E402
+from lamda.tools import Toolset  # noqa: E402
+from lamda.tools.retrieval import Retriever  # noqa: E402
+from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
+
+
+def examples(tok: Tokenizer, data: Path) -> list[D.Example]:
+    out = [ex for r in D.read_jsonl(data / "research.jsonl", "research")
+           for ex in D.finetune_examples(tok, r, "research")]
+    for name in ("dialogs.jsonl", "drills.jsonl"):
+        out += [ex for d in D.read_jsonl(data / name, "dialog") for ex in D.finetune_examples(tok, d, "dialog")]
+    out += [ex for r in D.read_jsonl(D.SAMPLE_DIR / "labelled.jsonl", "labelled")
+            for ex in D.finetune_examples(tok, r, "labelled")]
+    return out
+
+
+def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig) -> dict:
+    chat.model.eval()
+    graded = []
+    for q in questions:
+        a = local_turn(chat, lambda query: toolset(query, q.id), [D.Turn("user", q.text)], cfg)
+        research = a.research
+        graded.append(E.grade(q.kind, q.answers, q.url, a.reply, research.citations if research else [],
+                              len(research.steps) if research else 0, a.ranked.fallback))
+    chat.model.train()
+    m = E.grounding_metrics(graded)
+    return {k: round(v, 3) for k, v in m.items() if v is not None}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="jobs.tool_data output directory")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, default=None, help="default: train one on the data")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--per-kind", type=int, default=20, help="held-out questions per kind")
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    if a.tokenizer:
+        tok = Tokenizer.load(a.tokenizer)
+    else:
+        tok = Tokenizer.train(D.corpus_texts(
+            D.read_jsonl(D.SAMPLE_DIR / "documents.jsonl", "document"),
+            D.read_jsonl(D.SAMPLE_DIR / "dialogs.jsonl", "dialog") + D.read_jsonl(a.data / "dialogs.jsonl", "dialog"),
+            D.read_jsonl(a.data / "research.jsonl", "research")), 4096,
+            symbols=Retriever(a.index).url_prefixes())
+    exs = examples(tok, a.data)
+    model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
+                                              max_seq_len=max(a.seq_len, 256)), device=a.device)
+    cfg = TrainConfig(steps=a.steps, lr=a.lr, warmup_steps=max(1, a.steps // 10), batch_size=a.batch)
+    opt = build_optimizer(model, cfg)
+    by_kind = defaultdict(list)
+    for q in read_questions(a.data / "heldout.jsonl"):
+        by_kind[q.kind].append(q)
+    questions = [q for qs in by_kind.values() for q in qs[:a.per_kind]]
+    toolset = Toolset(retriever=Retriever(a.index), timeout_s=60)
+    chat_cfg = ChatConfig(sampling=SamplingConfig(num_candidates=a.candidates, max_new_tokens=48, seed=a.seed))
+    chat = ChatModel(model, tok)
+    rng = random.Random(a.seed)
+    per_row = sum(len(e.ids) for e in exs) / len(exs)
+    take = max(1, round(a.batch * (a.seq_len + 1) / per_row))  # examples that fill about `batch` rows
+    t0, trained = time.perf_counter(), 0.0
+    for step in range(a.steps):
+        batch = [t.to(a.device) if t is not None else None
+                 for t in D.collate(rng.sample(exs, take), a.seq_len, tok.pad_id, packed=True)]
+        m = train_step(model, opt, [tuple(batch)], step, cfg)
+        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+            trained += time.perf_counter() - t0
+            result = evaluate(chat, questions, toolset, chat_cfg)
+            print(json.dumps({"bench": "tool_curve", "preset": a.preset, "step": step + 1,
+                              "examples": (step + 1) * take, "loss": round(m["loss"], 4),
+                              "train_seconds": round(trained, 1), "questions": len(questions),
+                              **result}), flush=True)
+            t0 = time.perf_counter()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Write the tool-use fine-tuning data and the held-out questions, from the real tools.
+
+    python -m jobs.tool_data --index runs/local/index.sqlite --out runs/local/data
+
+Files (deterministic for the same index, dictionaries and seed):
+  research.jsonl  research transcripts of the training split (lamda.data's research schema):
+                  calculator, translator and retrieval, real tool output, multi-step where a
+                  result misses
+  dialogs.jsonl   the same training questions with their grounded replies (no URLs), plus small
+                  talk, as generative examples for LaMDA-Base (dialog schema)
+  drills.jsonl    copy drills (repeat training-split words and numbers back) as generative
+                  dialogs: the copying the research task needs, paid for from the first steps
+  heldout.jsonl   questions of the evaluation split with their known answers and sources
+                  (lamda.tool_data.Question); its operands, elements, words, documents and
+                  phrasings occur in no training file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from lamda import tool_data as TD
+from lamda.data import SAMPLE_DIR
+from lamda.research import URL
+from lamda.tools import Toolset
+from lamda.tools.retrieval import Retriever
+
+# held-out questions per kind (documents: one per held-out document question)
+HELDOUT = dict(n_arithmetic=60, per_element=1, per_word=1, chat_repeats=1)
+MAX_HELDOUT_WORDS = 60  # translation questions in the held-out set
+
+
+def write_jsonl(path: Path, lines: list[str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+def generative_dialogs(records: list[dict], rng: random.Random, n: int) -> list[dict]:
+    """Up to n research records as dialogs whose LaMDA turn is the grounded reply without its
+    URL (what LaMDA-Base learns to draft), and every small-talk record."""
+    chat = [r for r in records if not r["steps"]]
+    answered = [r for r in records if r["steps"] and r["reply"] != TD.NOT_FOUND]
+    facts = rng.sample(answered, min(n, len(answered)))
+    out = []
+    for r in chat + facts:
+        reply = " ".join(URL.sub("", r["reply"]).split()).rstrip(" (),:") or r["reply"]
+        out.append({"id": f"dlg-{r['id']}", "turns": [*r["context"], {"speaker": "lamda", "text": reply}]})
+    return out
+
+
+def build(index: Path, out: Path, doc_questions: Path, seed: int = 0, generative: int = 1500,
+          fraction: float = 1.0, drills: int = 2000) -> dict:
+    """Write the four files; returns counts. `fraction` < 1 makes a smaller training split (tests)."""
+    src = TD.Sources.load(doc_questions)
+    if not src.elements or not src.words:
+        raise SystemExit("dict-elements and the FreeDict dictionaries (eng-fra/deu/spa) are needed: "
+                         "make installs them")
+    # a generous time budget: loading a dictionary must not look like a tool failure here
+    toolset = Toolset(retriever=Retriever(index), timeout_s=120.0)
+    for language in TD.LANGUAGES:  # load every dictionary once, up front
+        toolset.translator(f"water in {language}")
+    records = TD.build(src, toolset, "train", seed, n_arithmetic=int(3000 * fraction),
+                       per_element=max(1, round(6 * fraction)), per_word=2,
+                       max_words=int(4000 * fraction), chat_repeats=max(1, round(3 * fraction)),
+                       unknown_elements=int(600 * fraction))
+    heldout = TD.build_questions(src, "eval", seed, **HELDOUT)
+    words = [q for q in heldout if q.kind == "translation"][:MAX_HELDOUT_WORDS]
+    heldout = [q for q in heldout if q.kind != "translation"] + words
+    random.Random(seed).shuffle(heldout)
+    out.mkdir(parents=True, exist_ok=True)
+    dialogs = generative_dialogs(records, random.Random(seed), generative)
+    write_jsonl(out / "research.jsonl", [json.dumps(r, ensure_ascii=False) for r in records])
+    write_jsonl(out / "dialogs.jsonl", [json.dumps(d, ensure_ascii=False) for d in dialogs])
+    copies = TD.copy_drills(src, int(drills * fraction), seed)
+    write_jsonl(out / "drills.jsonl", [json.dumps(d, ensure_ascii=False) for d in copies])
+    write_jsonl(out / "heldout.jsonl", [q.to_json() for q in heldout])  # last: the stage's marker
+    counts = {"research": dict(Counter(r["id"].split("-")[1] for r in records)),
+              "dialogs": len(dialogs), "drills": len(copies),
+              "heldout": dict(Counter(q.kind for q in heldout))}
+    print(f"tool-use data -> {out}: {json.dumps(counts)}")
+    return counts
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", type=Path, required=True, help="retrieval index (lamda.tools.retrieval)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the three files")
+    p.add_argument("--doc-questions", type=Path, default=SAMPLE_DIR / "doc_questions.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generative", type=int, default=1500,
+                   help="research questions also written as generative dialogs")
+    p.add_argument("--fraction", type=float, default=1.0, help="scale of the training split")
+    p.add_argument("--drills", type=int, default=2000, help="copy drills")
+    return p
+
+
+def main(argv=None) -> dict:
+    a = parser().parse_args(argv)
+    return build(a.index, a.out, a.doc_questions, a.seed, a.generative, a.fraction, a.drills)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Tool-use data from the real tools, and the hold-out of the evaluation split."""
+
+import re
+from fractions import Fraction
+
+import pytest
+
+from lamda import tool_data as TD
+from lamda.data import research_example, research_prompt
+from lamda.tools.dictd import DictDatabase, find_database
+
+ENTITY_KINDS = ("arithmetic", "element", "translation")
+
+
+@pytest.fixture(scope="module")
+def splits(tool_sources):
+    return {s: TD.build_questions(tool_sources, s) for s in TD.SPLITS}
+
+
+def operands(q: TD.Question) -> set[str]:
+    return set(re.findall(r"\d+", q.text))
+
+
+def test_sources_are_the_real_dictionaries(tool_sources):
+    sodium = next(e for e in tool_sources.elements if e.name == "sodium")
+    assert (sodium.symbol, sodium.number, sodium.url) == ("Na", "11", "dict://dict.org/d:sodium:elements")
+    assert len(tool_sources.elements) > 100 and len(tool_sources.words) > 1000
+    assert "chat" in tool_sources.words["cat"]["French"] and tool_sources.words["cat"]["German"] == ["Katze"]
+
+
+def test_entities_and_numbers_of_the_eval_split_are_held_out(splits):
+    train, evals = splits["train"], splits["eval"]
+    assert {q.kind for q in evals} >= set(ENTITY_KINDS) | {"chat"}
+    train_numbers = set().union(*(operands(q) for q in train if q.kind == "arithmetic"))
+    eval_numbers = set().union(*(operands(q) for q in evals if q.kind == "arithmetic"))
+    assert eval_numbers and not eval_numbers & train_numbers
+    for kind, key in (("element", lambda q: q.url), ("translation", lambda q: q.query.rsplit(" in ", 1)[0].strip("'\"").lower())):
+        held = {key(q) for q in evals if q.kind == kind}
+        assert held and not held & {key(q) for q in train if q.kind == kind}, kind
+    assert not {q.text for q in evals if q.kind == "chat"} & {q.text for q in train if q.kind == "chat"}
+
+
+def test_phrasings_of_the_eval_split_are_held_out(splits):
+    for kind in ENTITY_KINDS:
+        train = {q.template for q in splits["train"] if q.kind == kind}
+        evals = {q.template for q in splits["eval"] if q.kind == kind}
+        assert evals and not evals & train, kind
+    train_texts = {q.text for q in splits["train"]}
+    assert not any(q.text in train_texts for q in splits["eval"])
+
+
+def test_no_eval_entity_in_any_training_record(splits, research_records, tool_sources):
+    evals = splits["eval"]
+    elements = {e.name for e in tool_sources.elements if TD.split_of(f"element:{e.name}") == "eval"}
+    urls = {e.url for e in tool_sources.elements if e.name in elements}
+    texts = [" ".join([r.draft, r.reply, *(t.text for t in r.context), *(s.query for s in r.steps),
+                       *(x for s in r.steps for x in s.results)]) for r in research_records]
+    assert not any(u in t for u in urls for t in texts)
+    words = re.compile("|".join(rf"\b{q.query.rsplit(' in ', 1)[0]}\b" for q in evals
+                                if q.kind == "translation"), re.I)
+    queries = [s.query for r in research_records for s in r.steps]
+    assert not any(words.fullmatch(q.rsplit(" in ", 1)[0].strip("'\"")) for q in queries if " in " in q)
+    numbers = set().union(*(operands(q) for q in evals if q.kind == "arithmetic"))
+    arithmetic = [r for r in research_records if r.id.startswith("res-arith")]
+    assert arithmetic and not any(set(re.findall(r"\d+", r.context[0].text)) & numbers for r in arithmetic)
+
+
+def test_ground_truth_comes_from_the_sources(splits, tool_sources):
+    elements = DictDatabase(find_database("elements"))
+    for q in splits["eval"]:
+        if q.kind == "arithmetic":
+            a, symbol, b = q.query.split()
+            value = {"+": Fraction(a) + Fraction(b), "-": Fraction(a) - Fraction(b),
+                     "*": Fraction(a) * Fraction(b), "/": Fraction(a) / Fraction(b)}[symbol]
+            assert q.answers == (TD.fmt_number(value),)
+        elif q.kind == "element":
+            entry = elements.lookup(q.url.split(":")[2])[0]
+            assert re.search(rf"^(Symbol|Atomic number):\s*{re.escape(q.answers[0])}$", entry, re.M)
+        elif q.kind == "translation":
+            word, lang = q.query.rsplit(" in ", 1)
+            assert list(q.answers) == tool_sources.words[word.strip("'\"")][lang.capitalize()]
+
+
+def test_transcripts_hold_what_the_real_tools_returned(research_records, tool_index):
+    from lamda.tools import Toolset
+    from lamda.tools.retrieval import Retriever
+    tools = Toolset(retriever=Retriever(tool_index), timeout_s=120)
+    by_kind = {}
+    for r in research_records:
+        by_kind.setdefault(r.id.split("-")[1], r)
+    assert set(by_kind) >= {"arith", "trans", "elem", "chat", "doc"}
+    for kind, r in by_kind.items():
+        session = f"check-{r.id}"
+        for step in r.steps:
+            assert list(step.results) == tools(step.query, session), (kind, step.query)
+    elem = by_kind["elem"]
+    url = elem.reply.split()[-1]
+    assert re.fullmatch(r"dict://dict\.org/d:\w+:elements", url) and url in " ".join(elem.steps[-1].results)
+    assert by_kind["chat"].steps == () and by_kind["chat"].reply == by_kind["chat"].draft
+
+
+def test_multi_step_research_goes_on_only_while_the_results_miss(research_records):
+    cited = [r for r in research_records if "dict://" in r.reply]  # element facts
+    multi = [r for r in cited if len(r.steps) > 1]
+    assert multi
+    for r in cited:
+        url = re.search(r"\S+://\S+", r.reply).group().rstrip(".,)")
+        assert url in " ".join(r.steps[-1].results)
+        assert not any(url in x for s in r.steps[:-1] for x in s.results)
+
+
+def test_one_sequence_trains_every_research_output(research_records, tok):
+    rec = next(r for r in research_records if len(r.steps) >= 1)
+    ex = research_example(tok, rec)
+    starts = [i for i in range(1, len(ex.ids)) if ex.loss_mask[i] and not ex.loss_mask[i - 1]]
+    assert len(starts) == len(rec.steps) + 1
+    for i, start in enumerate(starts):  # what precedes each output is exactly the loop's prompt
+        assert ex.ids[:start] == research_prompt(tok, rec.context, rec.draft, rec.steps[:i])
