@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# extra jobs.pipeline flags for `make run`, e.g. RUN_ARGS="--finetune-steps 3000" (bench/RESULTS.md)
+RUN_ARGS ?=
 # Debian packages: real dictionary data for the tools (FreeDict both ways: the reverse dictionaries
 # rank the translations), and Prometheus for the metrics tests
 DEB_PACKAGES := dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa \
@@ -32,7 +34,7 @@ system-deps:  ## Debian packages (installed with apt-get when missing; needs roo
 	fi
 
 run: setup  ## the pipeline on the embedded default (bundled corpus, tiny preset, CPU)
-	$(PY) -m jobs.pipeline --serve --block
+	$(PY) -m jobs.pipeline --serve --block $(RUN_ARGS)
 
 test: setup  ## the whole suite
 	$(PY) -m pytest $(PYTEST_ARGS)

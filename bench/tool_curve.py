@@ -1,6 +1,6 @@
 """Held-out accuracy against training steps: the fine-tuning mixture of `make run` (tool-use
 research transcripts, generative dialogs, copy drills, rater-labelled responses), trained in one
-process without Ray, evaluated every --eval-every steps through a whole chat turn (sample-and-rank
+process without Ray, evaluated at the --eval-at steps through a whole chat turn (sample-and-rank
 draft, greedy research, real tools) on the held-out questions. Prints one JSON line per evaluation.
 
     python -m jobs.tool_data --index runs/local/index.sqlite --out runs/local/data
@@ -46,11 +46,14 @@ def examples(tok: Tokenizer, data: Path) -> list[D.Example]:
     return out
 
 
-def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig) -> dict:
+def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig, tag: str) -> dict:
+    """Each question as a new conversation (`tag` keeps retrieval sessions apart between
+    evaluations: a repeated query in one session returns the next result)."""
     chat.model.eval()
     graded = []
     for q in questions:
-        a = local_turn(chat, lambda query: toolset(query, q.id), [D.Turn("user", q.text)], cfg)
+        session = f"{tag}:{q.id}"
+        a = local_turn(chat, lambda query: toolset(query, session), [D.Turn("user", q.text)], cfg)
         research = a.research
         graded.append(E.grade(q.kind, q.answers, q.url, a.reply, research.citations if research else [],
                               len(research.steps) if research else 0, a.ranked.fallback))
@@ -69,7 +72,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--eval-at", type=lambda s: {int(x) for x in s.split(",")}, default={300, 600, 1200},
+                   help="steps after which to evaluate (comma-separated; the last step always)")
     p.add_argument("--per-kind", type=int, default=20, help="held-out questions per kind")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--device", default="cpu")
@@ -96,7 +100,7 @@ def main(argv=None) -> None:
     for q in read_questions(a.data / "heldout.jsonl"):
         by_kind[q.kind].append(q)
     questions = [q for qs in by_kind.values() for q in qs[:a.per_kind]]
-    toolset = Toolset(retriever=Retriever(a.index), timeout_s=60)
+    toolset = Toolset(retriever=Retriever(a.index)).warm_up()
     chat_cfg = ChatConfig(sampling=SamplingConfig(num_candidates=a.candidates, max_new_tokens=48, seed=a.seed))
     chat = ChatModel(model, tok)
     rng = random.Random(a.seed)
@@ -107,9 +111,9 @@ def main(argv=None) -> None:
         batch = [t.to(a.device) if t is not None else None
                  for t in D.collate(rng.sample(exs, take), a.seq_len, tok.pad_id, packed=True)]
         m = train_step(model, opt, [tuple(batch)], step, cfg)
-        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+        if step + 1 in a.eval_at or step + 1 == a.steps:
             trained += time.perf_counter() - t0
-            result = evaluate(chat, questions, toolset, chat_cfg)
+            result = evaluate(chat, questions, toolset, chat_cfg, tag=str(step + 1))
             print(json.dumps({"bench": "tool_curve", "preset": a.preset, "step": step + 1,
                               "examples": (step + 1) * take, "loss": round(m["loss"], 4),
                               "train_seconds": round(trained, 1), "questions": len(questions),

@@ -65,7 +65,8 @@ def answer_all(path: Path, questions: list[Question], research: bool, toolset: T
             gen = generate(model, tok, [response_prompt(tok, context)], sampling)
             reply, citations, steps, fallback = best_by_likelihood(gen.candidates[0]).text, [], [], False
         else:
-            a = local_turn(chat, lambda query: toolset(query, q.id), context, cfg)
+            session = f"{path}:{research}:{q.id}"  # each variant starts from the first result
+            a = local_turn(chat, lambda query: toolset(query, session), context, cfg)
             steps = [{"query": s.query, "results": list(s.results)} for s in a.research.steps] \
                 if a.research else []
             reply, citations, fallback = a.reply, a.research.citations if a.research else [], \
@@ -164,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
     questions = sample_questions(read_questions(a.questions), a.per_kind)
-    toolset = Toolset(retriever=Retriever(a.index) if a.index else None)
+    toolset = Toolset(retriever=Retriever(a.index) if a.index else None).warm_up()
     sampling = SamplingConfig(num_candidates=a.candidates, max_new_tokens=a.max_new_tokens, seed=a.seed)
     report = {"questions": len(questions), "question_file": str(a.questions),
               "note": "graded against known answers and their sources; no self-assessment",

@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
     p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
     p.add_argument("--safe-finetune-steps", type=int, default=SAFE_FINETUNE_STEPS)
+    p.add_argument("--finetune-lr", type=float, default=2e-3,
+                   help="peak learning rate of both fine-tunings (tiny learns tool use at 2e-3)")
     p.add_argument("--top-fraction", type=float, default=0.5, help="safe-data filtering keeps this")
     p.add_argument("--batch-size", type=int, default=8, help="rows per worker (fine-tuning packs "
                    "several examples into a row)")
@@ -109,7 +111,9 @@ def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
         if f"accuracy_{kind}" in metrics:
             n = sum(g.kind == kind for g in graded)
             what = "clean replies without tools" if kind == "chat" else "correct"
-            print(f"    {kind:<12} {metrics[f'accuracy_{kind}']:6.1%} {what} ({n})")
+            cited = (f", {metrics[f'cited_{kind}']:.1%} correct and citing the source"
+                     if f"cited_{kind}" in metrics else "")
+            print(f"    {kind:<12} {metrics[f'accuracy_{kind}']:6.1%} {what}{cited} ({n})")
     print(f"    groundedness {metrics['groundedness'] or 0:.1%}, citation accuracy "
           f"{metrics['citation_accuracy'] or 0:.1%}; details: {out}")
     for kind in ("arithmetic", "element", "translation"):
@@ -135,19 +139,20 @@ def main(argv=None) -> None:
                                       work / "finetuned_safe", work / "index.sqlite")
     tools = work / "data"  # research.jsonl, dialogs.jsonl, drills.jsonl, heldout.jsonl
     finetune_data = ["--labelled", str(data / "labelled.jsonl"), "--research",
-                     str(tools / "research.jsonl")]
+                     str(tools / "research.jsonl"), "--lr", str(a.finetune_lr)]
     stages = [
         ("retrieval index", index, lambda: build_index(index, data)),
         ("tool-use data (real tools) and held-out questions", tools / "heldout.jsonl",
          lambda: tool_data.main(["--index", str(index), "--out", str(tools),
                                  "--doc-questions", str(data / "doc_questions.jsonl"),
+                                 "--documents", str(data / "documents.jsonl"),
                                  "--fraction", str(a.tool_data_fraction)])),
         ("tokenizer", tok, lambda: train_tokenizer(
-            [data / "documents.jsonl"], [data / "dialogs.jsonl", tools / "dialogs.jsonl"],
+            [tools / "documents.jsonl"], [data / "dialogs.jsonl", tools / "dialogs.jsonl"],
             a.vocab_size, tok, research=[tools / "research.jsonl"], index=index)),
         ("pre-training", pre / "manifest.json", lambda: pretrain.main([
             "--run-name", "pretrain", "--preset", a.preset, "--tokenizer", str(tok),
-            "--documents", str(data / "documents.jsonl"), "--dialogs", str(data / "dialogs.jsonl"),
+            "--documents", str(tools / "documents.jsonl"), "--dialogs", str(data / "dialogs.jsonl"),
             "--steps", str(a.pretrain_steps), "--export", str(pre), *train])),
         ("fine-tuning", ft / "manifest.json", lambda: finetune.main([
             "--run-name", "finetune", "--init-from", str(pre), *finetune_data,
@@ -167,12 +172,15 @@ def main(argv=None) -> None:
             "--out", str(work / "eval")])),
     ]
     total = len(stages) + a.serve
+    start = time.perf_counter()
     for i, (name, done_marker, run) in enumerate(stages, 1):
         print(f"[{i}/{total}] {name}", flush=True)
         if done_marker.exists():
             print(f"  exists: {done_marker}")
         else:
+            t0 = time.perf_counter()
             run()
+            print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     if a.serve:
         print(f"[{total}/{total}] chat server", flush=True)
         url = deploy(work, a.port)
@@ -181,7 +189,7 @@ def main(argv=None) -> None:
         body = {"message": "What is 135+7721?", "model": "lamda"}
         print(f"  try: curl -s {url}/chat -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
         print("  chat in a terminal: .venv/bin/python -m serve_apps.client --model lamda --trace")
-    print(f"pipeline done: {ft2}", flush=True)
+    print(f"pipeline done in {time.perf_counter() - start:.0f} s: {ft2}", flush=True)
     if a.serve and a.block:
         print("serving until Ctrl-C", flush=True)
         try:

@@ -8,6 +8,8 @@ Files (deterministic for the same index, dictionaries and seed):
                   result misses
   dialogs.jsonl   the same training questions with their grounded replies (no URLs), plus small
                   talk, as generative examples for LaMDA-Base (dialog schema)
+  documents.jsonl the bundled documents less the held-out ones, for pre-training and the
+                  tokenizer (retrieval keeps them all: the research loop must find them)
   drills.jsonl    copy drills (repeat training-split words and numbers back) as generative
                   dialogs: the copying the research task needs, paid for from the first steps
   heldout.jsonl   questions of the evaluation split with their known answers and sources
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -48,22 +51,21 @@ def generative_dialogs(records: list[dict], rng: random.Random, n: int) -> list[
     facts = rng.sample(answered, min(n, len(answered)))
     out = []
     for r in chat + facts:
-        reply = " ".join(URL.sub("", r["reply"]).split()).rstrip(" (),:") or r["reply"]
+        reply = " ".join(URL.sub("", r["reply"]).split()).rstrip(" (),:")
+        reply = re.sub(r",? according to$", ".", reply) or r["reply"]
         out.append({"id": f"dlg-{r['id']}", "turns": [*r["context"], {"speaker": "lamda", "text": reply}]})
     return out
 
 
-def build(index: Path, out: Path, doc_questions: Path, seed: int = 0, generative: int = 1500,
-          fraction: float = 1.0, drills: int = 2000) -> dict:
-    """Write the four files; returns counts. `fraction` < 1 makes a smaller training split (tests)."""
+def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: int = 0,
+          generative: int = 1500, fraction: float = 1.0, drills: int = 2000) -> dict:
+    """Write the five files; returns counts. `fraction` < 1 makes a smaller training split (tests)."""
     src = TD.Sources.load(doc_questions)
     if not src.elements or not src.words:
         raise SystemExit("dict-elements and the FreeDict dictionaries (eng-fra/deu/spa) are needed: "
                          "make installs them")
     # a generous time budget: loading a dictionary must not look like a tool failure here
-    toolset = Toolset(retriever=Retriever(index), timeout_s=120.0)
-    for language in TD.LANGUAGES:  # load every dictionary once, up front
-        toolset.translator(f"water in {language}")
+    toolset = Toolset(retriever=Retriever(index), timeout_s=120.0).warm_up(TD.LANGUAGES)
     records = TD.build(src, toolset, "train", seed, n_arithmetic=int(3000 * fraction),
                        per_element=max(1, round(6 * fraction)), per_word=2,
                        max_words=int(4000 * fraction), chat_repeats=max(1, round(3 * fraction)),
@@ -78,9 +80,13 @@ def build(index: Path, out: Path, doc_questions: Path, seed: int = 0, generative
     write_jsonl(out / "dialogs.jsonl", [json.dumps(d, ensure_ascii=False) for d in dialogs])
     copies = TD.copy_drills(src, int(drills * fraction), seed)
     write_jsonl(out / "drills.jsonl", [json.dumps(d, ensure_ascii=False) for d in copies])
+    held_out = src.held_out_urls("train")
+    train_docs = [line.rstrip("\n") for line in open(documents, encoding="utf-8")
+                  if line.strip() and json.loads(line)["url"] not in held_out]
+    write_jsonl(out / "documents.jsonl", train_docs)
     write_jsonl(out / "heldout.jsonl", [q.to_json() for q in heldout])  # last: the stage's marker
     counts = {"research": dict(Counter(r["id"].split("-")[1] for r in records)),
-              "dialogs": len(dialogs), "drills": len(copies),
+              "dialogs": len(dialogs), "drills": len(copies), "documents": len(train_docs),
               "heldout": dict(Counter(q.kind for q in heldout))}
     print(f"tool-use data -> {out}: {json.dumps(counts)}")
     return counts
@@ -89,8 +95,10 @@ def build(index: Path, out: Path, doc_questions: Path, seed: int = 0, generative
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", type=Path, required=True, help="retrieval index (lamda.tools.retrieval)")
-    p.add_argument("--out", type=Path, required=True, help="directory for the three files")
+    p.add_argument("--out", type=Path, required=True, help="directory for the five files")
     p.add_argument("--doc-questions", type=Path, default=SAMPLE_DIR / "doc_questions.jsonl")
+    p.add_argument("--documents", type=Path, default=SAMPLE_DIR / "documents.jsonl",
+                   help="the corpus whose training split documents.jsonl gets")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generative", type=int, default=1500,
                    help="research questions also written as generative dialogs")
@@ -101,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
-    return build(a.index, a.out, a.doc_questions, a.seed, a.generative, a.fraction, a.drills)
+    return build(a.index, a.out, a.doc_questions, a.documents, a.seed, a.generative, a.fraction,
+                 a.drills)
 
 
 if __name__ == "__main__":

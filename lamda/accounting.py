@@ -1,6 +1,6 @@
 """FLOPs, model FLOPs utilisation, energy and carbon: the one place these formulas live.
 
-    python -m lamda.accounting            # PAPER.md §10 for the 137B pre-training run
+    python -m lamda.accounting            # paper §10 for the 137B pre-training run
     python -m lamda.accounting --hardware h100 --chips 8 --days 2 --utilisation 0.4
 
 Training FLOPs follow the PaLM convention (ModelConfig.flops_per_token). Energy is measured with
@@ -29,7 +29,7 @@ HARDWARE: dict[str, Hardware] = {
     "h100": Hardware(peak_flops=989e12, watts=700.0),  # SXM
     "h200": Hardware(peak_flops=989e12, watts=700.0),  # same compute as H100, more memory
     "a100": Hardware(peak_flops=312e12, watts=400.0),
-    "tpu-v3": Hardware(peak_flops=123e12, watts=289.0),  # PAPER.md §10: 123 TFLOPS/s, 289 W measured
+    "tpu-v3": Hardware(peak_flops=123e12, watts=289.0),  # paper §10: 123 TFLOPS/s, 289 W measured
     "cpu": Hardware(peak_flops=1e12, watts=65.0),  # a nominal figure; CPU MFU is only indicative
 }
 
@@ -132,7 +132,7 @@ def run_report(chips: int, seconds: float, peak_flops: float, utilisation: float
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="FLOPs, energy and carbon of a training run. Defaults: "
-                                "LaMDA 137B pre-training (PAPER.md §10).")
+                                "LaMDA 137B pre-training (paper §10).")
     p.add_argument("--hardware", default="tpu-v3", help=f"one of {', '.join(HARDWARE)}")
     p.add_argument("--chips", type=int, default=1024)
     p.add_argument("--days", type=float, default=57.7, help="wall-clock days (or use --seconds)")

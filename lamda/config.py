@@ -1,4 +1,4 @@
-"""Model configuration and the size presets (PAPER.md, "Model")."""
+"""Model configuration and the size presets (the paper, "Model")."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Records, one JSON object per line:
              a safety objective)
 - research:  {id, context: [turn...], draft, steps: [{query, results: [str...]}...], reply}
 
-Formats (PAPER.md §6.1-6.2; special tokens from lamda.tokenizer):
+Formats (paper §6.1-6.2; special tokens from lamda.tokenizer):
 - context:        USER: text <eot> LAMDA: text <eot> ...
 - pre-training:   documents (title, text, eos) and dialogs (context, eos), packed to fixed length
 - generative:     <context> RESPONSE <response> <eot>                 loss on response + <eot>
@@ -185,7 +185,7 @@ def read_jsonl(path: str | os.PathLike, kind: str) -> list:
         return list(parse_records(f, kind, str(path)))
 
 
-# -- rater aggregation (PAPER.md §4-5) ----------------------------------------------------------
+# -- rater aggregation (paper §4-5) ----------------------------------------------------------
 
 def majority(votes: Iterable[int]) -> int:
     """1 when more than half the raters said yes (3 of 5, 2 of 3)."""
@@ -356,7 +356,7 @@ def pack_examples(examples: list[Example], seq_len: int, pad_id: int
     width = seq_len + 1
     rows: list[tuple[list[int], list[int], list[int]]] = []
     for ex in examples:
-        ids, m = ex.ids[-width:], ex.loss_mask[-width:]
+        ids, m = ex.ids[-width:], [0, *ex.loss_mask[-width:][1:]]  # its first token: no context
         row = next((r for r in rows if len(r[0]) + len(ids) <= width), None)
         if row is None:
             row = ([], [], [])

@@ -1,4 +1,4 @@
-"""Sample-and-rank decoding (PAPER.md §3), as small pure functions in the style of gpt-fast.
+"""Sample-and-rank decoding (paper §3), as small pure functions in the style of gpt-fast.
 
     gen = generate(model, tok, prompts, SamplingConfig(num_candidates=16, top_k=40))
 

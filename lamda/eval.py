@@ -151,8 +151,10 @@ class Graded:
 
 
 def contains_answer(reply: str, answer: str) -> bool:
-    """The answer as a whole word or number (not "11" inside "110" or "3.11"), any case."""
-    return bool(re.search(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", reply, re.I))
+    """The answer as a whole word or number (not "11" inside "110" or "3.11"); in any case, except
+    a short answer such as a chemical symbol ("C", "Nd"), which must match exactly."""
+    flags = re.I if len(answer) > 3 else 0
+    return bool(re.search(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", reply, flags))
 
 
 def grade(kind: str, answers: Iterable[str], url: str, reply: str, citations: Iterable[str],
@@ -173,16 +175,18 @@ def grounding_metrics(graded: list[Graded]) -> dict[str, float | None]:
     """The paper's metrics from ground truth (paper §4):
     - accuracy (per kind and overall): replies holding a known answer / questions;
     - groundedness: replies whose claim the source supports (a known answer) / replies with a claim;
-    - informativeness: supported replies / all factual replies;
+    - informativeness: replies carrying supported information about the world / all replies;
     - citation accuracy: replies citing the answer's source URL / replies with a claim whose answer
       lives in a source with a URL (arithmetic and dictionary translations, like well-known facts,
       need no citation);
-    - chat: small-talk replies with no tool call, no URL and no special token / small-talk turns."""
+    - chat: small-talk replies with no tool call, no URL and no special token / small-talk turns;
+    - cited (per kind whose answers live in a source with a URL): replies holding a known answer
+      and citing that source / questions."""
     factual = [g for g in graded if g.kind != "chat"]
     out: dict[str, float | None] = {
         "accuracy": rate([g.correct for g in factual], [True] * len(factual)),
         "groundedness": rate([g.correct for g in factual], [g.claim for g in factual]),
-        "informativeness": rate([g.correct for g in factual], [True] * len(factual)),
+        "informativeness": rate([g.correct and g.kind != "chat" for g in graded], [True] * len(graded)),
         "citation_accuracy": rate([g.cites_source for g in factual],
                                   [g.claim and g.needs_citation for g in factual]),
         "special_tokens": rate([g.special_token for g in graded], [True] * len(graded)),
@@ -190,6 +194,9 @@ def grounding_metrics(graded: list[Graded]) -> dict[str, float | None]:
     for kind in sorted({g.kind for g in graded}):
         of_kind = [g for g in graded if g.kind == kind]
         out[f"accuracy_{kind}"] = rate([g.correct for g in of_kind], [True] * len(of_kind))
+        if any(g.needs_citation for g in of_kind):
+            out[f"cited_{kind}"] = rate([g.correct and g.cites_source for g in of_kind],
+                                        [True] * len(of_kind))
     return out
 
 

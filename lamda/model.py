@@ -1,6 +1,6 @@
 """The LaMDA decoder: pre-norm Transformer with T5 relative attention and gated-GELU.
 
-Choices (PAPER.md, "Model"):
+Choices (the paper, "Model"):
 - RMSNorm before attention and FFN (T5's LayerNorm without mean or bias), and once at the end.
 - One learned relative-bias table [buckets, heads], shared by all layers, turned into a bias once
   per forward (lamda.attention).

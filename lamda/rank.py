@@ -1,4 +1,4 @@
-"""Discriminator scoring, the safety filter and the 3S+Sp+I ranking (PAPER.md §6.1).
+"""Discriminator scoring, the safety filter and the 3S+Sp+I ranking (paper §6.1).
 
 A fine-tuned LaMDA scores a response by continuing `<context> RESPONSE <response> <eot>` with an
 attribute name and reading the probability of the rating token:

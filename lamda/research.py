@@ -1,4 +1,4 @@
-"""The research loop (PAPER.md §6.2): LaMDA-Base drafts a reply, LaMDA-Research consults the
+"""The research loop (paper §6.2): LaMDA-Base drafts a reply, LaMDA-Research consults the
 toolset until it is ready to answer the user, citing its sources.
 
 A pure function over injected callables, so Serve passes deployment handles and tests pass plain

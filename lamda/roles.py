@@ -1,4 +1,4 @@
-"""Roles by pre-conditioning (PAPER.md §8): a few dialog turns placed before the conversation make
+"""Roles by pre-conditioning (paper §8): a few dialog turns placed before the conversation make
 LaMDA speak as, e.g., Mount Everest or a music recommender, with no extra training.
 
 Roles are JSON files (one per role) in data/roles/ or a directory given by LAMDA_ROLES_DIR:

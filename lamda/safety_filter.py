@@ -1,4 +1,4 @@
-"""Safe-data filtering (PAPER.md §6.1): score dialog turns with the discriminators and keep the
+"""Safe-data filtering (paper §6.1): score dialog turns with the discriminators and keep the
 safe, high-quality ones as new generative fine-tuning data.
 
 `TurnScorer` is a callable class for Ray Data's `map_batches` (an actor pool: each actor loads the

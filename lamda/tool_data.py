@@ -191,6 +191,11 @@ class DocumentQA:
     entity: str  # the document's subject (a vague first query)
     url: str
     wrong: str  # a plausible wrong answer (the ungrounded draft)
+    group: str = ""  # the split key: documents that answer each other's questions share one
+
+    @property
+    def split(self) -> str:
+        return split_of(f"document:{self.group or self.entity}")
 
 
 @dataclass
@@ -204,11 +209,21 @@ class Sources:
 
     @classmethod
     def load(cls, doc_questions: str | Path | None = None, max_words: int = 4000) -> "Sources":
+        """Elements, FreeDict words (less those naming an element or a document's subject: they
+        belong to that split) and, from `doc_questions` when given, the document questions."""
         docs = []
-        if doc_questions and Path(doc_questions).exists():
+        if doc_questions:
             with open(doc_questions, encoding="utf-8") as f:
                 docs = [DocumentQA(**json.loads(line)) for line in f if line.strip()]
-        return cls(load_elements(), load_words(max_words), docs, chat_pairs())
+        elements = load_elements()
+        names = {e.name for e in elements} | {w.lower() for d in docs for w in (d.entity, d.group)}
+        words = {w: t for w, t in load_words(max_words).items() if w not in names}
+        return cls(elements, words, docs, chat_pairs())
+
+    def held_out_urls(self, split: str) -> set[str]:
+        """The source URLs of the other split's elements and documents."""
+        return ({e.url for e in self.elements if split_of(f"element:{e.name}") != split}
+                | {d.url for d in self.documents if d.split != split})
 
 
 def load_elements() -> list[Element]:
@@ -422,19 +437,23 @@ def build_questions(src: Sources, split: str, seed: int = 0, n_arithmetic: int =
                 for attr in ELEMENT_ASKS:
                     qs.append(element_question(el, attr, rng, split, len(qs)))
     if split == "train":  # element questions about words that name no element: nothing to find
-        names = {e.name for e in src.elements}
-        words = [w for w in src.words if split_of(f"word:{w}") == split and w not in names]
+        words = [w for w in src.words if split_of(f"word:{w}") == split]
         for word in rng.sample(words, min(len(words), unknown_elements)):
             qs.append(element_question(Element(word, "", "", ""), rng.choice(list(ELEMENT_ASKS)), rng,
                                        split, len(qs)))
     words = [w for w in src.words if split_of(f"word:{w}") == split][:max_words]
     for word in words:
         for lang in rng.sample(LANGUAGES, per_word):
-            qs.append(translation_question(word, lang, src.words[word][lang], rng, split, len(qs)))
+            translations = src.words[word][lang]
+            if split == "eval" and word in {t.lower() for t in translations}:
+                continue  # "taxi" in French: a reply that repeats the word would pass unread
+            qs.append(translation_question(word, lang, translations, rng, split, len(qs)))
     for d in src.documents:
-        if split_of(f"document:{d.entity}") == split:
-            qs.append(Question(f"doc-{split}-{len(qs):05d}", "document", d.question, (d.key,), d.url,
-                               d.question.replace(d.entity, "{entity}"), d.query))
+        if d.split == split:  # the document's own question, wrapped in the split's prefix and ending
+            core = d.question[0].lower() + d.question[1:].rstrip("?")
+            template = compose(rng, split, (["{core}"], []), ([core], []), QUESTION_ENDINGS)
+            qs.append(Question(f"doc-{split}-{len(qs):05d}", "document", template, (d.key,), d.url,
+                               template.replace(d.entity, "{entity}"), d.query))
     for user, reply in src.chat:
         if split_of(f"chat:{user}") == split:
             for _ in range(chat_repeats):
@@ -461,8 +480,7 @@ def research_record(q: Question, src: Sources, toolset: Toolset, rng: random.Ran
     session = f"gen-{q.id}"
     queries = [q.query]
     if q.kind == "document" and rng.random() < 0.3:
-        doc = next(d for d in src.documents if d.question == q.text)
-        queries = [doc.entity, q.query]  # a vague first query, then a precise one
+        queries = [document_of(q, src).entity, q.query]  # a vague first query, then a precise one
     steps = []
     for query in queries:
         results = toolset(query, session)
@@ -521,7 +539,11 @@ def draft(q: Question, src: Sources, rng: random.Random) -> str:
         other = rng.choice(_same_split({e.name: e for e in src.elements}, "element", q, values=True))
         w = other.number if attr == "number" else other.symbol
         return _fill(rng.choice(ELEMENT_DRAFTS[attr]), el=el, w=w)
-    return next(d.wrong for d in src.documents if d.question == q.text)
+    return document_of(q, src).wrong
+
+
+def document_of(q: Question, src: Sources) -> DocumentQA:
+    return next(d for d in src.documents if d.url == q.url and d.query == q.query)
 
 
 DRILLS = (["Repeat after me: {x}", "Say this back to me: {x}", "Please repeat: {x}", "Echo: {x}",
@@ -555,10 +577,10 @@ def _same_split(items: dict, kind: str, q: Question, values: bool = False) -> li
 
 def build(src: Sources, toolset: Toolset, split: str = "train", seed: int = 0, **counts) -> list[dict]:
     """Research records (lamda.data's schema) for every answerable question of the split. A
-    transcript where a tool happened to return another split's element entry is left out, so no
-    held-out entity occurs in a training file."""
+    transcript where a tool happened to return another split's element or document is left out, so
+    no held-out entity occurs in a training file."""
     rng = random.Random(f"{seed}:records")
-    other = [e.url for e in src.elements if split_of(f"element:{e.name}") != split]
+    other = src.held_out_urls(split)
     out = []
     for q in build_questions(src, split, seed, **counts):
         rec = research_record(q, src, toolset, rng)

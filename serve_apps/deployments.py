@@ -139,7 +139,7 @@ class Toolset:
         tools = Tools.from_env()
         if index_path:
             tools.retriever = Retriever(index_path)
-        self.tools = tools
+        self.tools = tools.warm_up()
 
     async def run(self, query: str, session: str | None = None) -> list[dict]:
         return [dataclasses.asdict(c) for c in self.tools.run(query, session)]

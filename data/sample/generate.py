@@ -48,6 +48,7 @@ class Entity:
     name: str
     sentences: list[str]  # the document's text, one sentence each
     qas: list[QA] = field(default_factory=list)
+    group: str = ""  # entities that answer each other's questions share a split (a capital: its country)
 
     @property
     def url(self) -> str:
@@ -63,10 +64,10 @@ def slug(name: str) -> str:
 
 
 def entity(category: str, name: str, qa_templates, values: dict, others: list[dict],
-           extra: list[str], rng: random.Random) -> Entity:
+           extra: list[str], rng: random.Random, group: str = "") -> Entity:
     """An entity whose sentences are its answers plus extra facts. `others` supplies the values of
     the same kind of entity, so that drafts can be wrong in a plausible way."""
-    e = Entity(category, name, [])
+    e = Entity(category, name, [], group=group)
     for question, answer, query in qa_templates:
         other = rng.choice([o for o in others if o != values] or [values])
         wrong_values = {**other, "name": values["name"]}
@@ -81,10 +82,10 @@ def entity(category: str, name: str, qa_templates, values: dict, others: list[di
 def build_entities(rng: random.Random) -> list[Entity]:
     entities = []
 
-    def add(category, rows, qa_templates, extra=lambda v: []):
+    def add(category, rows, qa_templates, extra=lambda v: [], group=lambda v: ""):
         others = [v for v in rows]
         for v in rows:
-            entities.append(entity(category, v["name"], qa_templates, v, others, extra(v), rng))
+            entities.append(entity(category, v["name"], qa_templates, v, others, extra(v), rng, group(v)))
 
     add("mountains", [dict(name=n, height=f"{h:,}", range=r, countries=c, year=y)
                       for n, h, r, c, y in F.MOUNTAINS], [
@@ -106,7 +107,8 @@ def build_entities(rng: random.Random) -> list[Entity]:
     add("cities", [dict(name=c, country=n, continent=ct) for n, c, ct, *_ in F.COUNTRIES], [
         ("Which country is {name} in?", "{name} is the capital city of {country}.", "{name} capital city"),
     ], lambda v: [f"{v['name']} is in {v['continent']}.",
-                  f"As the capital, {v['name']} is the seat of the government of {v['country']}."])
+                  f"As the capital, {v['name']} is the seat of the government of {v['country']}."],
+        group=lambda v: v["country"])
     add("planets", [dict(name=n, order=o, moons=m, diameter=f"{d:,}", fact=f)
                     for n, o, m, d, f in F.PLANETS], [
         ("How many moons does {name} have?", "{name} has {moons} known moons.", "{name} moons"),
@@ -157,6 +159,8 @@ GREETINGS = ["Hi!", "Hello there.", "Hey, how are you?", "Good morning!", "Hi, I
 GREETING_REPLIES = ["Hi! I'm doing well, thanks for asking. What's on your mind?",
                     "Hello! Happy to chat. What would you like to talk about?",
                     "Good to hear from you! Ask me anything."]
+# small talk held out for evaluation (lamda.tool_data's chat questions) stays out of the dialogs
+TRAIN_GREETINGS = [g for g in GREETINGS if split_of(f"chat:{g}") == "train"]
 THANKS = ["Thanks!", "Thank you, that's helpful.", "Great, thanks a lot.", "Cool, I didn't know that."]
 WELCOME = ["You're welcome! Let me know if you have other questions.",
            "Glad I could help. It's a fascinating topic.", "Anytime! Happy to talk about it more."]
@@ -185,7 +189,7 @@ def turn(speaker: str, text: str) -> dict:
 
 def fact_dialog(e: Entity, rng: random.Random) -> list[dict]:
     qa1, qa2 = rng.sample(e.qas, 2) if len(e.qas) >= 2 else (e.qas[0], None)
-    turns = [turn("user", f"{rng.choice(GREETINGS)} {qa1.question}"), turn("lamda", qa1.answer)]
+    turns = [turn("user", f"{rng.choice(TRAIN_GREETINGS)} {qa1.question}"), turn("lamda", qa1.answer)]
     if qa2:
         extra = rng.choice([s for s in e.sentences if s not in (qa1.answer, qa2.answer)] or [""])
         turns += [turn("user", qa2.question), turn("lamda", f"{qa2.answer} {extra}".strip())]
@@ -195,7 +199,7 @@ def fact_dialog(e: Entity, rng: random.Random) -> list[dict]:
 
 def small_talk(rng: random.Random) -> list[dict]:
     hobby, food = rng.choice(F.HOBBIES), rng.choice(F.FOODS)
-    return [turn("user", rng.choice(GREETINGS)), turn("lamda", rng.choice(GREETING_REPLIES)),
+    return [turn("user", rng.choice(TRAIN_GREETINGS)), turn("lamda", rng.choice(GREETING_REPLIES)),
             turn("user", f"I spent the weekend {hobby}."),
             turn("lamda", f"That sounds lovely. What got you into {hobby}?"),
             turn("user", f"A friend showed me. Afterwards we had {food}."),
@@ -204,7 +208,8 @@ def small_talk(rng: random.Random) -> list[dict]:
 
 
 def music_advice(rng: random.Random) -> list[dict]:
-    genre, decade, place, instruments, artists = rng.choice(F.GENRES)
+    genre, decade, place, instruments, artists = rng.choice(
+        [g for g in F.GENRES if split_of(f"document:{g[0]}") == "train"])
     artist = rng.choice(artists)
     return [turn("user", f"Can you recommend some {genre}?"),
             turn("lamda", f"Sure! Try {artist}. {genre.capitalize()} began in the {decade} in "
@@ -224,7 +229,7 @@ def dialogs(entities: list[Entity], rng: random.Random) -> list[dict]:
     for _ in range(40):
         out.append(music_advice(rng))
     for _ in range(30):  # forum dialogs hold unsafe turns too: safe-data filtering drops them
-        question = rng.choice([qa.question for e in with_qas for qa in e.qas] + THANKS + GREETINGS)
+        question = rng.choice([qa.question for e in with_qas for qa in e.qas] + THANKS + TRAIN_GREETINGS)
         out.append([turn("user", question), turn("lamda", rng.choice(UNSAFE))])
     return [dict(id=f"dlg-{i:04d}", turns=t) for i, t in enumerate(out)]
 
@@ -237,7 +242,7 @@ def labelled(entities: list[Entity], rng: random.Random) -> list[dict]:
     for e, qa in all_qas:
         context = [turn("user", qa.question)]
         extra = [s for s in e.sentences if s != qa.answer]
-        _, off = rng.choice([p for p in all_qas if p[0] is not e])
+        _, off = rng.choice([p for p in all_qas if p[0] is not e and held_out(p[0]) == held_out(e)])
         candidates = [  # response, sensible, specific, interesting, unsafe
             (qa.answer, 1, 1, 0, 0),
             (f"{qa.answer} {rng.choice(extra)}" if extra else qa.answer, 1, 1, int(bool(extra)), 0),
@@ -257,12 +262,13 @@ def labelled(entities: list[Entity], rng: random.Random) -> list[dict]:
 def doc_questions(entities: list[Entity]) -> list[dict]:
     """Every document question with its answer, key value, precise query and URL."""
     return [dict(question=qa.question, answer=qa.answer, key=qa.key, query=qa.query, entity=e.name,
-                 url=e.url, wrong=qa.wrong) for e in entities for qa in e.qas]
+                 url=e.url, wrong=qa.wrong, group=e.group or e.name) for e in entities for qa in e.qas]
 
 
 def held_out(e: Entity) -> str:
-    """The split of a document's entity: its questions, dialogs and labelled responses go there."""
-    return split_of(f"document:{e.name}")
+    """The split of a document's entity (with its group): its questions, dialogs and labelled
+    responses go there."""
+    return split_of(f"document:{e.group or e.name}")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

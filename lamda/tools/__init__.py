@@ -1,4 +1,4 @@
-"""The toolset TS (PAPER.md §6.2): one string in, every tool run on it, their lists concatenated in
+"""The toolset TS (paper §6.2): one string in, every tool run on it, their lists concatenated in
 the order calculator, translator, information retrieval.
 
     Toolset()("135+7721") == ["7856"]
@@ -58,6 +58,13 @@ class Toolset:
         if self.retriever is not None:
             out.append(("retrieval", self.retriever))
         return out
+
+    def warm_up(self, languages=("French", "German", "Spanish")) -> "Toolset":
+        """Load the dictionaries up front (seconds each), so that a first query within the time
+        budget does not look like a tool failure."""
+        for language in languages:
+            self.translator(f"water in {language}")
+        return self
 
     def run(self, query: str, session: str | None = None) -> list[ToolCall]:
         """Every tool on `query`, in order, with what each returned or why it failed."""

@@ -128,8 +128,9 @@ class Retriever:
         return sorted(p for p, n in counts.items() if n >= min_count)
 
     def ranked(self, query: str, limit: int = 10) -> list[tuple[str, str, str, str]]:
-        """(id, title, text, url) of the best documents, BM25 (title weighted 2x), among those
-        holding at least `min_match` of the query's words."""
+        """(id, title, text, url) of the best documents among those holding at least `min_match`
+        of the query's words: those the query names by their whole title first, then BM25 (title
+        weighted 2x)."""
         words = terms(query)
         if not any(not w.isdigit() for w in words):
             return []
@@ -138,7 +139,10 @@ class Retriever:
             "SELECT d.id, d.title, d.text, d.url FROM docs_fts JOIN docs d ON d.rowid = docs_fts.rowid "
             "WHERE docs_fts MATCH ? ORDER BY bm25(docs_fts, 2.0, 1.0) LIMIT ?",
             (fts_query(words), 10 * limit)).fetchall()
-        return [r for r in rows if matched(words, f"{r[1]} {r[2]}") >= need][:limit]
+        rows = [r for r in rows if matched(words, f"{r[1]} {r[2]}") >= need]
+        named = set(words)
+        rows.sort(key=lambda r: not set(terms(r[1])) <= named)  # stable: BM25 order otherwise
+        return rows[:limit]
 
     def search(self, query: str, session: str | None = None) -> list[str]:
         """["<snippet> <url>"] of the next result for this query in this session ([] when none)."""

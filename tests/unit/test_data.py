@@ -52,7 +52,7 @@ def test_rater_rules():
     assert agg({"unsafe": (0, 1, 1)})["unsafe"] == 1
 
 
-def test_research_examples(tok):
+def test_research_example_trains_every_research_output(tok):
     rec = D.parse_research({
         "id": "r", "context": [{"speaker": "user", "text": "How tall is K2?"}],
         "draft": "K2 is 9,000 metres tall.",

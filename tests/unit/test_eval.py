@@ -70,6 +70,9 @@ def test_grading_against_known_answers():
     assert not refusal.claim and not refusal.correct
     assert E.grade("translation", ["chat", "mégère"], "", "In French, cat is Chat.", [], 1).correct
     assert E.grade("chat", [], "", "Hi! How are you?", [], 0).correct
+    assert E.grade("element", ["C"], "", "The symbol for carbon is C.", [], 1).correct
+    assert not E.grade("element", ["I"], "", "i think it's In.", [], 1).correct  # symbols: exact case
+    assert not E.grade("element", ["Nd"], "", "It's ND.", [], 1).correct
     for bad in (("Hi! https://example.org/x", 0), ("Hi! RESPONSE <0>", 0), ("Hi!", 1), ("  ", 0)):
         assert not E.grade("chat", [], "", bad[0], [], bad[1]).correct, bad
 
@@ -85,10 +88,11 @@ def test_ground_truth_metrics_on_hand_made_cases():
         E.grade("chat", [], "", "Hello!", [], 0),
     ]
     m = E.grounding_metrics(graded)
-    assert m["accuracy"] == pytest.approx(3 / 5) and m["informativeness"] == pytest.approx(3 / 5)
+    assert m["accuracy"] == pytest.approx(3 / 5) and m["informativeness"] == pytest.approx(3 / 6)
     assert m["groundedness"] == pytest.approx(3 / 4)  # supported / replies with a claim
     assert m["citation_accuracy"] == pytest.approx(1 / 3)  # cited / claims that need a source
     assert m["accuracy_document"] == pytest.approx(2 / 4) and m["accuracy_chat"] == 1.0
+    assert m["cited_document"] == pytest.approx(1 / 4) and "cited_arithmetic" not in m
     assert m["special_tokens"] == 0.0
 
 

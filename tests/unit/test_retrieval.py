@@ -80,3 +80,13 @@ def test_readding_a_document_replaces_it(tmp_path):
     assert r.search("zebra equids") == ["Zebras are African equids. https://example.org/z"]
     with sqlite3.connect(tmp_path / "i.sqlite") as c:  # the FTS index agrees with the table
         assert c.execute("SELECT count(*) FROM docs_fts WHERE docs_fts MATCH 'stripes'").fetchone()[0] == 0
+
+
+def test_a_document_the_query_names_by_title_comes_first(tmp_path):
+    """"chemical symbol of hafnium" is the hafnium entry, not another element's entry that
+    mentions hafnium alongside the word "chemical"."""
+    r = Retriever(tmp_path / "i.sqlite")
+    r.add([Document("e:unnilquadium", "unnilquadium", "Chemical properties similar to hafnium.",
+                    "dict://dict.org/d:unnilquadium:elements"),
+           Document("e:hafnium", "hafnium", "Symbol: Hf", "dict://dict.org/d:hafnium:elements")])
+    assert r.search("chemical symbol of hafnium") == ["hafnium: Symbol: Hf dict://dict.org/d:hafnium:elements"]

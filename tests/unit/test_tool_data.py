@@ -41,7 +41,7 @@ def test_entities_and_numbers_of_the_eval_split_are_held_out(splits):
 
 
 def test_phrasings_of_the_eval_split_are_held_out(splits):
-    for kind in ENTITY_KINDS:
+    for kind in (*ENTITY_KINDS, "document"):
         train = {q.template for q in splits["train"] if q.kind == kind}
         evals = {q.template for q in splits["eval"] if q.kind == kind}
         assert evals and not evals & train, kind
@@ -63,6 +63,22 @@ def test_no_eval_entity_in_any_training_record(splits, research_records, tool_so
     numbers = set().union(*(operands(q) for q in evals if q.kind == "arithmetic"))
     arithmetic = [r for r in research_records if r.id.startswith("res-arith")]
     assert arithmetic and not any(set(re.findall(r"\d+", r.context[0].text)) & numbers for r in arithmetic)
+
+
+def test_no_eval_document_or_element_in_any_training_file(research_records, tool_sources):
+    """The held-out documents' answers occur in no training file (transcripts, bundled dialogs,
+    labelled responses), and no element name is a translation word (its reply would give the
+    symbol away: "chlorine is Chlor Cl")."""
+    from lamda.data import SAMPLE_DIR
+    held = [d for d in tool_sources.documents if d.split == "eval"]
+    assert held and tool_sources.held_out_urls("train") >= {d.url for d in held}
+    texts = [" ".join([r.draft, r.reply, *(t.text for t in r.context), *(s.query for s in r.steps),
+                       *(x for s in r.steps for x in s.results)]) for r in research_records]
+    for name in ("dialogs.jsonl", "labelled.jsonl"):
+        texts += (SAMPLE_DIR / name).read_text(encoding="utf-8").splitlines()
+    leaks = [d.answer for d in held if any(d.answer in t or d.url in t for t in texts)]
+    assert not leaks, leaks[:3]
+    assert not {e.name for e in tool_sources.elements} & set(tool_sources.words)
 
 
 def test_ground_truth_comes_from_the_sources(splits, tool_sources):
@@ -93,20 +109,20 @@ def test_transcripts_hold_what_the_real_tools_returned(research_records, tool_in
         session = f"check-{r.id}"
         for step in r.steps:
             assert list(step.results) == tools(step.query, session), (kind, step.query)
-    elem = by_kind["elem"]
+    elem = next(r for r in research_records if r.id.startswith("res-elem") and "dict://" in r.reply)
     url = elem.reply.split()[-1]
     assert re.fullmatch(r"dict://dict\.org/d:\w+:elements", url) and url in " ".join(elem.steps[-1].results)
     assert by_kind["chat"].steps == () and by_kind["chat"].reply == by_kind["chat"].draft
 
 
 def test_multi_step_research_goes_on_only_while_the_results_miss(research_records):
-    cited = [r for r in research_records if "dict://" in r.reply]  # element facts
+    cited = [r for r in research_records if "://" in r.reply]  # element and document facts
     multi = [r for r in cited if len(r.steps) > 1]
     assert multi
     for r in cited:
         url = re.search(r"\S+://\S+", r.reply).group().rstrip(".,)")
         assert url in " ".join(r.steps[-1].results)
-        assert not any(url in x for s in r.steps[:-1] for x in s.results)
+        assert not any(x in r.steps[-1].results for s in r.steps[:-1] for x in s.results)
 
 
 def test_one_sequence_trains_every_research_output(research_records, tok):
