@@ -32,7 +32,7 @@ from lamda.tools.retrieval import Retriever
 
 # Training budget of the embedded default (`tiny` on 2 CPU workers): see bench/RESULTS.md for the
 # held-out accuracy these reach and the curve against steps.
-PRETRAIN_STEPS, FINETUNE_STEPS, SAFE_FINETUNE_STEPS = 100, 600, 100
+PRETRAIN_STEPS, FINETUNE_STEPS, SAFE_FINETUNE_STEPS = 20, 250, 30
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--tool-data-fraction", type=float, default=1.0,
                    help="scale of the tool-use training split (1: about 9,000 transcripts)")
-    p.add_argument("--eval-per-kind", type=int, default=8,
+    p.add_argument("--eval-per-kind", type=int, default=4,
                    help="held-out questions of each kind in the evaluation stage")
     p.add_argument("--check-per-kind", type=int, default=20,
                    help="held-out questions of each kind sent to the served app (with --serve)")
