@@ -1,6 +1,6 @@
 """The LaMDA pipeline as one job: retrieval index -> tool-use data -> tokenizer -> pre-training ->
-fine-tuning -> safe-data filtering -> second fine-tuning -> example turns -> evaluation against
-held-out questions -> the chat server, checked over HTTP on the held-out questions.
+fine-tuning -> safe-data filtering -> second fine-tuning -> evaluation against held-out questions
+-> the chat server, checked over HTTP on the held-out questions (with example turns).
 
     python -m jobs.pipeline [--workdir runs/local] [--preset tiny] [--workers 2] [--serve --block]
     ray job submit --working-dir . -- python -m jobs.pipeline --workers 4 --gpus-per-worker 1
@@ -21,13 +21,10 @@ from jobs import evaluate, filter_safe, finetune, pretrain, tool_data
 from jobs.common import init_ray
 from jobs.train_tokenizer import train_tokenizer
 from lamda import eval as E
-from lamda.chat import ChatModel, local_turn
-from lamda.checkpoint import load_export
 from lamda.config import PRESETS
-from lamda.data import SAMPLE_DIR, Turn
+from lamda.data import SAMPLE_DIR
 from lamda.tool_data import read_questions
-from lamda.tools import Toolset, retrieval
-from lamda.tools.retrieval import Retriever
+from lamda.tools import retrieval
 
 
 # Training budget of the embedded default (`tiny` on 2 CPU workers): see bench/RESULTS.md for the
