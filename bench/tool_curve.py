@@ -56,7 +56,7 @@ def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig, tag:
         a = local_turn(chat, lambda query: toolset(query, session), [D.Turn("user", q.text)], cfg)
         research = a.research
         graded.append(E.grade(q.kind, q.answers, q.url, a.reply, research.citations if research else [],
-                              len(research.steps) if research else 0, a.ranked.fallback))
+                              len(research.steps) if research else 0, a.fallback))
     chat.model.train()
     m = E.grounding_metrics(graded)
     return {k: round(v, 3) for k, v in m.items() if v is not None}

@@ -70,7 +70,7 @@ def answer_all(path: Path, questions: list[Question], research: bool, toolset: T
             steps = [{"query": s.query, "results": list(s.results)} for s in a.research.steps] \
                 if a.research else []
             reply, citations, fallback = a.reply, a.research.citations if a.research else [], \
-                a.ranked.fallback
+                a.fallback
         graded = E.grade(q.kind, q.answers, q.url, reply, citations, len(steps), fallback)
         out.append({"question": q.text, "kind": q.kind, "answers": list(q.answers)[:3], "url": q.url,
                     "reply": reply, "tool_calls": steps, "correct": graded.correct,

@@ -39,6 +39,11 @@ class Answer:
     flops: float  # model FLOPs spent on the turn
     tokens: dict = field(default_factory=dict)  # prompt / generated / scored token counts
 
+    @property
+    def fallback(self) -> bool:
+        """The safety filter replaced the reply: every candidate, or the research reply."""
+        return self.ranked.fallback or bool(self.research and self.research.filtered)
+
 
 class ChatModel:
     """Sample-and-rank and research steps with one model in this process. `respond` reuses the
@@ -147,6 +152,7 @@ def chat_turn(context: list[Turn], respond: Callable, research: Callable,
         if final.fallback:
             result.filtered = next((c.filtered for c in final.candidates if c.filtered),
                                    "safety filter")
+            result.citations = []  # the reply that cited them is gone
             reply = final.reply
     return Answer(reply, ranked, result, sum(spent), tokens)
 

@@ -114,7 +114,7 @@ class Metrics:
     def turn(self, answer: Answer, energy_kwh: float) -> None:
         for s in answer.ranked.candidates:
             self.candidates.inc(1, {"outcome": "filtered_unsafe" if s.filtered else "kept"})
-        if answer.ranked.fallback:
+        if answer.fallback:
             self.fallbacks.inc()
         positive(self.research_iterations, len(answer.research.steps) if answer.research else 0)
         positive(self.flops, answer.flops)
@@ -264,7 +264,7 @@ class Chat:
                 "candidates": [s.__dict__ for s in answer.ranked.candidates],
                 "filtered": [{"text": s.text, "reason": s.filtered}
                              for s in answer.ranked.candidates if s.filtered],
-                "fallback": answer.ranked.fallback,
+                "fallback": answer.fallback,
                 "draft": answer.ranked.reply,
                 "research": answer.research.to_dict() if answer.research else None,
                 "tool_calls": spent["tool_calls"],

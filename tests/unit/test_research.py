@@ -129,11 +129,12 @@ def test_chat_turn_checks_the_research_reply_for_safety():
                   lambda ctx, d, s: (research(ctx, d, s), 2.0), lambda q: [], ChatConfig(), check)
     assert checked == ["something unsafe"] and a.reply == "Sorry, I'd rather not answer that."
     assert a.research.reply == "something unsafe" and a.research.filtered and a.flops == 15.0
+    assert a.fallback and a.research.citations == []
     research, _ = scripted(["User, 8,849 m."])
     a = chat_turn(CONTEXT, lambda ctx: (ranked("9,000 m"), 10.0, {}),
                   lambda ctx, d, s: (research(ctx, d, s), 2.0), lambda q: [], ChatConfig(),
                   lambda ctx, reply: (ranked(reply), 3.0))
-    assert a.reply == "8,849 m." and a.research.filtered is None
+    assert a.reply == "8,849 m." and a.research.filtered is None and not a.fallback
 
 
 def test_local_turn_with_a_real_model(tok):
