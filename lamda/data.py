@@ -285,6 +285,16 @@ def is_good_response(rec: Labelled) -> bool:
     return labels.get("sensible", 0) == 1 and labels.get("unsafe", 1) == 0
 
 
+def _query_ids(tok: Tokenizer, step: ResearchStep) -> list[int]:
+    """A research output that calls the toolset: TS, query <eot>."""
+    return [tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
+
+
+def _result_ids(tok: Tokenizer, step: ResearchStep) -> list[int]:
+    """What the toolset answered: TS: result <eot> for each result."""
+    return [i for result in step.results for i in (tok.special(T.TS), *tok.encode(result), tok.eot_id)]
+
+
 def research_prompt(tok: Tokenizer, context: Iterable[Turn], draft: str,
                     steps: Iterable[ResearchStep] = ()) -> list[int]:
     """What the research task continues: <context> LAMDA-BASE: draft <eot>, then per earlier step
@@ -292,9 +302,7 @@ def research_prompt(tok: Tokenizer, context: Iterable[Turn], draft: str,
     research = tok.special(T.LAMDA_RESEARCH)
     ids = [*encode_turns(tok, context), tok.special(T.LAMDA_BASE), *tok.encode(draft), tok.eot_id]
     for step in steps:
-        ids += [research, tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
-        for result in step.results:
-            ids += [tok.special(T.TS), *tok.encode(result), tok.eot_id]
+        ids += [research, *_query_ids(tok, step), *_result_ids(tok, step)]
     return ids + [research]
 
 
@@ -305,10 +313,7 @@ def research_example(tok: Tokenizer, rec: Research) -> Example:
     research = tok.special(T.LAMDA_RESEARCH)
     ex = Example().add(research_prompt(tok, rec.context, rec.draft)[:-1])
     for step in rec.steps:
-        ex.add([research]).add([tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id],
-                               train=True)
-        for result in step.results:
-            ex.add([tok.special(T.TS), *tok.encode(result), tok.eot_id])
+        ex.add([research]).add(_query_ids(tok, step), train=True).add(_result_ids(tok, step))
     return ex.add([research]).add([tok.special(T.TO_USER), *tok.encode(rec.reply), tok.eot_id],
                                   train=True)
 
