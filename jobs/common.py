@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
+import sys
 import tempfile
+
+from tqdm import tqdm
 
 from lamda.parallel import ParallelConfig
 from lamda.storage import fetch_file, join
@@ -69,17 +74,70 @@ def load_tokenizer(uri: str) -> Tokenizer:
         return Tokenizer.load(fetch_file(uri, d))
 
 
-def init_ray(address: str | None, cpus: float = 2.0) -> None:
+def init_ray(address: str | None, cpus: float = 2.0) -> bool:
     """Connect to `address`, or to the cluster of `ray job submit` (RAY_ADDRESS), or start a local
-    Ray with at least `cpus` + 2 logical CPUs (the job's workers plus Ray Data)."""
+    Ray with at least `cpus` + 2 logical CPUs (the job's workers plus Ray Data). True when it
+    started a local Ray: the caller then owns it (`shutdown_ray`).
+
+    A local Ray keeps its processes' output and its own logs in its session directory (printed):
+    the console shows the job's progress, and worker errors still reach it through the exceptions
+    Ray raises in the driver. Its dashboard serves the state API that Ray Train's placement-group
+    cleaner polls for the run's controller. One machine has no node to preempt: no Ray Train
+    preemption watcher (an actor per run that Ray core reports as an error, ray#53727)."""
     import ray
     if ray.is_initialized():  # e.g. called from the pipeline job
-        return
+        return False
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus) + 2),
-                 include_dashboard=False)
+        return False
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    ctx = ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus) + 2),
+                   include_dashboard=True, log_to_driver=False, logging_level=logging.WARNING)
+    print(f"local Ray, logs in {ctx.address_info['session_dir']}/logs", flush=True)
+    return True
+
+
+def shutdown_ray() -> None:
+    """Stop the local Ray that init_ray started; first, if this job used Serve, delete its apps,
+    which lets their replicas finish (serve.shutdown() does too, but then reports its killed
+    controller's shutdown call as a failed task on the console)."""
+    import ray
+    if "ray.serve" in sys.modules:
+        from ray import serve
+        for name in serve.status().applications:
+            serve.delete(name)
+    ray.shutdown()
+
+
+class TrainProgress:
+    """One progress line for a training run: step, loss, tokens/s, elapsed time and ETA
+    (the `on_report` of lamda.ray_train.fit)."""
+
+    def __init__(self, stage: str, steps: int):
+        # the terminal's size: 80 x 24 where it reports none (tqdm would then show nothing)
+        size = shutil.get_terminal_size() if sys.stdout.isatty() else os.terminal_size((0, 0))
+        self.bar = tqdm(total=steps, desc=f"  {stage}", file=sys.stdout,
+                        ncols=size.columns or None, nrows=size.lines or None,
+                        bar_format="{desc} {bar:20} {n}/{total} [{elapsed}{postfix}]")
+        self.bar.set_postfix_str("starting workers", refresh=True)
+        self.restarts = None
+
+    def __call__(self, m: dict) -> None:
+        restarts = m.get("restarts", [])
+        for step in restarts[-1:] if self.restarts is None else restarts[len(self.restarts):]:
+            self.bar.write(f"  resumed from the checkpoint at step {step}", file=sys.stdout)
+        self.restarts = restarts
+        tps = m["tokens_per_s"]
+        eta = (self.bar.total - m["step"]) * m["tokens"] / m["step"] / tps if tps else None
+        shown = [f"ETA {tqdm.format_interval(eta) if eta is not None else '?'}",
+                 f"loss {m['loss']:.4f}"]
+        if m.get("eval_loss") is not None:
+            shown.append(f"eval {m['eval_loss']:.4f}")
+        self.bar.n = m["step"]
+        self.bar.set_postfix_str(", ".join(shown + [f"{tps:,.0f} tok/s"]))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
@@ -93,16 +151,23 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
     cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,
                             cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path,
                             run_name=a.run_name, max_failures=a.max_failures)
-    result = R.fit(spec, cluster, train, evaluation)
+    progress = TrainProgress(stage, a.steps)
+    try:
+        result = R.fit(spec, cluster, train, evaluation, on_report=progress)
+    finally:
+        progress.close()
     print(f"done: step {result.metrics['step']}, loss {result.metrics['loss']:.4f}, "
           f"export {spec.export_to}")
     return result
 
 
 def ray_data_quiet() -> None:
-    """No Ray Data progress bars or per-epoch plan logs in training jobs: the per-step log lines
-    say enough."""
+    """No Ray Data progress bars or log lines on the console in training jobs (the training
+    progress says enough): its log stays in ray-data.log in Ray's log directory."""
     import ray.data
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    for h in logging.getLogger("ray.data").handlers:
+        if isinstance(h, logging.StreamHandler):  # the console; errors still show
+            h.setLevel(logging.ERROR)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jobs.common import init_ray
+from jobs.common import init_ray, ray_data_quiet
 from lamda.checkpoint import read_export_header
 from lamda.safety_filter import FilterConfig, TurnScorer
 
@@ -42,7 +42,9 @@ def main(argv=None) -> dict:
     read_export_header(a.model)  # a clear error now rather than inside every actor
     cfg = FilterConfig(a.max_unsafe, a.min_quality, a.top_fraction)
     init_ray(a.address, a.actors * a.cpus_per_actor)
+    ray_data_quiet()
     import ray.data
+    from ray.data.expressions import col
     from lamda.ray_train import read_records
     scored = read_records(a.dialogs).map_batches(
         TurnScorer, fn_constructor_kwargs={"export": a.model,
@@ -51,7 +53,8 @@ def main(argv=None) -> dict:
         num_cpus=a.cpus_per_actor,
         num_gpus=a.gpus_per_actor or None).materialize()
     n_in = scored.count()
-    kept = scored.filter(lambda r: cfg.passes(r["unsafe"], r["quality"]))
+    kept = scored.filter(expr=(col("unsafe") < cfg.max_unsafe)  # FilterConfig.passes
+                         & (col("quality") >= cfg.min_quality))
     n_pass = kept.count()
     if cfg.top_fraction < 1.0:
         kept = kept.sort("quality", descending=True).limit(int(n_pass * cfg.top_fraction))

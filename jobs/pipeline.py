@@ -7,18 +7,21 @@ fine-tuning -> safe-data filtering -> second fine-tuning -> evaluation against h
 
 Each stage prints a progress line and is skipped when its output exists; training stages resume
 from their latest checkpoint (delete the workdir to start over). Runs on the Ray cluster of
-`ray job submit`, or on a local Ray started for the job.
+`ray job submit`, or on a local Ray started for the job. Ctrl-C stops it at any stage (exit status
+130), and stops the chat app and the local Ray if the job started them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import time
 from pathlib import Path
 
 from jobs import evaluate, filter_safe, finetune, pretrain, tool_data
-from jobs.common import init_ray
+from jobs.common import init_ray, shutdown_ray
 from jobs.train_tokenizer import train_tokenizer
 from lamda import eval as E
 from lamda.config import PRESETS
@@ -68,6 +71,7 @@ def deploy(work: Path, port: int) -> str:
     from ray import serve
 
     from serve_apps.app import build_app, yaml_options
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the replicas log to Ray's logs
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"model": str(work / "finetuned_safe"), "index": str(work / "index.sqlite"),
                          "conversations": str(work / "conversations.sqlite")}, yaml_options()),
@@ -78,6 +82,16 @@ def deploy(work: Path, port: int) -> str:
 def build_index(index: Path, data: Path) -> None:
     """The retrieval index: the bundled documents and Debian's dict-elements."""
     retrieval.main(["--db", str(index), "--jsonl", str(data / "documents.jsonl"), "--dictd", "elements"])
+
+
+def complete(out: Path, build) -> None:
+    """`build(tmp)`, then move tmp to `out`: an interrupted stage leaves no partial output that
+    the next run would take for a finished one."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.unlink(missing_ok=True)
+    build(tmp)
+    tmp.rename(out)
 
 
 def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
@@ -126,8 +140,21 @@ def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
 
 def main(argv=None) -> None:
     a = parser().parse_args(argv)
+    own_ray = False
+    try:
+        own_ray = init_ray(a.address, a.workers * a.cpus_per_worker)
+        run_stages(a)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages are kept and training resumes from its last "
+              "checkpoint; run again to continue", flush=True)
+        if own_ray:
+            shutdown_ray()
+        raise SystemExit(130) from None
+
+
+def run_stages(a) -> None:
+    """Every stage in turn; with --serve --block, serves until Ctrl-C (KeyboardInterrupt)."""
     work, data = a.workdir.resolve(), a.data_dir
-    init_ray(a.address, a.workers * a.cpus_per_worker)
     train = ["--storage-path", str(work / "ray"), "--workers", str(a.workers),
              "--gpus-per-worker", str(a.gpus_per_worker), "--cpus-per-worker", str(a.cpus_per_worker),
              "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len)]
@@ -138,7 +165,7 @@ def main(argv=None) -> None:
     finetune_data = ["--labelled", str(data / "labelled.jsonl"), "--research",
                      str(tools / "research.jsonl"), "--lr", str(a.finetune_lr)]
     stages = [
-        ("retrieval index", index, lambda: build_index(index, data)),
+        ("retrieval index", index, lambda: complete(index, lambda tmp: build_index(tmp, data))),
         ("tool-use data (real tools) and held-out questions", tools / "heldout.jsonl",
          lambda: tool_data.main(["--index", str(index), "--out", str(tools),
                                  "--doc-questions", str(data / "doc_questions.jsonl"),
@@ -155,10 +182,10 @@ def main(argv=None) -> None:
             "--run-name", "finetune", "--init-from", str(pre), *finetune_data,
             "--dialogs", str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"),
             "--steps", str(a.finetune_steps), "--export", str(ft), *train])),
-        ("safe-data filtering", safe, lambda: filter_safe.main([
-            "--model", str(ft), "--dialogs", str(data / "dialogs.jsonl"), "--out", str(safe),
+        ("safe-data filtering", safe, lambda: complete(safe, lambda tmp: filter_safe.main([
+            "--model", str(ft), "--dialogs", str(data / "dialogs.jsonl"), "--out", str(tmp),
             "--top-fraction", str(a.top_fraction), "--actors", str(max(1, a.workers)),
-            "--cpus-per-actor", str(a.cpus_per_worker), "--gpus-per-actor", str(a.gpus_per_worker)])),
+            "--cpus-per-actor", str(a.cpus_per_worker), "--gpus-per-actor", str(a.gpus_per_worker)]))),
         ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.main([
             "--run-name", "finetune-safe", "--init-from", str(ft), *finetune_data,
             "--dialogs", str(safe), str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"),
@@ -189,11 +216,8 @@ def main(argv=None) -> None:
     print(f"pipeline done in {time.perf_counter() - start:.0f} s: {ft2}", flush=True)
     if a.serve and a.block:
         print("serving until Ctrl-C", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":

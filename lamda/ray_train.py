@@ -10,6 +10,10 @@ once all ranks have uploaded; so `ray.train.get_checkpoint()` only ever returns 
 Rank 0 adds `config.json`, `tokenizer.model` and `train_state.json` (step, data position, tokens,
 energy). A restarted worker group (FailureConfig) or a re-run with the same run name resumes from
 the latest checkpoint: same step counter, same epoch and batch position in the data.
+
+Rank 0 logs a line per log interval (Ray's worker logs) and can send its metrics to the driver
+(`fit(on_report=...)`), which shows the progress. Ctrl-C in the driver aborts the run, keeping its
+checkpoints, and raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +54,8 @@ from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, parallelize
 from lamda.tokenizer import Tokenizer
 from lamda.training import TrainConfig, build_optimizer, train_step
+
+log = logging.getLogger(__name__)
 
 # -- input pipelines (Ray Data) -----------------------------------------------------------------
 
@@ -300,6 +309,7 @@ def _shard_sizes(model, device, world: int) -> list[int]:
 def train_worker(config: dict) -> None:
     """The Ray Train loop run by every worker."""
     spec: RunSpec = config["spec"]
+    reports = config.get("reports")  # a _Reports actor, or None
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -320,8 +330,8 @@ def train_worker(config: dict) -> None:
         state = _load_checkpoint(ckpt, model, opt)
         state.restarts.append(state.step)
         if rank == 0:
-            print(f"[{spec.stage}] resuming at step {state.step} (epoch {state.epoch}, "
-                  f"batch {state.batch_in_epoch})", flush=True)
+            log.info(f"[{spec.stage}] resuming at step {state.step} (epoch {state.epoch}, "
+                     f"batch {state.batch_in_epoch})")
     elif spec.init_from:
         full, _ = load_export(spec.init_from)
         set_model_state_dict(model, full.state_dict(),
@@ -381,10 +391,12 @@ def train_worker(config: dict) -> None:
                 metrics.eval_loss.set(m["eval_loss"])
             if "mfu" in m:
                 metrics.mfu.set(m["mfu"])
-            print(f"[{spec.stage}] step {state.step}/{tc.steps}  loss {m['loss']:.4f}"
-                  + (f"  eval {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
-                  + f"  {tps:,.0f} tok/s" + (f"  MFU {m['mfu']:.1%}" if "mfu" in m else "")
-                  + f"  {state.energy_kwh * 1000:.3f} Wh", flush=True)
+            log.info(f"[{spec.stage}] step {state.step}/{tc.steps}  loss {m['loss']:.4f}"
+                     + (f"  eval {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
+                     + f"  {tps:,.0f} tok/s" + (f"  MFU {m['mfu']:.1%}" if "mfu" in m else "")
+                     + f"  {state.energy_kwh * 1000:.3f} Wh")
+            if reports is not None:
+                ray.get(reports.put.remote(m))
         if do_ckpt:
             _save_checkpoint(model, opt, spec, state, rank, m)
         else:
@@ -398,7 +410,7 @@ def train_worker(config: dict) -> None:
         if rank == 0:
             save_export(spec.export_to, full, spec.model, spec.tokenizer,
                         extra={"stage": spec.stage, "step": state.step, "tokens": state.tokens})
-            print(f"[{spec.stage}] exported to {spec.export_to}", flush=True)
+            log.info(f"[{spec.stage}] exported to {spec.export_to}")
         dist.barrier()
 
 
@@ -416,16 +428,67 @@ class ClusterSpec:
     log_level: str = "WARNING"  # Ray Train's own console logs (our per-step lines always show)
 
 
+@ray.remote(num_cpus=0)
+class _Reports:
+    """Rank 0's metrics on their way to the driver."""
+
+    def __init__(self):
+        self.items = []
+
+    def put(self, metrics: dict) -> None:
+        self.items.append(metrics)
+
+    def take(self) -> list[dict]:
+        items, self.items = self.items, []
+        return items
+
+
+def _forward_reports(reports, on_report, stop: threading.Event) -> None:
+    """Driver thread: pass the reported metrics to `on_report` until `stop`, then the rest."""
+    while True:
+        stopping = stop.wait(0.5)
+        for m in ray.get(reports.take.remote()):
+            on_report(m)
+        if stopping:
+            return
+
+
+class _Trainer(ray.train.torch.TorchTrainer):
+    """TorchTrainer whose Ctrl-C aborts the run and raises KeyboardInterrupt.
+
+    Ray Train's own SIGINT handler aborts the run and then calls sys.exit. fit() installs it and
+    never removes it: afterwards it ignores Ctrl-C twice (the run is over) and exits on the third,
+    so a job that trains, then serves, cannot be stopped. fit() below puts the previous handler
+    back."""
+
+    def _register_sigint_handler(self, controller):
+        previous = signal.getsignal(signal.SIGINT)
+
+        def abort(signum, frame):
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+            try:
+                ray.get(controller.abort.remote(), timeout=10)  # stops the workers
+            except ray.exceptions.RayError:  # the controller exits as it aborts
+                pass
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, abort)
+
+
 def storage_uri(path: str) -> str:
     """Ray wants an absolute local path or a URI."""
     return path if "://" in path else str(Path(path).resolve())
 
 
 def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
-        eval_ds: ray.data.Dataset | None = None):
-    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result."""
+        eval_ds: ray.data.Dataset | None = None, on_report=None):
+    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result.
+
+    `on_report(metrics)`, if given, is called in a driver thread with rank 0's metrics every log
+    interval. Ctrl-C aborts the run (its checkpoints stay: a re-run resumes) and raises
+    KeyboardInterrupt."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     use_gpu = cluster.gpus_per_worker > 0
     resources = {"CPU": cluster.cpus_per_worker}
@@ -436,9 +499,10 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
         datasets["eval"] = eval_ds
     else:
         spec = dataclasses.replace(spec, eval_every=0)
-    trainer = TorchTrainer(
+    reports = _Reports.remote() if on_report else None
+    trainer = _Trainer(
         train_worker,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec, "reports": reports},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cluster.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
@@ -449,4 +513,18 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
             logging_config=LoggingConfig(log_level=cluster.log_level)),
         datasets=datasets,
     )
-    return trainer.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    stop = threading.Event()
+    forward = threading.Thread(target=_forward_reports, args=(reports, on_report, stop),
+                               daemon=True) if reports else None
+    if forward:
+        forward.start()
+    try:
+        return trainer.fit()
+    finally:
+        if forward:
+            stop.set()
+            forward.join(timeout=10)
+            ray.kill(reports)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
