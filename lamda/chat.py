@@ -10,11 +10,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from lamda.accounting import inference_flops_per_token
 from lamda import tokenizer as T
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import (Candidate, EagerStep, GraphStep, SamplingConfig, best_by_likelihood,
-                          default_step, generate)
+                          default_step, generate, left_pad, text_only_mask)
 from lamda.model import LaMDA
 from lamda.rank import RankConfig, Ranked, rank, score_generation, score_token_responses
 from lamda.research import ResearchResult, research_loop
@@ -54,6 +56,7 @@ class ChatModel:
     def __init__(self, model: LaMDA, tok: Tokenizer, step: EagerStep | None = None):
         self.model, self.tok = model, tok
         self.step = step or default_step(model)
+        self.turn_starts = {tok.special(s) for s in (T.USER, T.LAMDA)}  # speaker tokens
 
     def warm_up(self, sampling: SamplingConfig) -> None:
         """Compile the decoding step before the first request: with `GraphStep`, one shape and then
@@ -63,16 +66,31 @@ class ChatModel:
             for n in (1, 2):
                 self.sample([[Turn("user", "Hello!")]] * n, sampling)
 
+    def fit(self, prompt: list[int], room: int) -> list[int]:
+        """The prompt's end that leaves `room` positions within the model's context length (or
+        keeps half of that length, when `room` asks for more), starting at a turn where it can:
+        the oldest turns go first."""
+        keep = max(self.model.cfg.max_seq_len - room, self.model.cfg.max_seq_len // 2)
+        if len(prompt) <= keep:
+            return prompt
+        kept = prompt[-keep:]
+        starts = [i for i, t in enumerate(kept) if t in self.turn_starts]
+        return kept[starts[0]:] if starts else kept
+
     def flops(self, context_len: int, tokens: int) -> float:
         return inference_flops_per_token(self.model.cfg, context_len) * tokens
 
-    def respond(self, contexts: list[list[Turn]], sampling: SamplingConfig,
+    def respond(self, contexts: list[list[Turn]], sampling: SamplingConfig | list[SamplingConfig],
                 rank_cfg: RankConfig) -> list[tuple[Ranked, float, dict]]:
-        """Ranked candidates for each context (one batch), with FLOPs and token counts each;
-        the discriminators reuse the decoding cache."""
+        """Ranked candidates for each context (one batch; one SamplingConfig or one per context),
+        with FLOPs and token counts each; the discriminators reuse the decoding cache, except
+        for candidates cut at a stop string, which are re-encoded."""
         gen, sampled = self._generate(contexts, sampling)
+        if gen.stopped:
+            return [(ranked, flops + f, {**tokens, **t}) for ctx, (cands, flops, tokens) in
+                    zip(contexts, sampled) for ranked, f, t in [self.score(ctx, cands, rank_cfg)]]
         probs = score_generation(self.model, self.tok, gen)
-        N, out = sampling.num_candidates, []
+        N, out = len(sampled[0][0]), []
         for i, (cands, flops, tokens) in enumerate(sampled):
             scored = SCORED_PER_CANDIDATE * N
             flops += self.flops(tokens["prompt"] + max(c.length for c in cands), scored)
@@ -80,14 +98,16 @@ class ChatModel:
                         {**tokens, "scored": scored}))
         return out
 
-    def sample(self, contexts: list[list[Turn]], sampling: SamplingConfig
+    def sample(self, contexts: list[list[Turn]], sampling: SamplingConfig | list[SamplingConfig]
                ) -> list[tuple[list[Candidate], float, dict]]:
-        """Candidates for each context (one batch), with FLOPs and token counts each."""
+        """Candidates for each context (one batch; one SamplingConfig or one per context), with
+        FLOPs and token counts each."""
         return self._generate(contexts, sampling)[1]
 
-    def _generate(self, contexts: list[list[Turn]], sampling: SamplingConfig):
+    def _generate(self, contexts: list[list[Turn]], sampling: SamplingConfig | list[SamplingConfig]):
         """The decode of all contexts, and per context (candidates, FLOPs, token counts)."""
-        prompts = [response_prompt(self.tok, c) for c in contexts]
+        room = max(c.max_new_tokens for c in (sampling if isinstance(sampling, list) else [sampling]))
+        prompts = [self.fit(response_prompt(self.tok, c), room + 2) for c in contexts]
         gen = generate(self.model, self.tok, prompts, sampling, step=self.step)
         out = []
         for prompt, cands in zip(prompts, gen.candidates):
@@ -104,7 +124,7 @@ class ChatModel:
     def score(self, context: list[Turn], candidates: list[Candidate], rank_cfg: RankConfig
               ) -> tuple[Ranked, float, dict]:
         """Discriminator scores by re-encoding context + candidates (one prefill), then ranking."""
-        prompt = response_prompt(self.tok, context)
+        prompt = self.fit(response_prompt(self.tok, context), max(c.length for c in candidates) + 2)
         probs = score_token_responses(self.model, self.tok, [prompt] * len(candidates),
                                       [c.ids for c in candidates])
         tokens = sum(len(prompt) + c.length + 1 for c in candidates)  # + "<eot> ATTR" (x4 rows)
@@ -112,15 +132,67 @@ class ChatModel:
         return rank(candidates, probs, rank_cfg), flops, {"scored": tokens}
 
     def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
-                 sampling: SamplingConfig) -> tuple[str, float]:
-        """The research task's next output ("TS, query" or "User, reply") and its FLOPs. The first
-        token is one of the two routing words; the rest is text."""
-        prompt = research_prompt(self.tok, context, draft, steps)
+                 sampling: SamplingConfig) -> tuple[str, float, dict]:
+        """The research task's next output ("TS, query" or "User, reply"), its FLOPs and token
+        counts. The first token is one of the two routing words; the rest is text."""
+        prompt = self.fit(research_prompt(self.tok, context, draft, steps), sampling.max_new_tokens + 2)
         routes = [self.tok.special(T.TO_TOOLSET), self.tok.special(T.TO_USER)]
         gen = generate(self.model, self.tok, [prompt], sampling, step=self.step, first_tokens=routes)
         best = best_by_likelihood(gen.candidates[0])
-        tokens = len(prompt) + sum(c.length for c in gen.candidates[0])
-        return self.tok.decode(best.ids), self.flops(len(prompt) + best.length, tokens)
+        generated = sum(c.length for c in gen.candidates[0])
+        return (self.tok.decode(best.ids), self.flops(len(prompt) + best.length, len(prompt) + generated),
+                {"prompt": len(prompt), "generated": generated})
+
+    @torch.no_grad()
+    def reply_logprobs(self, context: list[Turn], replies: list[str], top: int = 0) -> list[list[dict]]:
+        """Each reply read as the response to `context` (one prefill for all): per token its text,
+        bytes, log p under the model (temperature 1, over the tokens a response may hold, as
+        Candidate.logprob) and the `top` likeliest tokens at that position (OpenAI's `logprobs`)."""
+        ids = [self.tok.encode(r) for r in replies]
+        prompt = self.fit(response_prompt(self.tok, context), max(map(len, ids), default=0) + 1)
+        device = next(self.model.parameters()).device
+        tokens, mask = left_pad([prompt + i + [self.tok.eot_id] for i in ids], self.tok.pad_id, device)
+        logits = self.model(tokens, key_mask=mask).float()  # (n, T, V)
+        logp = torch.log_softmax(logits + text_only_mask(self.tok, logits.shape[-1], device), -1)
+        S, out = tokens.shape[1], []
+        for row, reply in enumerate(ids):
+            first = S - 1 - len(reply) - 1  # the position predicting the reply's first token
+            at = logp[row, first:first + len(reply)]  # (L, V)
+            best = at.topk(top, -1) if top else None
+            out.append([{**self.piece(t), "logprob": float(at[j, t]), "top_logprobs": [] if best is None
+                         else [{**self.piece(int(i)), "logprob": float(v)}
+                               for v, i in zip(best.values[j], best.indices[j])]}
+                        for j, t in enumerate(reply)])
+        return out
+
+    def finish(self, context: list[Turn], replies: list[str], truncated: list[bool],
+               max_tokens: int | None = None, stop: tuple[str, ...] = (),
+               top_logprobs: int | None = None) -> list[dict]:
+        """The replies as a client gets them: each ends before its first stop string and holds at
+        most `max_tokens` tokens; with its token count, finish_reason ("length" when cut at the
+        token limit, here or while decoding (`truncated`), else "stop") and, when `top_logprobs`
+        is not None, its logprobs."""
+        out = []
+        for text, cut in zip(replies, truncated):
+            at = [text.find(s) for s in stop if s in text]
+            text = text[:min(at)] if at else text
+            ids = self.tok.encode(text)
+            if max_tokens is not None and len(ids) > max_tokens:
+                ids, cut = ids[:max_tokens], True
+                text = self.tok.decode(ids)
+            out.append({"text": text, "tokens": len(ids), "finish_reason": "length" if cut else "stop"})
+        if top_logprobs is not None:
+            for o, lp in zip(out, self.reply_logprobs(context, [o["text"] for o in out], top_logprobs)):
+                o["logprobs"] = lp
+        return out
+
+    def piece(self, token_id: int) -> dict:
+        """A token as OpenAI reports it: its text (a word-initial piece with its space) and bytes."""
+        piece = self.tok.sp.id_to_piece(token_id)
+        if self.tok.sp.is_byte(token_id):
+            return {"token": piece, "bytes": [int(piece[3:5], 16)]}
+        text = piece.replace("\u2581", " ")
+        return {"token": text, "bytes": list(text.encode())}
 
 
 SCORED_PER_CANDIDATE = 8  # tokens the discriminators add per candidate: "<eot> ATTRIBUTE" x 4
@@ -175,5 +247,5 @@ def local_turn(chat: ChatModel, toolset: Callable[[str], list[str]], context: li
     return chat_turn(
         context,
         lambda ctx: chat.respond([ctx], cfg.sampling, cfg.rank)[0],
-        lambda ctx, draft, steps: chat.research(ctx, draft, steps, sampling),
+        lambda ctx, draft, steps: chat.research(ctx, draft, steps, sampling)[:2],
         toolset, cfg, check)

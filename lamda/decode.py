@@ -4,8 +4,9 @@
 
 1. `prefill` runs every prompt once (left-padded into one batch) and fills a KV cache.
 2. The cache is expanded to N candidate rows per prompt without recomputing anything.
-3. `decode_one_token` advances all B x N rows together; `sample_top_k` draws each next token.
-   Special tokens are masked out (`text_only_mask`): a response holds ordinary text and ends with
+3. `decode_one_token` advances all B x N rows together; `sample_rows` draws each next token
+   with each prompt's own settings (temperature, top-k, top-p, seed, length, stop strings), so
+   requests with different settings share one batch. Special tokens are masked out (`text_only_mask`): a response holds ordinary text and ends with
    <eot>; `first_tokens` restricts the first token (the research task's routing word).
    On GPU, `GraphStep` runs it compiled into a CUDA graph over a static KV cache.
    A row stops at <eot>; a row still open at `max_new_tokens` gets a forced <eot> (truncated), so
@@ -36,6 +37,14 @@ class SamplingConfig:
     max_new_tokens: int = 64  # including the final <eot>
     seed: int | None = None  # None: nondeterministic
     length_alpha: float = 1.0  # exponent of the length normalisation in Candidate.score
+    top_p: float = 1.0  # nucleus: the fewest top-k tokens holding this probability (1: all)
+    stop: tuple[str, ...] = ()  # a candidate ends before the first of these strings
+
+    def __post_init__(self):
+        if self.num_candidates < 1 or self.top_k < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_candidates, top_k and max_new_tokens must be at least 1")
+        if self.temperature < 0 or not 0 <= self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in [0, 1]")
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Candidate:
     length: int  # tokens scored by logprob (response + <eot>)
     truncated: bool  # reached max_new_tokens and got a forced <eot>
     alpha: float = 1.0
+    stopped: bool = False  # ended at a stop string (text and ids end before it)
 
     @property
     def score(self) -> float:
@@ -68,22 +78,81 @@ class Generation:
     # static cache: valid until the step's next turn; B may include padding prompts at the end)
     prompt_len: int  # padded prompt length T (responses start at position T)
     lengths: Tensor  # (B x N,) response length incl. <eot> per row
+    stopped: bool = False  # some rows ended at a stop string: the cache no longer matches them
+
+
+def sample_rows(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
+                noise: Tensor) -> tuple[Tensor, Tensor]:
+    """One token per row, each row with its own settings.
+
+    logits (R, V); temperature, top_p (R,) float; top_k (R,) long; noise (R, K) Exp(1) draws with
+    K = top_k.max(). Among each row's top-k tokens, the fewest whose probability (at its
+    temperature) reaches top_p are kept, and one is drawn by the exponential race
+    argmax(p / noise), which samples from p exactly. Temperature 0 takes the most likely token.
+    Returns tokens (R,) and log p(token) (R,) under the untempered full softmax.
+    """
+    K = noise.shape[1]
+    vals, idx = torch.topk(logits.float(), K, dim=-1)  # (R, K), most likely first
+    keep = torch.arange(K, device=logits.device) < top_k[:, None]
+    scaled = torch.where(keep, vals / temperature.clamp_min(1e-6)[:, None], float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    keep &= (probs.cumsum(-1) - probs < top_p[:, None]) | (torch.arange(K, device=logits.device) == 0)
+    # ^ the nucleus: tokens until the probability before them reaches top_p (at least the first)
+    probs = torch.where(keep, probs, 0.0)
+    choice = (probs / noise).argmax(-1)
+    choice = torch.where(temperature > 0, choice, 0)
+    tokens = idx.gather(-1, choice[:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, logp
 
 
 def sample_top_k(logits: Tensor, top_k: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """logits (R, V) -> (tokens (R,), log p(token) (R,) under the untempered full softmax).
-    Temperature 0 takes the most likely token (greedy)."""
-    if temperature <= 0:
-        tokens = logits.argmax(dim=-1)
-    else:
-        k = min(top_k, logits.shape[-1])
-        top_vals, top_idx = torch.topk(logits.float(), k, dim=-1)  # (R, k)
-        probs = torch.softmax(top_vals / temperature, dim=-1)
-        choice = torch.multinomial(probs, 1, generator=generator)  # (R, 1)
-        tokens = top_idx.gather(-1, choice).squeeze(-1)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-    return tokens, logp
+    """logits (R, V) -> (tokens (R,), log p(token) (R,)): `sample_rows` with one setting."""
+    R, k = logits.shape[0], min(top_k, logits.shape[-1])
+    full = lambda v, dtype=torch.float: torch.full((R,), v, dtype=dtype, device=logits.device)  # noqa: E731
+    noise = torch.empty(R, k, device=logits.device).exponential_(generator=generator)
+    return sample_rows(logits, full(temperature), full(k, torch.long), full(1.0), noise)
+
+
+class RowSettings:
+    """Each prompt's SamplingConfig as per-row tensors for B x N rows, and its own random stream:
+    a seeded prompt draws the same noise whatever else shares its batch."""
+
+    def __init__(self, cfgs: list[SamplingConfig], vocab: int, device):
+        self.cfgs, self.n = cfgs, cfgs[0].num_candidates
+        per_row = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device  # noqa: E731
+                                                     ).repeat_interleave(self.n)
+        self.top_k = [min(c.top_k, vocab) for c in cfgs]
+        self.k = max(self.top_k)
+        self.temperature = per_row([c.temperature for c in cfgs], torch.float)
+        self.top_p = per_row([c.top_p for c in cfgs], torch.float)
+        self.top_k_rows = per_row(self.top_k, torch.long)
+        self.limit = per_row([c.max_new_tokens for c in cfgs], torch.long)  # tokens incl. <eot>
+        self.steps = max(c.max_new_tokens for c in cfgs)
+        self.generators = []
+        for c in cfgs:
+            g = torch.Generator(device=device)
+            g.manual_seed(c.seed) if c.seed is not None else g.seed()
+            self.generators.append(g)
+
+    def noise(self) -> Tensor:
+        """(B x N, K) Exp(1) draws; a prompt's own top_k columns come from its generator."""
+        rows = []
+        for g, k in zip(self.generators, self.top_k):
+            e = torch.empty(self.n, k, device=g.device).exponential_(generator=g)
+            rows.append(torch.nn.functional.pad(e, (0, self.k - k), value=float("inf")))
+        return torch.cat(rows)
+
+    def stopped(self, tok: Tokenizer, out: Tensor, t: int, live: Tensor) -> list[int]:
+        """Rows (still live) whose text so far holds one of their prompt's stop strings."""
+        hits = []
+        for b, c in enumerate(self.cfgs):
+            if c.stop:
+                for r in range(b * self.n, (b + 1) * self.n):
+                    if live[r] and any(s in tok.decode(out[r, :t + 1].tolist()) for s in c.stop):
+                        hits.append(r)
+        return hits
 
 
 def text_only_mask(tok: Tokenizer, vocab_size: int, device=None) -> Tensor:
@@ -195,11 +264,13 @@ def default_step(model: LaMDA) -> EagerStep:
 
 
 @torch.no_grad()
-def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: SamplingConfig,
-             extra_cache: int = 2, step: EagerStep | None = None,
-             first_tokens: list[int] | None = None) -> Generation:
-    """Sample cfg.num_candidates responses for each prompt, all rows decoded as one batch.
+def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
+             cfg: SamplingConfig | list[SamplingConfig], extra_cache: int = 2,
+             step: EagerStep | None = None, first_tokens: list[int] | None = None) -> Generation:
+    """Sample num_candidates responses for each prompt, all rows decoded as one batch.
 
+    `cfg` is one SamplingConfig for every prompt or one per prompt (the same num_candidates):
+    temperature, top-k, top-p, seed, max_new_tokens and stop strings then hold per prompt.
     Tokens are drawn from ordinary text and <eot> only (`text_only_mask`); `first_tokens`, when
     given, are the only tokens allowed first (e.g. the research task's TS, / User,).
     `extra_cache` positions are left free after the longest response (ranking appends there).
@@ -207,56 +278,66 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]], cfg: Sampli
     """
     if not prompts or any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg] * len(prompts)
+    if len(cfgs) != len(prompts) or len({c.num_candidates for c in cfgs}) != 1:
+        raise ValueError("one SamplingConfig per prompt, all with the same num_candidates")
     device = next(model.parameters()).device
-    N, eot = cfg.num_candidates, tok.eot_id
+    N, eot = cfgs[0].num_candidates, tok.eot_id
     step = step or EagerStep()
     n_prompts = len(prompts)
-    prompts = prompts + [prompts[-1]] * (step.batch(n_prompts) - n_prompts)
+    pad = step.batch(n_prompts) - n_prompts
+    prompts, cfgs = prompts + [prompts[-1]] * pad, cfgs + [cfgs[-1]] * pad
     tokens, mask = left_pad(prompts, tok.pad_id, device)
     T = tokens.shape[1]
-    max_len = T + cfg.max_new_tokens + extra_cache
-    gen = torch.Generator(device=device)
-    if cfg.seed is not None:
-        gen.manual_seed(cfg.seed)
-    else:
-        gen.seed()
-    cache, logits = prefill(model, tokens, mask, max_len)
+    cache, logits = prefill(model, tokens, mask, T + max(c.max_new_tokens for c in cfgs) + extra_cache)
     cache = step.rows(cache, N)
     logits = logits.repeat_interleave(N, dim=0)  # (R, V), R = B * N
     R, V = logits.shape
+    rows = RowSettings(cfgs, V, device)
     text_only = text_only_mask(tok, V, device)
     first = text_only
     if first_tokens:  # only these first (special tokens allowed), then text as usual
         first = torch.full((V,), float("-inf"), device=device)
         first[torch.tensor(first_tokens, device=device)] = 0.0
-    out = torch.full((R, cfg.max_new_tokens), tok.pad_id, dtype=torch.long, device=device)
+    out = torch.full((R, rows.steps), tok.pad_id, dtype=torch.long, device=device)
     logprob = torch.zeros(R, device=device)
     lengths = torch.zeros(R, dtype=torch.long, device=device)
     done = torch.zeros(R, dtype=torch.bool, device=device)
-    for t in range(cfg.max_new_tokens):
+    stopped = torch.zeros(R, dtype=torch.bool, device=device)
+    for t in range(rows.steps):
         logits = logits.float() + (first if t == 0 else text_only)  # (R, V)
-        nxt, logp = sample_top_k(logits, cfg.top_k, cfg.temperature, gen)
-        if t == cfg.max_new_tokens - 1:  # out of room: end every open row with <eot>
-            nxt = torch.full_like(nxt, eot)
-            logp = torch.log_softmax(logits.float(), dim=-1)[:, eot]
+        nxt, logp = sample_rows(logits, rows.temperature, rows.top_k_rows, rows.top_p, rows.noise())
+        full = rows.limit == t + 1  # out of room: end these rows with <eot>
+        nxt = torch.where(full, eot, nxt)
+        logp = torch.where(full, torch.log_softmax(logits, dim=-1)[:, eot], logp)
         live = ~done
         out[:, t] = torch.where(live, nxt, out[:, t])
         logprob += torch.where(live, logp, torch.zeros_like(logp))
         lengths += live.long()
         done |= nxt == eot
-        if t == cfg.max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
+        for r in rows.stopped(tok, out, t, live & ~done):
+            done[r] = stopped[r] = True
+        if t == rows.steps - 1 or (t % 8 == 7 and bool(done.all())):
             break  # all done is checked now and then: each check waits for the GPU
         pos = torch.tensor([T + t], device=device)
         logits = step(model, torch.where(done, eot, nxt), pos, cache)
 
     candidates: list[list[Candidate]] = [[] for _ in prompts]
-    rows, lps, lens = out.tolist(), logprob.tolist(), lengths.tolist()
+    tokens_out, lps, lens = out.tolist(), logprob.tolist(), lengths.tolist()
+    limits, stops = rows.limit.tolist(), stopped.tolist()
     for r in range(R):
-        ids = rows[r][:lens[r] - 1]  # drop the final <eot>
-        truncated = lens[r] == cfg.max_new_tokens  # its <eot> was forced at the last step
+        c = cfgs[r // N]
+        if stops[r]:  # ends before its first stop string; logprob covers what was generated
+            text = tok.decode(tokens_out[r][:lens[r]])
+            text = text[:min(text.find(x) for x in c.stop if x in text)]
+            candidates[r // N].append(Candidate(tok.encode(text), text, lps[r], lens[r], False,
+                                                c.length_alpha, stopped=True))
+            continue
+        ids = tokens_out[r][:lens[r] - 1]  # drop the final <eot>
+        truncated = lens[r] == limits[r]  # its <eot> was forced at its last step
         candidates[r // N].append(Candidate(ids, tok.decode(ids), lps[r], lens[r], truncated,
-                                            cfg.length_alpha))
-    return Generation(candidates[:n_prompts], cache, T, lengths)
+                                            c.length_alpha))
+    return Generation(candidates[:n_prompts], cache, T, lengths, bool(stopped.any()))
 
 
 def best_by_likelihood(candidates: list[Candidate]) -> Candidate:

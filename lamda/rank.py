@@ -47,6 +47,9 @@ def attribute_probs(model: LaMDA, tok: Tokenizer, cache: KVCache, eot_pos: Tenso
 
 def score_generation(model: LaMDA, tok: Tokenizer, gen: Generation) -> Tensor:
     """(B x N, 4) attribute probabilities of every candidate, reusing the decoding cache."""
+    if gen.stopped:
+        raise ValueError("candidates cut at a stop string are scored by re-encoding them "
+                         "(score_token_responses), not from the decoding cache")
     return attribute_probs(model, tok, gen.cache, gen.prompt_len + gen.lengths - 1)
 
 
@@ -103,6 +106,7 @@ class Scored:
     logprob: float
     length: int
     filtered: str | None = None  # why the safety filter dropped it
+    truncated: bool = False  # cut at the token limit
 
 
 @dataclass
@@ -123,7 +127,7 @@ def rank(candidates: list[Candidate], probs: Tensor | list[list[float]], cfg: Ra
     for c, p in zip(candidates, probs.tolist() if isinstance(probs, Tensor) else probs):
         sen, spe, inter, unsafe = p
         s = Scored(c.text, sen, spe, inter, unsafe, ws * sen + wsp * spe + wi * inter, 1 - unsafe,
-                   c.logprob, c.length)
+                   c.logprob, c.length, truncated=c.truncated)
         if s.safety < cfg.safety_threshold:
             s.filtered = f"safety {s.safety:.3f} < threshold {cfg.safety_threshold}"
         scored.append(s)

@@ -35,7 +35,8 @@ def yaml_options(path: Path = Path(__file__).with_name("chat.yaml")) -> dict[str
 
 def build_app(args: dict, options: dict[str, dict] | None = None) -> Application:
     """args: model (export path or s3:// URI), index (retrieval SQLite file), conversations
-    (SQLite file), roles_dir, api_key, translate_url, threads (torch threads per model replica).
+    (SQLite file), roles_dir, api_key, api_keys_file (one key per line), translate_url, threads
+    (torch threads per model replica).
     `options`: per-deployment `.options()` by deployment name (e.g. `yaml_options()`)."""
     model = resolve(args.get("model", "runs/local/finetuned_safe"))
     index = resolve(args.get("index", "runs/local/index.sqlite"))
@@ -49,4 +50,5 @@ def build_app(args: dict, options: dict[str, dict] | None = None) -> Application
         opt(Sampler).bind(model, threads), opt(Ranker).bind(model, threads),
         opt(Toolset).bind(index, args.get("translate_url")),
         conversations=resolve(args.get("conversations", "runs/serve/conversations.sqlite")),
-        roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"))
+        roles_dir=resolve(args.get("roles_dir")), api_key=args.get("api_key"),
+        api_keys_file=resolve(args.get("api_keys_file")))

@@ -9,28 +9,40 @@ same orchestration serves in-process use and Serve; the event loop never blocks)
 
 import asyncio
 import dataclasses
+import hmac
 import json
+import logging
 import os
+import threading
 import time
 import uuid
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import StreamingResponse
 from ray import serve
+from ray.serve.exceptions import RequestCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 from lamda.chat import Answer, ChatConfig, chat_turn
 from lamda.conversations import ConversationStore
 from lamda.data import Turn
 from lamda.rank import Ranked, Scored
 from lamda.roles import load_roles
-from serve_apps.api import MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest, error
+from serve_apps.api import (MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest, documented,
+                            error)
 
 CHAT_SETTINGS = ("research", "max_iterations", "research_candidates", "research_temperature")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json")  # no API key needed
+DOWNSTREAM = ("Sampler", "Ranker", "Toolset")  # deployments a turn needs
+ROUTES = ("/chat", "/v1/chat/completions", "/v1/models", *PUBLIC_PATHS)  # metric labels
+log = logging.getLogger("ray.serve")
 app = FastAPI(title="LaMDA on Ray", version="0.1.0",
               description="LaMDA-style dialog: sample-and-rank, safety filter, research loop.")
+app.state.api_keys = ()
 
 
 class LimitBody:
@@ -70,19 +82,69 @@ class BodyTooLarge(Exception):
 app.add_middleware(LimitBody)
 
 
+def openapi() -> dict:
+    """FastAPI's schema plus the API key: a bearer scheme on every route but the public ones."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"apiKey": {
+            "type": "http", "scheme": "bearer", "description": "needed when the app has API keys"}}
+        for path, operations in schema["paths"].items():
+            for op in operations.values():
+                op["security"] = [] if path in PUBLIC_PATHS else [{"apiKey": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = openapi
+
+
+def api_keys(key: str | None = None, keys_file: str | None = None) -> tuple[str, ...]:
+    """The accepted API keys: `key`, LAMDA_API_KEY, LAMDA_API_KEYS (comma-separated) and the
+    lines of `keys_file` or LAMDA_API_KEYS_FILE (blank lines and # comments skipped). None: open."""
+    keys = [key, os.environ.get("LAMDA_API_KEY"), *os.environ.get("LAMDA_API_KEYS", "").split(",")]
+    path = keys_file or os.environ.get("LAMDA_API_KEYS_FILE")
+    if path:
+        keys += [ln.strip() for ln in Path(path).read_text().splitlines()
+                 if not ln.strip().startswith("#")]
+    return tuple(sorted({k.strip() for k in keys if k and k.strip()}))
+
+
+def key_matches(given: str, keys: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every key (the time does not tell which one, or how
+    much of it, matched)."""
+    found = False
+    for k in keys:
+        found |= hmac.compare_digest(given.encode(), k.encode())
+    return found
+
+
 @app.middleware("http")
 async def authenticate(request: Request, call_next):
-    key = os.environ.get("LAMDA_API_KEY")
-    if key and request.url.path not in ("/healthz", "/docs", "/openapi.json"):
-        if request.headers.get("authorization", "") != f"Bearer {key}":
+    keys = request.app.state.api_keys
+    if keys and request.url.path not in PUBLIC_PATHS:
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not key_matches(given[7:], keys):
             return error(401, "missing or wrong API key (Authorization: Bearer ...)",
                          "authentication_error", "invalid_api_key")
     return await call_next(request)
 
 
+@app.middleware("http")
+async def count(request: Request, call_next):
+    """Every answer in lamda_requests_total by route and status (refusals included)."""
+    response = await call_next(request)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        path = request.url.path
+        route = path.strip("/").replace("v1/chat/", "") if path in ROUTES else "other"
+        metrics.requests.inc(1, {"route": route, "status": str(response.status_code)})
+    return response
+
+
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException):
-    return error(exc.status_code, str(exc.detail))
+    return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(RequestValidationError)
@@ -102,6 +164,13 @@ class Metrics:
         self.latency = Histogram("lamda_turn_latency_seconds", "time to answer one turn",
                                  boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
                                  tag_keys=("route",))
+        self.stage = Histogram("lamda_stage_seconds", "time per stage of a turn (sample, rank, "
+                               "research, tools, check)", tag_keys=("stage",),
+                               boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30])
+        self.in_flight = Gauge("lamda_turns_in_flight", "turns being answered by this replica")
+        self.cancelled = Counter("lamda_turns_cancelled", "turns whose client went away")
+        self.tokens = Counter("lamda_tokens", "model tokens by kind (generated, scored, prompt)",
+                              tag_keys=("kind",))
         self.candidates = Counter("lamda_candidates", "candidates generated, by outcome",
                                   tag_keys=("outcome",))
         self.fallbacks = Counter("lamda_safety_fallbacks", "turns where every candidate was unsafe")
@@ -111,20 +180,24 @@ class Metrics:
         self.flops = Counter("lamda_flops_served", "model FLOPs spent answering")
         self.energy = Counter("lamda_energy_kwh_served", "estimated energy spent answering (kWh)")
 
-    def turn(self, answer: Answer, energy_kwh: float) -> None:
+    def turn(self, answer: Answer, work: "Work") -> None:
         for s in answer.ranked.candidates:
             self.candidates.inc(1, {"outcome": "filtered_unsafe" if s.filtered else "kept"})
         if answer.fallback:
             self.fallbacks.inc()
         positive(self.research_iterations, len(answer.research.steps) if answer.research else 0)
         positive(self.flops, answer.flops)
-        positive(self.energy, energy_kwh)
+        positive(self.energy, work.energy_kwh)
+        for kind in ("prompt", "generated", "scored"):
+            positive(self.tokens, work.tokens.get(kind, 0), {"kind": kind})
+        for stage, seconds in work.seconds.items():
+            self.stage.observe(seconds, {"stage": stage})
 
 
-def positive(counter: Counter, value: float) -> None:
+def positive(counter: Counter, value: float, tags: dict | None = None) -> None:
     """Ray counters only take positive increments."""
     if value > 0:
-        counter.inc(value)
+        counter.inc(value, tags)
 
 
 def ranked_from_dict(d: dict) -> Ranked:
@@ -136,19 +209,56 @@ class DownstreamError(Exception):
     """A deployment the turn needs failed (e.g. its replica died); the client may retry."""
 
 
-def sse_chunks(cid: str, created: int, model: str, reply: str, usage: dict):
-    """The reply as chat.completion.chunk events: role, the words, the stop, then [DONE]."""
+class TurnCancelled(Exception):
+    """The client went away: the turn makes no further calls."""
 
-    def event(delta: dict, finish=None, **extra) -> str:
+
+@dataclasses.dataclass
+class Work:
+    """Everything a turn spent, beyond the reply the client gets."""
+
+    energy_kwh: float = 0.0
+    tool_calls: list = dataclasses.field(default_factory=list)
+    sampler_batch: int = 0
+    tokens: dict = dataclasses.field(default_factory=dict)  # prompt, generated, scored, research_*
+    seconds: dict = dataclasses.field(default_factory=dict)  # per stage
+    calls: int = 0  # calls to the Sampler, Ranker and Toolset
+
+    def add(self, stage: str, seconds: float, energy_kwh: float = 0.0, **tokens: int) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.energy_kwh += energy_kwh
+        for k, v in tokens.items():
+            self.tokens[k] = self.tokens.get(k, 0) + v
+
+
+def completion_chunks(cid: str, created: int, model: str, choices: list[dict],
+                      usage: dict | None, include_usage: bool):
+    """The choices as chat.completion.chunk events: per choice its role, its text (token by token
+    when logprobs were asked for, else word by word) and its finish_reason; then, with
+    include_usage, a last chunk with the usage and no choices; then [DONE]."""
+
+    def event(choices: list, **extra) -> str:
         chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                 "choices": choices, **extra}
+        if include_usage:
+            chunk.setdefault("usage", None)
         return f"data: {json.dumps(chunk)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
-    words = reply.split(" ")
-    for i, w in enumerate(words):
-        yield event({"content": w if i == 0 else " " + w})
-    yield event({}, "stop", usage=usage)
+    for c in choices:
+        i = c["index"]
+        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        if c.get("logprobs"):
+            for entry in c["logprobs"]["content"]:
+                yield event([{"index": i, "delta": {"content": entry["token"]},
+                              "logprobs": {"content": [entry]}, "finish_reason": None}])
+        else:
+            words = c["message"]["content"].split(" ")
+            for j, w in enumerate(words):
+                yield event([{"index": i, "delta": {"content": w if j == 0 else " " + w},
+                              "finish_reason": None}])
+        yield event([{"index": i, "delta": {}, "finish_reason": c["finish_reason"]}])
+    if include_usage:
+        yield event([], usage=usage)
     yield "data: [DONE]\n\n"
 
 
@@ -156,15 +266,17 @@ def sse_chunks(cid: str, created: int, model: str, reply: str, usage: dict):
 @serve.ingress(app)
 class Chat:
     def __init__(self, sampler, ranker, toolset, conversations: str = "runs/serve/conversations.sqlite",
-                 roles_dir: str | None = None, api_key: str | None = None, call_timeout_s: float = 60.0):
+                 roles_dir: str | None = None, api_key: str | None = None,
+                 api_keys_file: str | None = None, call_timeout_s: float = 60.0):
         self.sampler, self.ranker, self.toolset = sampler, ranker, toolset
         self.store = ConversationStore(conversations)
         self.roles = load_roles(roles_dir)
-        if api_key:
-            os.environ["LAMDA_API_KEY"] = api_key
+        app.state.api_keys = api_keys(api_key, api_keys_file)
         self.cfg = ChatConfig()
         self.call_timeout_s = call_timeout_s
-        self.metrics = Metrics()
+        self.metrics = app.state.metrics = Metrics()
+        self.downstream_calls = self.cancelled = 0  # all turns (read by tests through `stats`)
+        self.turns_in_flight = 0
 
     def reconfigure(self, config: dict) -> None:
         """user_config: research (bool), max_iterations, research_candidates,
@@ -174,79 +286,157 @@ class Chat:
             raise ValueError(f"unknown Chat settings in user_config: {sorted(unknown)}")
         self.cfg = dataclasses.replace(ChatConfig(), **config)
 
+    def stats(self) -> dict:
+        """Counters of this replica (through a handle; not an HTTP route)."""
+        return {"downstream_calls": self.downstream_calls, "cancelled": self.cancelled}
+
     # -- one turn ---------------------------------------------------------------------------
 
-    def _call(self, response):
-        try:
-            return response.result(timeout_s=self.call_timeout_s)
-        except Exception as e:  # a dead replica, a timeout, an error inside the deployment
-            raise DownstreamError(f"{type(e).__name__}: {str(e)[:200]}") from e
+    def _call(self, response, cancel: threading.Event):
+        """The result of a deployment call; a cancelled turn cancels it and stops here."""
+        self.downstream_calls += 1
+        deadline = time.monotonic() + self.call_timeout_s
+        while True:
+            if cancel.is_set():
+                response.cancel()
+                raise TurnCancelled()
+            try:
+                return response.result(timeout_s=min(0.5, max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise DownstreamError(f"no answer within {self.call_timeout_s} s") from None
+            except RequestCancelledError:  # Serve cancelled the request, and so its calls
+                raise TurnCancelled() from None
+            except Exception as e:  # a dead replica, an error inside the deployment
+                raise DownstreamError(f"{type(e).__name__}: {str(e)[:200]}") from e
 
-    def _turn(self, context: list[Turn], session: str) -> tuple[Answer, dict]:
+    def _turn(self, context: list[Turn], session: str, sampling: dict,
+              cancel: threading.Event) -> tuple[Answer, Work]:
         """Runs in a worker thread: blocking handle calls are fine here."""
-        spent = {"energy_kwh": 0.0, "tool_calls": [], "sampler_batch": 0}
+        work = Work()
         ctx = [t.__dict__ for t in context]
+        # research samples with the request's top-k, top-p and seed; a greedy request (temperature
+        # 0) gets greedy research too, so the same request gives the same reply
+        research_sampling = {k: v for k, v in sampling.items() if k in ("top_k", "top_p", "seed")}
+        research_sampling.update(num_candidates=self.cfg.research_candidates,
+                                 temperature=0.0 if sampling.get("temperature") == 0
+                                 else self.cfg.research_temperature)
+
+        def call(stage: str, response):
+            if cancel.is_set():
+                raise TurnCancelled()
+            t0 = time.perf_counter()
+            out = self._call(response, cancel)
+            work.add(stage, time.perf_counter() - t0)
+            return out
 
         def respond(_):
-            s = self._call(self.sampler.generate.remote(ctx))
-            r = self._call(self.ranker.rank.remote(ctx, s["candidates"]))
-            spent["energy_kwh"] += s["energy_kwh"] + r["energy_kwh"]
-            spent["sampler_batch"] = s["batch"]
+            s = call("sample", self.sampler.generate.remote(ctx, sampling))
+            r = call("rank", self.ranker.rank.remote(ctx, s["candidates"]))
+            work.add("sample", 0, s["energy_kwh"], **s["tokens"])
+            work.add("rank", 0, r["energy_kwh"], **r["tokens"])
+            work.sampler_batch = s["batch"]
             return ranked_from_dict(r["ranked"]), s["flops"] + r["flops"], {**s["tokens"], **r["tokens"]}
 
         def research(_, draft, steps):
-            out = self._call(self.sampler.research.remote(
+            out = call("research", self.sampler.research.remote(
                 ctx, draft, [{"query": s.query, "results": list(s.results)} for s in steps],
-                self.cfg.research_candidates, self.cfg.research_temperature))
-            spent["energy_kwh"] += out["energy_kwh"]
+                research_sampling))
+            work.add("research", 0, out["energy_kwh"], research_prompt=out["tokens"]["prompt"],
+                     research_generated=out["tokens"]["generated"])
             return out["output"], out["flops"]
 
         def check(_, reply):  # the research loop's reply passes the safety filter too
-            r = self._call(self.ranker.rank_reply.remote(ctx, reply))
-            spent["energy_kwh"] += r["energy_kwh"]
+            r = call("check", self.ranker.rank_reply.remote(ctx, reply))
+            work.add("check", 0, r["energy_kwh"], scored=r["tokens"]["scored"])
             return ranked_from_dict(r["ranked"]), r["flops"]
 
         def toolset(query):
-            calls = self._call(self.toolset.run.remote(query, session))
+            calls = call("tools", self.toolset.run.remote(query, session))
             for c in calls:
                 outcome = "error" if c["error"] else ("results" if c["results"] else "empty")
                 self.metrics.tool_calls.inc(1, {"tool": c["tool"], "outcome": outcome})
-            spent["tool_calls"].append({"query": query, "calls": calls})
+            work.tool_calls.append({"query": query, "calls": calls})
             return [r for c in calls for r in c["results"]]
 
-        return chat_turn(context, respond, research, toolset, self.cfg, check), spent
+        return chat_turn(context, respond, research, toolset, self.cfg, check), work
 
-    async def _answer(self, route: str, model: str, conversation: list[Turn], session: str):
-        """(answer, spent) or an error response."""
+    async def _answer(self, route: str, model: str, conversation: list[Turn], session: str,
+                      sampling: dict | None = None, after=None):
+        """((answer, work, after's result), None) or (None, an error response). `sampling`: the
+        request's SamplingConfig fields. `after(context, answer, work, cancel)` runs in the turn's
+        thread once the reply is chosen (e.g. Sampler.finish)."""
         role = self.roles.get(model)
         if role is None:
             return None, error(404, f"unknown model {model!r}; GET /v1/models lists them",
                                code="model_not_found")
-        t0 = time.perf_counter()
+        t0, cancel = time.perf_counter(), threading.Event()
+        context = role.context(conversation)
+
+        def run():
+            answer, work = self._turn(context, session, sampling or {}, cancel)
+            return answer, work, after(context, answer, work, cancel) if after else None
+
+        self.turns_in_flight += 1
+        self.metrics.in_flight.set(self.turns_in_flight)
         try:
-            answer, spent = await asyncio.to_thread(self._turn, role.context(conversation), session)
+            result = await asyncio.to_thread(run)
+        except (asyncio.CancelledError, TurnCancelled):  # the client went away (Serve cancels
+            cancel.set()  # the request and its calls): the turn makes no further calls
+            self.cancelled += 1
+            self.metrics.cancelled.inc()
+            raise asyncio.CancelledError() from None
         except DownstreamError as e:
-            self.metrics.requests.inc(1, {"route": route, "status": "503"})
             return None, error(503, f"the model is unavailable, retry shortly ({e})",
                                "server_error", "unavailable")
+        finally:
+            self.turns_in_flight -= 1
+            self.metrics.in_flight.set(self.turns_in_flight)
+        answer, work, _ = result
         self.metrics.latency.observe(time.perf_counter() - t0, {"route": route})
-        self.metrics.turn(answer, spent["energy_kwh"])
-        self.metrics.requests.inc(1, {"route": route, "status": "200"})
-        return (answer, spent), None
+        self.metrics.turn(answer, work)
+        return result, None
 
     # -- routes -----------------------------------------------------------------------------
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
+        """Liveness: this ingress replica answers."""
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/readyz", responses=documented(503))
+    async def readyz(self):
+        """Readiness: every deployment a turn needs has a running replica that answers."""
+        missing = await asyncio.to_thread(self._unready)
+        if missing:
+            return error(503, f"not ready: {', '.join(missing)} cannot answer now",
+                         "server_error", "not_ready")
+        return {"status": "ready"}
+
+    def _unready(self, timeout_s: float = 2.0) -> list[str]:
+        """The deployments a turn needs that Serve reports without a running replica, or whose
+        replica fails (or does not answer) a ping within `timeout_s`."""
+        status = serve.status().applications[serve.get_replica_context().app_name].deployments
+        handles = dict(zip(DOWNSTREAM, (self.sampler, self.ranker, self.toolset)))
+        pings = {name: handle.ping.remote() for name, handle in handles.items()}
+        deadline, unready = time.monotonic() + timeout_s, []
+        for name, response in pings.items():
+            try:
+                running = status[name].replica_states.get("RUNNING", 0) if name in status else 0
+                if not (running and response.result(timeout_s=max(0.01, deadline - time.monotonic()))):
+                    unready.append(name)
+            except Exception:  # a dead replica, no answer in time
+                response.cancel()
+                unready.append(name)
+        return unready
+
+    @app.get("/v1/models", responses=documented(401))
     async def models(self) -> dict:
         return {"object": "list", "data": [
             {"id": r.model, "object": "model", "created": 0, "owned_by": "lamda-on-ray",
              "description": r.description} for r in self.roles.values()]}
 
-    @app.post("/chat")
+    @app.post("/chat", responses=documented(401, 404, 413, 422, 503))
     async def chat(self, req: ChatRequest):
         """Native API: the reply plus the trace of how it was chosen."""
         cid = req.conversation_id or ConversationStore.new_id()
@@ -255,10 +445,11 @@ class Chat:
         result, err = await self._answer("chat", req.model, [*history, user], cid)
         if err:
             return err
-        answer, spent = result
+        answer, work, _ = result
         self.store.append(cid, [user, Turn("lamda", answer.reply)])
         body = {"conversation_id": cid, "model": req.model, "reply": answer.reply,
-                "usage": answer.tokens, "flops": answer.flops, "energy_kwh": spent["energy_kwh"]}
+                "usage": answer.tokens, "flops": answer.flops, "energy_kwh": work.energy_kwh,
+                "seconds": work.seconds}
         if req.trace:
             body["trace"] = {
                 "candidates": [s.__dict__ for s in answer.ranked.candidates],
@@ -267,33 +458,71 @@ class Chat:
                 "fallback": answer.fallback,
                 "draft": answer.ranked.reply,
                 "research": answer.research.to_dict() if answer.research else None,
-                "tool_calls": spent["tool_calls"],
+                "tool_calls": work.tool_calls,
                 "citations": answer.research.citations if answer.research else [],
-                "sampler_batch": spent["sampler_batch"],
+                "sampler_batch": work.sampler_batch,
             }
         return body
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={**documented(400, 401, 404, 413, 422, 503), 200: {
+        "description": "a chat.completion, or with `stream` its chunks as server-sent events",
+        "content": {"application/json": {}, "text/event-stream": {}}}})
     async def completions(self, req: ChatCompletionRequest):
-        """OpenAI-compatible chat completions (n=1; stream as server-sent events)."""
-        conversation = [Turn("user" if m.role == "user" else "lamda", m.content)
-                        for m in req.messages if m.role != "system" and m.content.strip()]
-        if not conversation or conversation[-1].speaker != "user":
-            return error(422, "messages must end with a non-empty user message",
-                         code="invalid_request")
+        """OpenAI-compatible chat completions. Sampling parameters hold for this request only;
+        choices are the turn's reply, then the next best safe candidates; `usage` counts the
+        context and the returned replies, and `lamda` the turn's whole work."""
+        refused = req.refused()
+        if refused:
+            return error(400, refused, code="unsupported_parameter")
+        if req.unknown_fields():
+            log.info("chat completion: ignored unknown fields %s", req.unknown_fields())
+        system = [Turn("lamda", m.text()) for m in req.messages if m.role in ("system", "developer")]
+        conversation = system + [Turn("user" if m.role == "user" else "lamda", m.text())
+                                 for m in req.messages if m.role in ("user", "assistant")]
+        sampling = {k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p),
+                                      ("top_k", req.top_k), ("seed", req.seed)) if v is not None}
+        if req.reply_limit():
+            sampling["max_new_tokens"] = req.reply_limit() + 1  # + the final <eot>
+        if req.stops():
+            sampling["stop"] = req.stops()
+
+        def finish(context: list[Turn], answer: Answer, work: Work, cancel: threading.Event):
+            kept = [s for s in answer.ranked.candidates if not s.filtered]
+            drafted = answer.reply == answer.ranked.reply and answer.ranked.best is not None
+            texts = [answer.reply] + [s.text for s in kept[1:req.n]]
+            cut = [drafted and answer.ranked.best.truncated] + [s.truncated for s in kept[1:req.n]]
+            t0 = time.perf_counter()
+            out = self._call(self.sampler.finish.remote(
+                [t.__dict__ for t in context], texts, cut, req.reply_limit(), list(req.stops()),
+                req.logprob_count()), cancel)
+            work.add("finish", time.perf_counter() - t0)
+            return out
+
         session = req.user or uuid.uuid4().hex
-        result, err = await self._answer("completions", req.model, conversation, session)
+        result, err = await self._answer("completions", req.model, conversation, session,
+                                         sampling, finish)
         if err:
             return err
-        answer, _ = result
+        answer, work, replies = result
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        usage = {"prompt_tokens": answer.tokens.get("prompt", 0),
-                 "completion_tokens": answer.tokens.get("generated", 0)}
+        choices = [{"index": i, "finish_reason": r["finish_reason"],
+                    "message": {"role": "assistant", "content": r["text"]},
+                    "logprobs": {"content": r["logprobs"]} if "logprobs" in r else None}
+                   for i, r in enumerate(replies)]
+        usage = {"prompt_tokens": work.tokens.get("prompt", 0),
+                 "completion_tokens": sum(r["tokens"] for r in replies)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        if not req.stream:
-            return {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": answer.reply}}],
-                    "usage": usage}
-        return StreamingResponse(sse_chunks(cid, created, req.model, answer.reply, usage),
-                                 media_type="text/event-stream")
+        if req.stream:
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(completion_chunks(cid, created, req.model, choices, usage, include),
+                                     media_type="text/event-stream")
+        return {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
+                "choices": choices, "usage": usage, "lamda": {
+                    "candidates": len(answer.ranked.candidates),
+                    "generated_tokens": work.tokens.get("generated", 0),
+                    "scored_tokens": work.tokens.get("scored", 0),
+                    "research_steps": len(answer.research.steps) if answer.research else 0,
+                    "research_prompt_tokens": work.tokens.get("research_prompt", 0),
+                    "research_generated_tokens": work.tokens.get("research_generated", 0),
+                    "tool_calls": len(work.tool_calls), "fallback": answer.fallback,
+                    "flops": answer.flops, "energy_kwh": work.energy_kwh, "seconds": work.seconds}}

@@ -66,6 +66,10 @@ class _ModelReplica:
     def _meter(self) -> EnergyMeter:
         return EnergyMeter(self._watts)
 
+    async def ping(self) -> bool:
+        """For the Chat's readiness check: this replica answers."""
+        return True
+
 
 @serve.deployment
 class Sampler(_ModelReplica):
@@ -79,10 +83,12 @@ class Sampler(_ModelReplica):
         self.sampling = from_user_config(SamplingConfig, config)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def generate(self, contexts: list[list[dict]]) -> list[dict]:
-        """Candidates for each context; concurrent requests share one decode."""
+    async def generate(self, contexts: list[list[dict]], settings: list[dict]) -> list[dict]:
+        """Candidates for each context; concurrent requests share one decode, each with its own
+        sampling `settings` (SamplingConfig fields over the replica's user_config)."""
         meter, t0 = self._meter(), time.perf_counter()
-        results = self.chat.sample([turns(c) for c in contexts], self.sampling)
+        cfgs = [dataclasses.replace(self.sampling, **s) for s in settings]
+        results = self.chat.sample([turns(c) for c in contexts], cfgs)
         kwh, seconds = meter.kwh(), time.perf_counter() - t0
         total = sum(tok["prompt"] + tok["generated"] for _, _, tok in results) or 1
         out = []
@@ -94,15 +100,24 @@ class Sampler(_ModelReplica):
         return out
 
     async def research(self, context: list[dict], draft: str, steps: list[dict],
-                       num_candidates: int = 1, temperature: float = 0.0) -> dict:
-        """The research task's next output for one conversation (greedy by default)."""
+                       settings: dict | None = None) -> dict:
+        """The research task's next output for one conversation; `settings`: SamplingConfig
+        fields over the replica's user_config (the Chat sends num_candidates and temperature)."""
         meter = self._meter()
-        sampling = dataclasses.replace(self.sampling, num_candidates=num_candidates,
-                                       temperature=temperature)
-        output, flops = self.chat.research(
+        sampling = dataclasses.replace(self.sampling, **{"num_candidates": 1, "temperature": 0.0,
+                                                         **(settings or {})})
+        output, flops, tokens = self.chat.research(
             turns(context), draft, [ResearchStep(s["query"], tuple(s["results"])) for s in steps],
             sampling)
-        return {"output": output, "flops": flops, "energy_kwh": meter.kwh()}
+        return {"output": output, "flops": flops, "tokens": tokens, "energy_kwh": meter.kwh()}
+
+    async def finish(self, context: list[dict], replies: list[str], truncated: list[bool],
+                     max_tokens: int | None = None, stop: list[str] = (),
+                     top_logprobs: int | None = None) -> list[dict]:
+        """The replies as the client gets them: cut at stop strings and max_tokens, counted, with
+        finish_reason and (on request) logprobs (lamda.chat.ChatModel.finish)."""
+        return self.chat.finish(turns(context), replies, truncated, max_tokens, tuple(stop),
+                                top_logprobs)
 
 
 @serve.deployment
@@ -140,6 +155,9 @@ class Toolset:
         if index_path:
             tools.retriever = Retriever(index_path)
         self.tools = tools.warm_up()
+
+    async def ping(self) -> bool:
+        return True
 
     async def run(self, query: str, session: str | None = None) -> list[dict]:
         return [dataclasses.asdict(c) for c in self.tools.run(query, session)]

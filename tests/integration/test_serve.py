@@ -49,7 +49,8 @@ def deploy(serve, work, num_candidates=4):
         Ranker.options(ray_actor_options=small, max_ongoing_requests=32,
                        user_config={"safety_threshold": 0.0}).bind(model),
         Toolset.options(ray_actor_options=small).bind(str(work / "index.sqlite")),
-        conversations=str(work / "conversations.sqlite"), api_key=KEY)
+        conversations=str(work / "conversations.sqlite"), api_key=KEY,
+        api_keys_file=str(work / "api_keys"))
     serve.run(app, name="lamda", route_prefix="/")
 
 
@@ -74,6 +75,7 @@ def server(ray_cluster, tmp_path_factory, tok, research_records):
     model = research_trained_model(tok, research_records)
     save_export(work / "export", model.state_dict(), model.cfg, tok)
     Retriever(work / "index.sqlite").add(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"))
+    (work / "api_keys").write_text("# a second key\nother-key\n")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy(serve, work)
@@ -153,17 +155,182 @@ def test_bad_requests_get_clean_4xx(server, case, headers, body, raw, status):
     assert r.json()["error"]["message"]
 
 
+HI = [{"role": "user", "content": "hi"}]
+
+
 @pytest.mark.parametrize("body", [
     {"model": "lamda", "messages": []},
-    {"model": "lamda", "messages": [{"role": "user", "content": "hi"}] * 65},
+    {"model": "lamda", "messages": HI * 65},
     {"model": "lamda", "messages": [{"role": "robot", "content": "hi"}]},
-    {"model": "lamda", "messages": [{"role": "user", "content": "hi"}], "n": 2},
-    {"model": "lamda", "messages": [{"role": "assistant", "content": "hi"}]},
+    {"model": "lamda", "messages": HI, "n": 17},
+    {"model": "lamda", "messages": HI, "temperature": 2.5},
+    {"model": "lamda", "messages": HI, "top_p": 1.5},
+    {"model": "lamda", "messages": HI, "max_tokens": 0},
+    {"model": "lamda", "messages": HI, "logprobs": True, "top_logprobs": 21},
+    {"model": "lamda", "messages": HI, "stop": ["a", "b", "c", "d", "e"]},
+    {"model": "lamda", "messages": [{"role": "user", "content": [{"type": "image_url",
+                                                                  "image_url": {"url": "x"}}]}]},
+    {"model": "lamda", "messages": HI, "stream": 1},
 ])
 def test_bad_completions_get_422(server, body):
     r = post(f"{server['url']}/v1/chat/completions", body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
+])
+def test_parameters_it_cannot_honour_get_400_naming_them(server, extra, param):
+    r = post(f"{server['url']}/v1/chat/completions", {"model": "lamda", "messages": HI, **extra})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith(param), r.text
+
+
+def completion(server, **body):
+    r = post(f"{server['url']}/v1/chat/completions",
+             {"model": "lamda", "messages": [{"role": "user", "content": "What is 2+2?"}], **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def texts(body):
+    return [c["message"]["content"] for c in body["choices"]]
+
+
+def test_openai_sampling_parameters_are_honoured(server):
+    # greedy is deterministic; a seed makes sampling repeatable; different seeds differ
+    assert texts(completion(server, temperature=0)) == texts(completion(server, temperature=0))
+    seeded = [texts(completion(server, seed=s, n=4)) for s in (11, 11, 12)]
+    assert seeded[0] == seeded[1] and seeded[0] != seeded[2]
+    # n: the reply, then the next best candidates
+    four = completion(server, seed=11, n=4)
+    assert [c["index"] for c in four["choices"]] == [0, 1, 2, 3]
+    # max_tokens: no choice holds more; a cut reply says "length"
+    cut = completion(server, seed=11, n=4, max_tokens=2, logprobs=True)
+    assert all(len(c["logprobs"]["content"]) <= 2 for c in cut["choices"])
+    assert cut["usage"]["completion_tokens"] == sum(len(c["logprobs"]["content"]) for c in cut["choices"])
+    assert "length" in {c["finish_reason"] for c in cut["choices"]}
+    # stop: a word of the unconstrained replies never appears once it is a stop string
+    word = next(w for t in seeded[0] for w in t.split() if len(w) > 2)
+    stopped = completion(server, seed=11, n=4, stop=[word])
+    assert not any(word in t for t in texts(stopped)), (word, texts(stopped))
+    # top_p = 0 and top_k = 1 leave one token to draw: greedy whatever the seed
+    assert texts(completion(server, seed=1, top_p=0.0)) == texts(completion(server, seed=2, top_p=0.0))
+    assert texts(completion(server, seed=1, top_k=1)) == texts(completion(server, seed=2, top_k=1))
+
+
+def test_logprobs_usage_and_the_turns_work(server):
+    body = completion(server, seed=3, logprobs=True, top_logprobs=3)
+    (choice,) = body["choices"]
+    entries = choice["logprobs"]["content"]
+    assert "".join(e["token"] for e in entries).strip() == choice["message"]["content"].strip()
+    for e in entries:
+        assert e["logprob"] <= 0 and len(e["top_logprobs"]) == 3
+        assert e["top_logprobs"][0]["logprob"] >= e["logprob"] - 1e-4
+        assert bytes(e["bytes"]).decode(errors="replace")
+    usage, work = body["usage"], body["lamda"]
+    assert usage["completion_tokens"] == len(entries) and usage["prompt_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert work["candidates"] == 4 and work["generated_tokens"] >= usage["completion_tokens"]
+    assert work["scored_tokens"] > 0 and work["flops"] > 0 and work["energy_kwh"] > 0
+    assert {"sample", "rank", "finish"} <= set(work["seconds"])
+
+
+def test_content_parts_and_system_messages(server):
+    parts = completion(server, temperature=0,
+                       messages=[{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}])
+    assert texts(parts) == texts(completion(server, temperature=0))
+    plain = completion(server, temperature=0)
+    system = completion(server, temperature=0, messages=[
+        {"role": "system", "content": "You are a calculator."},
+        {"role": "user", "content": "What is 2+2?"}])
+    # the system message is in the model's context (pre-conditioning), not dropped
+    assert system["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+    unknown = completion(server, temperature=0, some_new_field=1, store=False)
+    assert texts(unknown) == texts(plain)
+
+
+def test_stream_options_include_usage(server):
+    client = openai.OpenAI(base_url=f"{server['url']}/v1", api_key=KEY)
+    chunks = list(client.chat.completions.create(
+        model="lamda", messages=[{"role": "user", "content": "Hi!"}], stream=True, n=2, seed=4,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+    assert {c.choices[0].index for c in chunks[:-1]} == {0, 1}
+    done = client.chat.completions.create(model="lamda", messages=[{"role": "user", "content": "Hi!"}],
+                                          n=2, seed=4)
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks[:-1] if c.choices[0].index == i)
+                for i in (0, 1)]
+    assert streamed == [c.message.content for c in done.choices]
+
+
+def test_several_api_keys_and_readiness(server, tmp_path):
+    assert httpx.get(f"{server['url']}/readyz").json() == {"status": "ready"}
+    for headers, status in ((AUTH, 200), ({"Authorization": "Bearer other-key"}, 200),
+                            ({"Authorization": "Bearer test-ke"}, 401), ({"Authorization": KEY}, 401)):
+        assert httpx.get(f"{server['url']}/v1/models", headers=headers).status_code == status
+
+
+def test_readiness_fails_while_a_deployment_has_no_replica(server):
+    """A second app whose Toolset scales from zero: /readyz says 503 naming it until a replica
+    runs (the readiness ping itself brings one up), then 200; /healthz is fine throughout."""
+    from ray import serve
+    from serve_apps.chat import Chat
+    from serve_apps.deployments import Ranker, Sampler, Toolset
+    small, work = {"num_cpus": 0.25}, server["work"]
+    serve.run(Chat.options(ray_actor_options=small).bind(
+        Sampler.options(ray_actor_options=small).bind(str(work / "export")),
+        Ranker.options(ray_actor_options=small).bind(str(work / "export")),
+        Toolset.options(ray_actor_options=small, autoscaling_config={
+            "min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0,
+            "downscale_delay_s": 600}).bind(str(work / "index.sqlite")),
+        conversations=str(work / "rc.sqlite")), name="rc", route_prefix="/rc")
+    try:
+        first = httpx.get(f"{server['url']}/rc/readyz", timeout=30)
+        assert first.status_code == 503 and "Toolset" in first.json()["error"]["message"], first.text
+        assert httpx.get(f"{server['url']}/rc/healthz").status_code == 200
+        deadline = time.time() + 60
+        while httpx.get(f"{server['url']}/rc/readyz", timeout=30).status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.5)
+    finally:
+        serve.delete("rc")
+
+
+def chat_handle():
+    from ray import serve
+    return serve.get_deployment_handle("Chat", app_name="lamda")
+
+
+def test_a_disconnected_client_cancels_its_turn(server):
+    import socket
+    from urllib.parse import urlparse
+    handle = chat_handle()
+    calls = lambda: handle.stats.remote().result()["downstream_calls"]  # noqa: E731
+    body = json.dumps({"model": "lamda", "messages": [{"role": "user", "content": "What is 2+2?"}],
+                       "temperature": 0, "max_tokens": 100}).encode()
+    before = calls()
+    assert post(f"{server['url']}/v1/chat/completions", None, raw=body).status_code == 200
+    full = calls() - before
+    assert full >= 4  # sample, rank, research..., finish
+    cancelled, before = handle.stats.remote().result()["cancelled"], calls()
+    url = urlparse(server["url"])
+    with socket.create_connection((url.hostname, url.port)) as sock:  # a client that goes away
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.time() + 30
+        while calls() == before and time.time() < deadline:  # once its turn has started
+            time.sleep(0.01)
+    time.sleep(5)
+    stats = handle.stats.remote().result()
+    assert stats["cancelled"] == cancelled + 1
+    assert 1 <= stats["downstream_calls"] - before < full, (stats, before, full)
 
 
 def load(url, n, concurrency, timeout=120):
@@ -241,7 +408,8 @@ scrape_configs:
         wait_for_port(port)
         wanted = ["ray_lamda_requests_total", "ray_lamda_candidates_total",
                   "ray_lamda_tool_calls_total", "ray_lamda_flops_served_total",
-                  "ray_lamda_turn_latency_seconds_bucket"]
+                  "ray_lamda_turn_latency_seconds_bucket", "ray_lamda_stage_seconds_bucket",
+                  "ray_lamda_tokens_total", "ray_lamda_turns_in_flight"]
         found = {}
         deadline = time.time() + 60
         while time.time() < deadline and len(found) < len(wanted):
@@ -255,6 +423,36 @@ scrape_configs:
         assert set(found) == set(wanted), set(wanted) - set(found)
         tools = {r["metric"]["tool"] for r in found["ray_lamda_tool_calls_total"]}
         assert {"calculator", "translator", "retrieval"} <= tools
+        stages = {r["metric"]["stage"] for r in found["ray_lamda_stage_seconds_bucket"]}
+        assert {"sample", "rank", "research", "tools"} <= stages
+        statuses = {r["metric"]["status"] for r in found["ray_lamda_requests_total"]}
+        assert {"200", "401", "422"} <= statuses  # every answer is counted, refusals too
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_schema_tells_the_truth(server, tmp_path):
+    """schemathesis against the live /openapi.json with every check: each status the API returns
+    is in the schema, schema-valid requests are accepted, invalid ones refused, 405 has Allow.
+    413 (the body-size limit, which JSON Schema cannot state) counts as an answer to both."""
+    (tmp_path / "schemathesis.toml").write_text("""
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "401", "403", "404", "409", "413", "429", "5xx"]
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+""")
+    st = os.path.join(os.path.dirname(sys.executable), "st")
+    for _ in range(2):
+        proc = subprocess.run(
+            [st, "--config-file", str(tmp_path / "schemathesis.toml"), "run",
+             f"{server['url']}/openapi.json", "--checks", "all", "--seed", "1", "--max-examples", "8",
+             "--header", f"Authorization: Bearer {KEY}",
+             "--workers", "2", "--request-timeout", "120", "--max-response-time", "60",
+             "--suppress-health-check", "all"],
+            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        # schemathesis' own generator now and then reports "Inconsistent results" (a runtime
+        # error of the tool, not a failed check): run it once more then
+        if "Failures:" in proc.stdout or "Inconsistent results" not in proc.stdout:
+            break
+    assert proc.returncode == 0, proc.stdout[:3000] + proc.stdout[-6000:]

@@ -211,3 +211,108 @@ def test_temperature_zero_is_greedy(model, tok):
         assert len({tuple(c.ids) for c in p}) == 1  # every row takes the argmax
     again = generate(model, tok, prompts(tok), cfg)
     assert [[c.ids for c in p] for p in gen.candidates] == [[c.ids for c in p] for p in again.candidates]
+
+
+def ids_of(gen):
+    return [[c.ids for c in p] for p in gen.candidates]
+
+
+def test_per_prompt_settings_share_a_batch(model, tok):
+    """Each prompt keeps its own settings in a shared batch: a seeded prompt draws the same
+    candidates alone and next to another prompt with other settings."""
+    ps = prompts(tok)
+    seeded = SamplingConfig(num_candidates=4, max_new_tokens=12, seed=5, top_k=20, top_p=0.9)
+    other = SamplingConfig(num_candidates=4, max_new_tokens=5, temperature=0.0)
+    alone = generate(model, tok, ps[:1], seeded)
+    both = generate(model, tok, ps, [seeded, other])
+    assert ids_of(both)[0] == ids_of(alone)[0]
+    greedy = generate(model, tok, ps[1:], other)
+    assert ids_of(both)[1] == ids_of(greedy)[0] and len({tuple(i) for i in ids_of(both)[1]}) == 1
+    assert all(c.length <= 5 for c in both.candidates[1])
+    assert all(c.length <= 12 for c in both.candidates[0])
+    with pytest.raises(ValueError):
+        generate(model, tok, ps, [seeded, SamplingConfig(num_candidates=2)])
+
+
+def test_top_k_one_and_top_p_zero_are_greedy(model, tok):
+    greedy = ids_of(generate(model, tok, prompts(tok), SamplingConfig(num_candidates=3, temperature=0.0,
+                                                                      max_new_tokens=10)))
+    for cfg in (SamplingConfig(num_candidates=3, top_k=1, max_new_tokens=10, seed=1),
+                SamplingConfig(num_candidates=3, top_p=0.0, max_new_tokens=10, seed=2)):
+        assert ids_of(generate(model, tok, prompts(tok), cfg)) == greedy
+
+
+def test_top_p_keeps_the_nucleus():
+    from lamda.decode import sample_rows
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    seen = set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        t, _ = sample_rows(logits, torch.ones(1), torch.tensor([4]), torch.tensor([0.75]),
+                           torch.empty(1, 4).exponential_(generator=g))
+        seen.add(int(t))
+    assert seen == {0, 1}  # 0.5 + 0.3 reach 0.75; 0.15 and 0.05 are outside
+
+
+def test_stop_strings_end_candidates_before_them(model, tok):
+    cfg = SamplingConfig(num_candidates=8, max_new_tokens=16, seed=3)
+    free = generate(model, tok, prompts(tok)[:1], cfg).candidates[0]
+    word = next(w for c in free for w in c.text.split() if len(w) > 1)
+    cut = generate(model, tok, prompts(tok)[:1], SamplingConfig(
+        num_candidates=8, max_new_tokens=16, seed=3, stop=(word,)))
+    assert cut.stopped and any(c.stopped for c in cut.candidates[0])
+    for a, b in zip(free, cut.candidates[0]):
+        assert word not in b.text
+        if word in a.text:  # the same draw, ended before the stop string
+            assert b.stopped and a.text.startswith(b.text) and b.ids == tok.encode(b.text)
+    with pytest.raises(ValueError):
+        score_generation(model, tok, cut)
+
+
+def test_reply_logprobs_are_the_models_per_token_likelihood(model, tok):
+    """Replies scored together (left-padded) get the log-probabilities a plain forward of each
+    gives, over the tokens a response may hold, with the top alternatives."""
+    from lamda.chat import ChatModel
+    from lamda.decode import text_only_mask
+    chat = ChatModel(model, tok)
+    replies = ["Hello there, how are you today?", "Fine."]
+    out = chat.reply_logprobs(CONTEXTS[0], replies, top=3)
+    mask = text_only_mask(tok, model.cfg.vocab_size)
+    prompt = response_prompt(tok, CONTEXTS[0])
+    for reply, lp in zip(replies, out):
+        ids = tok.encode(reply)
+        logp = torch.log_softmax(model(torch.tensor([prompt + ids]))[0].float() + mask, -1)
+        expected = [float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids)]
+        assert [e["token"] for e in lp] == [chat.piece(i)["token"] for i in ids]
+        assert "".join(e["token"] for e in lp).strip() == reply
+        torch.testing.assert_close(torch.tensor([e["logprob"] for e in lp]), torch.tensor(expected),
+                                   atol=1e-4, rtol=0)
+        for j, e in enumerate(lp):
+            assert len(e["top_logprobs"]) == 3
+            assert e["top_logprobs"][0]["logprob"] == pytest.approx(float(logp[len(prompt) - 1 + j].max()), abs=1e-4)
+
+
+def test_finish_cuts_replies_and_says_why(model, tok):
+    from lamda.chat import ChatModel
+    chat = ChatModel(model, tok)
+    out = chat.finish(CONTEXTS[0], ["one two three four five", "short"], [False, True], max_tokens=3)
+    assert out[0]["tokens"] == 3 and out[0]["finish_reason"] == "length"
+    assert tok.encode(out[0]["text"]) == tok.encode("one two three four five")[:3]
+    assert out[1] == {"text": "short", "tokens": len(tok.encode("short")), "finish_reason": "length"}
+    (stopped,) = chat.finish(CONTEXTS[0], ["hello there. bye"], [False], stop=("there", "bye"))
+    assert stopped["text"] == "hello " and stopped["finish_reason"] == "stop"
+    (lp,) = chat.finish(CONTEXTS[0], ["hi"], [False], top_logprobs=0)
+    assert len(lp["logprobs"]) == lp["tokens"] and lp["logprobs"][0]["top_logprobs"] == []
+
+
+def test_a_long_context_is_fitted_to_the_model_from_its_latest_turns(model, tok):
+    from lamda import tokenizer as T
+    from lamda.chat import ChatModel
+    chat = ChatModel(model, tok)
+    turns = [Turn("user", "word " * 200), Turn("lamda", "fine"), Turn("user", "and now?")]
+    prompt = response_prompt(tok, turns * 4)
+    room = model.cfg.max_seq_len // 2
+    fitted = chat.fit(prompt, room)
+    assert len(prompt) > model.cfg.max_seq_len - room >= len(fitted)
+    assert fitted == prompt[-len(fitted):] and fitted[0] in {tok.special(T.USER), tok.special(T.LAMDA)}
+    assert chat.fit(fitted, room) == fitted
