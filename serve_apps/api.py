@@ -7,6 +7,7 @@ unless they carry their no-op value; fields unknown to OpenAI are ignored and lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -18,10 +19,11 @@ MAX_MESSAGE_CHARS = 4000  # characters per message
 MAX_TOKENS = 512  # most tokens a reply may be asked to hold
 MAX_CHOICES = 16  # n: at most the candidates sample-and-rank draws (paper: 16)
 SAFE_INT = 2 ** 53 - 1  # integers JSON numbers hold exactly
-# Models are strict (no "5" for 5, no 0 for false); an integral JSON number such as 5.0 is an
-# integer to JSON Schema, so it is one here too.
+
+
 def Int(lo: int, hi: int):  # noqa: N802 (a type)
-    """An integer in [lo, hi]; an integral JSON number (5.0) counts as one, as in JSON Schema."""
+    """An integer in [lo, hi]. The request models are strict (no "5" for 5, no 0 for false), but
+    an integral JSON number such as 5.0 is an integer to JSON Schema, so it is one here too."""
     return Annotated[int, Field(ge=lo, le=hi), BeforeValidator(
         lambda v: int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= SAFE_INT else v)]
 
@@ -57,7 +59,7 @@ class StreamOptions(BaseModel):
 
 
 # Known OpenAI parameters LaMDA cannot honour -> the values that ask for nothing (accepted).
-UNSUPPORTED: dict[str, Any] = {
+UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "tools": lambda v: not v,
     "functions": lambda v: not v,
     "tool_choice": lambda v: v in (None, "none"),
