@@ -16,7 +16,7 @@ from lamda.accounting import inference_flops_per_token
 from lamda import tokenizer as T
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import (Candidate, EagerStep, GraphStep, SamplingConfig, best_by_likelihood,
-                          default_step, generate, left_pad, text_only_mask)
+                          before_stop, default_step, generate, left_pad, text_only_mask)
 from lamda.model import LaMDA
 from lamda.rank import RankConfig, Ranked, rank, score_generation, score_token_responses
 from lamda.research import ResearchResult, research_loop
@@ -174,8 +174,8 @@ class ChatModel:
         is not None, its logprobs."""
         out = []
         for text, cut in zip(replies, truncated):
-            at = [text.find(s) for s in stop if s in text]
-            text = text[:min(at)] if at else text
+            stopped = before_stop(text, stop)
+            text = text if stopped is None else stopped
             ids = self.tok.encode(text)
             if max_tokens is not None and len(ids) > max_tokens:
                 ids, cut = ids[:max_tokens], True

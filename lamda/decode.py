@@ -82,28 +82,36 @@ class Generation:
 
 
 def sample_rows(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
-                noise: Tensor) -> tuple[Tensor, Tensor]:
-    """One token per row, each row with its own settings.
+                noise: Tensor) -> Tensor:
+    """One token per row (R,), each row with its own settings.
 
     logits (R, V); temperature, top_p (R,) float; top_k (R,) long; noise (R, K) Exp(1) draws with
     K = top_k.max(). Among each row's top-k tokens, the fewest whose probability (at its
     temperature) reaches top_p are kept, and one is drawn by the exponential race
     argmax(p / noise), which samples from p exactly. Temperature 0 takes the most likely token.
-    Returns tokens (R,) and log p(token) (R,) under the untempered full softmax.
     """
     K = noise.shape[1]
+    rank = torch.arange(K, device=logits.device)
     vals, idx = torch.topk(logits.float(), K, dim=-1)  # (R, K), most likely first
-    keep = torch.arange(K, device=logits.device) < top_k[:, None]
+    keep = rank < top_k[:, None]
     scaled = torch.where(keep, vals / temperature.clamp_min(1e-6)[:, None], float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
-    keep &= (probs.cumsum(-1) - probs < top_p[:, None]) | (torch.arange(K, device=logits.device) == 0)
-    # ^ the nucleus: tokens until the probability before them reaches top_p (at least the first)
-    probs = torch.where(keep, probs, 0.0)
-    choice = (probs / noise).argmax(-1)
+    # the nucleus: tokens until the probability before them reaches top_p (at least the first)
+    keep &= (probs.cumsum(-1) - probs < top_p[:, None]) | (rank == 0)
+    choice = (torch.where(keep, probs, 0.0) / noise).argmax(-1)
     choice = torch.where(temperature > 0, choice, 0)
-    tokens = idx.gather(-1, choice[:, None]).squeeze(-1)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-    return tokens, logp
+    return idx.gather(-1, choice[:, None]).squeeze(-1)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log p(token) (R,) under the untempered full softmax of logits (R, V)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def before_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """`text` up to its first stop string, or None when it holds none."""
+    at = [text.find(s) for s in stop if s in text]
+    return text[:min(at)] if at else None
 
 
 def sample_top_k(logits: Tensor, top_k: int, temperature: float = 1.0,
@@ -112,7 +120,8 @@ def sample_top_k(logits: Tensor, top_k: int, temperature: float = 1.0,
     R, k = logits.shape[0], min(top_k, logits.shape[-1])
     full = lambda v, dtype=torch.float: torch.full((R,), v, dtype=dtype, device=logits.device)  # noqa: E731
     noise = torch.empty(R, k, device=logits.device).exponential_(generator=generator)
-    return sample_rows(logits, full(temperature), full(k, torch.long), full(1.0), noise)
+    tokens = sample_rows(logits, full(temperature), full(k, torch.long), full(1.0), noise)
+    return tokens, token_logprobs(logits, tokens)
 
 
 class RowSettings:
@@ -150,7 +159,7 @@ class RowSettings:
         for b, c in enumerate(self.cfgs):
             if c.stop:
                 for r in range(b * self.n, (b + 1) * self.n):
-                    if live[r] and any(s in tok.decode(out[r, :t + 1].tolist()) for s in c.stop):
+                    if live[r] and before_stop(tok.decode(out[r, :t + 1].tolist()), c.stop) is not None:
                         hits.append(r)
         return hits
 
@@ -306,10 +315,9 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
     stopped = torch.zeros(R, dtype=torch.bool, device=device)
     for t in range(rows.steps):
         logits = logits.float() + (first if t == 0 else text_only)  # (R, V)
-        nxt, logp = sample_rows(logits, rows.temperature, rows.top_k_rows, rows.top_p, rows.noise())
-        full = rows.limit == t + 1  # out of room: end these rows with <eot>
-        nxt = torch.where(full, eot, nxt)
-        logp = torch.where(full, torch.log_softmax(logits, dim=-1)[:, eot], logp)
+        nxt = sample_rows(logits, rows.temperature, rows.top_k_rows, rows.top_p, rows.noise())
+        nxt = torch.where(rows.limit == t + 1, eot, nxt)  # out of room: end these rows with <eot>
+        logp = token_logprobs(logits, nxt)
         live = ~done
         out[:, t] = torch.where(live, nxt, out[:, t])
         logprob += torch.where(live, logp, torch.zeros_like(logp))
@@ -328,8 +336,7 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
     for r in range(R):
         c = cfgs[r // N]
         if stops[r]:  # ends before its first stop string; logprob covers what was generated
-            text = tok.decode(tokens_out[r][:lens[r]])
-            text = text[:min(text.find(x) for x in c.stop if x in text)]
+            text = before_stop(tok.decode(tokens_out[r][:lens[r]]), c.stop)
             candidates[r // N].append(Candidate(tok.encode(text), text, lps[r], lens[r], False,
                                                 c.length_alpha, stopped=True))
             continue

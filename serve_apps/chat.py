@@ -292,16 +292,23 @@ class Chat:
 
     # -- one turn ---------------------------------------------------------------------------
 
-    def _call(self, response, cancel: threading.Event):
-        """The result of a deployment call; a cancelled turn cancels it and stops here."""
+    def _call(self, cancel: threading.Event, work: Work, stage: str, method, *args):
+        """`method.remote(*args)` on a deployment and its result, timed as `stage` of the turn.
+        A cancelled turn issues no call, and cancels the one it waits for."""
+        if cancel.is_set():
+            raise TurnCancelled()
         self.downstream_calls += 1
+        t0 = time.perf_counter()
+        response = method.remote(*args)
         deadline = time.monotonic() + self.call_timeout_s
         while True:
             if cancel.is_set():
                 response.cancel()
                 raise TurnCancelled()
             try:
-                return response.result(timeout_s=min(0.5, max(0.01, deadline - time.monotonic())))
+                out = response.result(timeout_s=min(0.5, max(0.01, deadline - time.monotonic())))
+                work.add(stage, time.perf_counter() - t0)
+                return out
             except TimeoutError:
                 if time.monotonic() >= deadline:
                     raise DownstreamError(f"no answer within {self.call_timeout_s} s") from None
@@ -322,37 +329,32 @@ class Chat:
                                  temperature=0.0 if sampling.get("temperature") == 0
                                  else self.cfg.research_temperature)
 
-        def call(stage: str, response):
-            if cancel.is_set():
-                raise TurnCancelled()
-            t0 = time.perf_counter()
-            out = self._call(response, cancel)
-            work.add(stage, time.perf_counter() - t0)
-            return out
+        def call(stage: str, method, *args):
+            return self._call(cancel, work, stage, method, *args)
 
         def respond(_):
-            s = call("sample", self.sampler.generate.remote(ctx, sampling))
-            r = call("rank", self.ranker.rank.remote(ctx, s["candidates"]))
+            s = call("sample", self.sampler.generate, ctx, sampling)
+            r = call("rank", self.ranker.rank, ctx, s["candidates"])
             work.add("sample", 0, s["energy_kwh"], **s["tokens"])
             work.add("rank", 0, r["energy_kwh"], **r["tokens"])
             work.sampler_batch = s["batch"]
             return ranked_from_dict(r["ranked"]), s["flops"] + r["flops"], {**s["tokens"], **r["tokens"]}
 
         def research(_, draft, steps):
-            out = call("research", self.sampler.research.remote(
-                ctx, draft, [{"query": s.query, "results": list(s.results)} for s in steps],
-                research_sampling))
+            out = call("research", self.sampler.research, ctx, draft,
+                       [{"query": s.query, "results": list(s.results)} for s in steps],
+                       research_sampling)
             work.add("research", 0, out["energy_kwh"], research_prompt=out["tokens"]["prompt"],
                      research_generated=out["tokens"]["generated"])
             return out["output"], out["flops"]
 
         def check(_, reply):  # the research loop's reply passes the safety filter too
-            r = call("check", self.ranker.rank_reply.remote(ctx, reply))
+            r = call("check", self.ranker.rank_reply, ctx, reply)
             work.add("check", 0, r["energy_kwh"], scored=r["tokens"]["scored"])
             return ranked_from_dict(r["ranked"]), r["flops"]
 
         def toolset(query):
-            calls = call("tools", self.toolset.run.remote(query, session))
+            calls = call("tools", self.toolset.run, query, session)
             for c in calls:
                 outcome = "error" if c["error"] else ("results" if c["results"] else "empty")
                 self.metrics.tool_calls.inc(1, {"tool": c["tool"], "outcome": outcome})
@@ -491,12 +493,9 @@ class Chat:
             drafted = answer.reply == answer.ranked.reply and answer.ranked.best is not None
             texts = [answer.reply] + [s.text for s in kept[1:req.n]]
             cut = [drafted and answer.ranked.best.truncated] + [s.truncated for s in kept[1:req.n]]
-            t0 = time.perf_counter()
-            out = self._call(self.sampler.finish.remote(
-                [t.__dict__ for t in context], texts, cut, req.reply_limit(), list(req.stops()),
-                req.logprob_count()), cancel)
-            work.add("finish", time.perf_counter() - t0)
-            return out
+            return self._call(cancel, work, "finish", self.sampler.finish,
+                              [t.__dict__ for t in context], texts, cut, req.reply_limit(),
+                              list(req.stops()), req.logprob_count())
 
         session = req.user or uuid.uuid4().hex
         result, err = await self._answer("completions", req.model, conversation, session,

@@ -248,7 +248,7 @@ def test_top_p_keeps_the_nucleus():
     seen = set()
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
-        t, _ = sample_rows(logits, torch.ones(1), torch.tensor([4]), torch.tensor([0.75]),
+        t = sample_rows(logits, torch.ones(1), torch.tensor([4]), torch.tensor([0.75]),
                            torch.empty(1, 4).exponential_(generator=g))
         seen.add(int(t))
     assert seen == {0, 1}  # 0.5 + 0.3 reach 0.75; 0.15 and 0.05 are outside
