@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from lamda.config import ModelConfig
 from lamda.model import LaMDA, build_model
-from lamda.storage import download_dir, fetch_file, is_s3, join, upload_dir
+from lamda.storage import cached, download_dir, fetch_file, is_s3, join, upload_dir
 from lamda.tokenizer import Tokenizer
 
 WEIGHTS, CONFIG, TOKENIZER, MANIFEST = "model.safetensors", "config.json", "tokenizer.model", "manifest.json"
@@ -73,10 +73,7 @@ def load_export(path: str | os.PathLike, device: str | torch.device = "cpu",
                 dtype: torch.dtype | None = None) -> tuple[LaMDA, Tokenizer]:
     """The model (eval mode) and tokenizer of an export (local path or s3:// URI); a clear error
     when it is incomplete or its weights do not match its config."""
-    if is_s3(path):
-        with tempfile.TemporaryDirectory() as d:
-            return load_export(download_dir(str(path), d), device, dtype)
-    path = Path(path)
+    path = cached(path)  # an s3:// export: fetched once per node
     missing = [n for n in (WEIGHTS, CONFIG, TOKENIZER, MANIFEST) if not (path / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete export: missing {', '.join(missing)}")
@@ -107,10 +104,7 @@ def load_export_dispatched(path: str | os.PathLike, dtype: torch.dtype | None = 
     with Accelerate's big-model loading: built with empty weights, then each block's tensors
     loaded straight onto its device. Decoding keeps each layer's KV cache on that layer's device."""
     from accelerate import init_empty_weights, load_checkpoint_and_dispatch
-    if is_s3(path):
-        with tempfile.TemporaryDirectory() as d:
-            return load_export_dispatched(download_dir(str(path), d), dtype, device_map, max_memory)
-    path = Path(path)
+    path = cached(path)
     cfg, tok = read_export_header(path)
     with init_empty_weights():
         model = LaMDA(cfg)

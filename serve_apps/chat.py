@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from lamda.chat import Answer, ChatConfig, chat_turn
-from lamda.conversations import ConversationStore
+from lamda.conversations import ConversationStore, StoreUnavailable
 from lamda.data import Turn
 from lamda.rank import Ranked, Scored
 from lamda.roles import load_roles
@@ -203,6 +203,14 @@ def positive(counter: Counter, value: float, tags: dict | None = None) -> None:
 def ranked_from_dict(d: dict) -> Ranked:
     return Ranked(d["reply"], d["fallback"], Scored(**d["best"]) if d["best"] else None,
                   [Scored(**s) for s in d["candidates"]])
+
+
+def unavailable(e: Exception):
+    """503 for a part the turn needs that failed (a model replica, the conversation store)."""
+    what = "conversation store" if isinstance(e, StoreUnavailable) else "model"
+    log.warning("503: the %s is unavailable: %s", what, e)
+    return error(503, f"the {what} is unavailable, retry shortly ({e})", "server_error",
+                 "unavailable")
 
 
 class DownstreamError(Exception):
@@ -389,8 +397,7 @@ class Chat:
             self.metrics.cancelled.inc()
             raise asyncio.CancelledError() from None
         except DownstreamError as e:
-            return None, error(503, f"the model is unavailable, retry shortly ({e})",
-                               "server_error", "unavailable")
+            return None, unavailable(e)
         finally:
             self.turns_in_flight -= 1
             self.metrics.in_flight.set(self.turns_in_flight)
@@ -442,13 +449,19 @@ class Chat:
     async def chat(self, req: ChatRequest):
         """Native API: the reply plus the trace of how it was chosen."""
         cid = req.conversation_id or ConversationStore.new_id()
-        history = self.store.history(cid)
         user = Turn("user", req.message)
+        try:  # off the event loop: the store may be a database across the network
+            history = await asyncio.to_thread(self.store.history, cid)
+        except StoreUnavailable as e:
+            return unavailable(e)
         result, err = await self._answer("chat", req.model, [*history, user], cid)
         if err:
             return err
         answer, work, _ = result
-        self.store.append(cid, [user, Turn("lamda", answer.reply)])
+        try:  # the user's turn and the reply, both or neither
+            await asyncio.to_thread(self.store.append, cid, [user, Turn("lamda", answer.reply)])
+        except StoreUnavailable as e:
+            return unavailable(e)
         body = {"conversation_id": cid, "model": req.model, "reply": answer.reply,
                 "usage": answer.tokens, "flops": answer.flops, "energy_kwh": work.energy_kwh,
                 "seconds": work.seconds}

@@ -15,6 +15,7 @@ import time
 
 import torch
 from ray import serve
+from ray.serve.metrics import Gauge
 
 from lamda.accounting import EnergyMeter, hardware
 from lamda.chat import ChatModel
@@ -22,6 +23,7 @@ from lamda.checkpoint import load_export, load_export_dispatched
 from lamda.data import ResearchStep, Turn
 from lamda.decode import Candidate, SamplingConfig
 from lamda.rank import RankConfig
+from lamda.storage import cached
 from lamda.tools import Toolset as Tools
 from lamda.tools.retrieval import Retriever
 
@@ -146,18 +148,27 @@ class Ranker(_ModelReplica):
 
 @serve.deployment
 class Toolset:
-    """Calculator, translator (dictd, optionally LibreTranslate) and retrieval over an index."""
+    """Calculator, translator (dictd, optionally LibreTranslate) and retrieval over an index (a
+    local SQLite file, or an s3:// one fetched once per node). Retrieval remembers per
+    conversation which results it gave (bounded: `max_sessions`, each for `session_ttl_s` idle)."""
 
-    def __init__(self, index_path: str | None = None, translate_url: str | None = None):
+    def __init__(self, index_path: str | None = None, translate_url: str | None = None,
+                 max_sessions: int = 10_000, session_ttl_s: float = 3600.0):
         if translate_url:
             os.environ["LAMDA_TRANSLATE_URL"] = translate_url
         tools = Tools.from_env()
         if index_path:
-            tools.retriever = Retriever(index_path)
+            tools.retriever = Retriever(cached(index_path), max_sessions=max_sessions,
+                                        session_ttl_s=session_ttl_s)
         self.tools = tools.warm_up()
+        self.sessions = Gauge("lamda_tool_sessions", "conversations whose retrieval state this "
+                              "Toolset replica holds")
 
     async def ping(self) -> bool:
         return True
 
     async def run(self, query: str, session: str | None = None) -> list[dict]:
-        return [dataclasses.asdict(c) for c in self.tools.run(query, session)]
+        calls = [dataclasses.asdict(c) for c in self.tools.run(query, session)]
+        if self.tools.retriever is not None:
+            self.sessions.set(len(self.tools.retriever.sessions))
+        return calls

@@ -56,3 +56,20 @@ def research_records(tool_sources, tool_index):
     recs = TD.build(tool_sources, toolset, "train", n_arithmetic=200, per_element=1, per_word=1,
                     chat_repeats=1, max_words=300)
     return [parse_research(r) for r in recs]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on loopback (tests.postgres), one per test module."""
+    import socket
+
+    from tests.postgres import PostgresServer
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = PostgresServer(port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

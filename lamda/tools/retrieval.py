@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from lamda.data import Document, read_jsonl
 from lamda.tools.dictd import DictDatabase, find_database
+from lamda.tools.sessions import Sessions
 
 STOPWORDS = set("""a an and are as at be by can could did do does for from had has have how i in
 is it its me my of on or our please tell that the their them there these they this to was we were
@@ -81,12 +82,14 @@ def best_passage(text: str, words: list[str], max_chars: int = 300) -> str:
 class Retriever:
     """The tool. `search(query, session)` remembers per session how far each query has got."""
 
-    def __init__(self, db_path: str | Path, min_match: float = 2 / 3):
+    def __init__(self, db_path: str | Path, min_match: float = 2 / 3, max_sessions: int = 10_000,
+                 session_ttl_s: float = 3600.0):
         self.db_path = str(db_path)
         self.min_match = min_match  # share of the query's words a document must contain
         self._local = threading.local()
-        self._seen: dict[str, dict[tuple[str, ...], int]] = defaultdict(dict)
-        self._lock = threading.Lock()
+        # per conversation: how many results of each query (its sorted words) were returned
+        self.sessions: Sessions[dict[tuple[str, ...], int]] = Sessions(dict, max_sessions,
+                                                                       session_ttl_s)
         with self._conn() as c:
             c.executescript(SCHEMA)
 
@@ -148,10 +151,7 @@ class Retriever:
         """["<snippet> <url>"] of the next result for this query in this session ([] when none)."""
         words = terms(query)
         key = tuple(sorted(words))
-        with self._lock:
-            rank = self._seen[session][key] if session is not None and key in self._seen[session] else 0
-            if session is not None:
-                self._seen[session][key] = rank + 1
+        rank = 0 if session is None else self.sessions.update(session, lambda seen: _next(seen, key))
         rows = self.ranked(query, limit=rank + 1)
         if len(rows) <= rank:
             return []
@@ -163,11 +163,17 @@ class Retriever:
         return [f"{passage} {url}"]
 
     def forget(self, session: str) -> None:
-        with self._lock:
-            self._seen.pop(session, None)
+        self.sessions.forget(session)
 
     def __call__(self, query: str, session: str | None = None) -> list[str]:
         return self.search(query, session)
+
+
+def _next(seen: dict[tuple[str, ...], int], key: tuple[str, ...]) -> int:
+    """The rank of the result to return for query `key`, counting it as returned."""
+    rank = seen.get(key, 0)
+    seen[key] = rank + 1
+    return rank
 
 
 FIELD = re.compile(r"^[A-Z][\w ]{0,30}:\s*\S")  # a "Symbol: Na" line of a dictionary entry

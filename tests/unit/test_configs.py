@@ -35,6 +35,7 @@ def test_prometheus_config_is_valid():
 def test_grafana_dashboard_queries_metrics_the_code_exports():
     dash = json.loads((ROOT / "cluster/grafana-lamda.json").read_text())
     exported = set(re.findall(r'"(lamda_[a-z_]+)"', (ROOT / "serve_apps/chat.py").read_text()
+                              + (ROOT / "serve_apps/deployments.py").read_text()
                               + (ROOT / "lamda/ray_train.py").read_text()))
     for panel in dash["panels"]:
         for target in panel["targets"]:
