@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -284,6 +285,8 @@ class Chat:
         self.call_timeout_s = call_timeout_s
         self.metrics = app.state.metrics = Metrics()
         self.downstream_calls = self.cancelled = 0  # all turns (read by tests through `stats`)
+        self.served_by = {"replica": serve.get_replica_context().replica_id.unique_id,
+                          "node": ray.get_runtime_context().get_node_id()}  # in the trace
         self.turns_in_flight = 0
 
     def reconfigure(self, config: dict) -> None:
@@ -476,6 +479,7 @@ class Chat:
                 "tool_calls": work.tool_calls,
                 "citations": answer.research.citations if answer.research else [],
                 "sampler_batch": work.sampler_batch,
+                "served_by": self.served_by,
             }
         return body
 

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_serve_config_matches_rays_schema_and_the_graph():
     from ray.serve.schema import ServeDeploySchema
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_apps/chat.yaml").read_text()))
+    ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_apps/chat-cluster.yaml").read_text()))
     (app,) = config.applications
     assert app.import_path == "serve_apps.app:build_app"
     names = {d.name for d in app.deployments}
@@ -80,6 +82,19 @@ def test_kuberay_manifests(name, kind):
         assert group["template"]["spec"]["containers"][0]["image"]
 
 
-def test_rayservice_serves_exactly_chat_yaml():
+def test_rayservice_serves_exactly_chat_cluster_yaml():
     embedded = kuberay("rayservice.yaml")["spec"]["serveConfigV2"]
-    assert yaml.safe_load(embedded) == yaml.safe_load((ROOT / "serve_apps/chat.yaml").read_text())
+    assert embedded == (ROOT / "serve_apps/chat-cluster.yaml").read_text()
+
+
+def test_the_cluster_config_differs_from_the_local_one_only_in_where_things_live():
+    local = yaml.safe_load((ROOT / "serve_apps/chat.yaml").read_text())
+    cluster = yaml.safe_load((ROOT / "serve_apps/chat-cluster.yaml").read_text())
+    assert local["http_options"].pop("host") == "127.0.0.1"  # `serve run` on a laptop
+    assert cluster["http_options"].pop("host") == "0.0.0.0"  # reachable from other nodes
+    args = cluster["applications"][0].pop("args")
+    local["applications"][0].pop("args")
+    assert local == cluster
+    assert args["model"].startswith("s3://") and args["index"].startswith("s3://")
+    db = urlsplit(args["conversations"])
+    assert db.scheme == "postgresql" and db.password is None  # secrets stay out of the file
