@@ -1,12 +1,15 @@
 """Serving overhead and throughput on this machine. Prints JSON lines.
 
-    python bench/serve.py [--preset tiny] [--turns 10]
+    python bench/serve.py [--preset tiny] [--turns 10] [--research] [--clients 1 4 16 64]
 
-1. The same turn (16 candidates x 32 tokens, ranking; research off so the work is fixed, same
-   seed) through HTTP + Ray Serve vs the same calls in-process (lamda.chat with the sampler and
-   ranker split exactly as in the graph), both with the same torch thread count: the ratio is
+1. The same turn (16 candidates x 32 tokens, ranking; same seed) through HTTP + Ray Serve vs the
+   same calls in-process (the Sampler's continuous-batching engine, lamda.engine, and the Ranker's
+   scoring, split exactly as in the graph), both with the same torch thread count: the ratio is
    the overhead Serve adds.
-2. Requests/s at 1, 4 and 16 concurrent clients.
+2. At 1, 4, 16 and 64 concurrent clients: requests/s, p50 and p99 latency, served and in-process
+   (the same engine, the same number of concurrent turns).
+`--research` runs the research loop after sample-and-rank (the Toolset's calculator and
+translator; random weights route at random, so the loop's length varies), else the work is fixed.
 Random weights: the work, not the text, is measured.
 """
 
@@ -34,6 +37,8 @@ def main(argv=None) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--port", type=int, default=8321)
+    p.add_argument("--research", action="store_true", help="the research loop on")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads, in-process and per model replica (more than the cores "
                         "divided by the model replicas oversubscribes the CPU)")
@@ -48,9 +53,11 @@ def main(argv=None) -> None:
     from lamda.config import ModelConfig
     from lamda.data import SAMPLE_DIR, Turn, corpus_texts, read_jsonl
     from lamda.decode import SamplingConfig
+    from lamda.engine import DecodeEngine
     from lamda.model import build_model
     from lamda.rank import RankConfig
     from lamda.tokenizer import Tokenizer
+    from lamda.tools import Toolset as Tools
     from serve_apps.chat import Chat
     from serve_apps.deployments import Ranker, Sampler, Toolset
 
@@ -62,17 +69,27 @@ def main(argv=None) -> None:
     save_export(work / "export", model.state_dict(), model.cfg, tok)
     message = "How tall is Mount Everest?"
 
-    # in-process: the graph's calls, sampler and ranker split the same way
+    # in-process: the graph's calls, sampler and ranker split the same way, on the same engine
     chat = ChatModel(model, tok)
+    engine = DecodeEngine(model, tok)
     sampling, rank_cfg = SamplingConfig(**SAMPLING), RankConfig(safety_threshold=0.0)
+    cfg = ChatConfig(research=a.research, max_iterations=2)
+    research_sampling = SamplingConfig(**{**SAMPLING, "num_candidates": 1, "temperature": 0.0})
+    tools = Tools() if a.research else None
 
     def respond(ctx):
-        (cands, f1, t1), = chat.sample([ctx], sampling)
+        prompt = chat.response_prompt(ctx, sampling)
+        cands, f1, t1 = chat.sampled(prompt, engine.submit(prompt, sampling).result().candidates)
         ranked, f2, t2 = chat.score(ctx, cands, rank_cfg)
         return ranked, f1 + f2, {**t1, **t2}
 
+    def research(ctx, draft, steps):
+        prompt, routes = chat.research_request(ctx, draft, steps, research_sampling)
+        decoded = engine.submit(prompt, research_sampling, routes).result()
+        return chat.research_output(prompt, decoded.candidates)[:2]
+
     def local():
-        return chat_turn([Turn("user", message)], respond, None, None, ChatConfig(research=False))
+        chat_turn([Turn("user", message)], respond, research, tools, cfg)
 
     local()
     in_process = [timed(local) for _ in range(a.turns)]
@@ -83,33 +100,50 @@ def main(argv=None) -> None:
     small = {"num_cpus": 0.25}
     export = str(work / "export")
     threads = a.threads  # the replicas compute with as many threads as in-process
-    serve.run(Chat.options(ray_actor_options=small, user_config={"research": False}).bind(
-        Sampler.options(ray_actor_options=small, user_config=SAMPLING).bind(export, threads),
-        Ranker.options(ray_actor_options=small, user_config={"safety_threshold": 0.0}).bind(export, threads),
-        Toolset.options(ray_actor_options=small).bind(None),
+    concurrent = {"max_ongoing_requests": 128, "max_queued_requests": 256}
+    serve.run(Chat.options(ray_actor_options=small, **concurrent,
+                           user_config={"research": a.research, "max_iterations": 2}).bind(
+        Sampler.options(ray_actor_options=small, user_config=SAMPLING, **concurrent).bind(export, threads),
+        Ranker.options(ray_actor_options=small, user_config={"safety_threshold": 0.0},
+                       **concurrent).bind(export, threads),
+        Toolset.options(ray_actor_options=small, **concurrent).bind(None),
         conversations=str(work / "conversations.sqlite")), name="lamda", route_prefix="/")
     url = f"http://127.0.0.1:{a.port}/chat"
+    http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=128))
 
     def remote():
-        r = httpx.post(url, json={"message": message, "trace": False}, timeout=120)
+        r = http.post(url, json={"message": message, "trace": False})
         r.raise_for_status()
 
     remote()
     via_serve = [timed(remote) for _ in range(a.turns)]
     local_s, serve_s = statistics.median(in_process), statistics.median(via_serve)
-    print(json.dumps({"bench": "serve_overhead", "preset": a.preset, "threads": a.threads, **SAMPLING,
+    common = {"preset": a.preset, "threads": a.threads, "research": a.research}
+    print(json.dumps({"bench": "serve_overhead", **common, **SAMPLING,
                       "in_process_s": round(local_s, 4), "serve_http_s": round(serve_s, 4),
                       "overhead": round(serve_s / local_s - 1, 3)}), flush=True)
-    for clients in (1, 4, 16):
+    for clients in a.clients:
         n = max(8, 2 * clients)
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(lambda _: remote(), range(n)))
-        dt = time.perf_counter() - t0
-        print(json.dumps({"bench": "serve_throughput", "preset": a.preset, "clients": clients,
-                          "requests": n, "requests_per_s": round(n / dt, 2)}), flush=True)
+        served, local_run = under_load(remote, clients, n), under_load(local, clients, n)
+        print(json.dumps({"bench": "serve_throughput", **common, "clients": clients, "requests": n,
+                          **{f"served_{k}": v for k, v in served.items()},
+                          **{f"in_process_{k}": v for k, v in local_run.items()},
+                          "served_vs_in_process": round(served["requests_per_s"]
+                                                        / local_run["requests_per_s"], 3)}),
+              flush=True)
+    engine.close()
     serve.shutdown()
     ray.shutdown()
+
+
+def under_load(fn, clients: int, n: int) -> dict:
+    """`n` calls of `fn` from `clients` threads: requests/s, p50 and p99 latency (s)."""
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        latencies = sorted(pool.map(lambda _: timed(fn), range(n)))
+    dt = time.perf_counter() - t0
+    return {"requests_per_s": round(n / dt, 2), "p50_s": round(statistics.median(latencies), 3),
+            "p99_s": round(latencies[min(n - 1, int(0.99 * n))], 3)}
 
 
 def timed(fn) -> float:

@@ -109,12 +109,17 @@ class ChatModel:
         room = max(c.max_new_tokens for c in (sampling if isinstance(sampling, list) else [sampling]))
         prompts = [self.fit(response_prompt(self.tok, c), room + 2) for c in contexts]
         gen = generate(self.model, self.tok, prompts, sampling, step=self.step)
-        out = []
-        for prompt, cands in zip(prompts, gen.candidates):
-            generated = sum(c.length for c in cands)
-            flops = self.flops(len(prompt) + max(c.length for c in cands), len(prompt) + generated)
-            out.append((cands, flops, {"prompt": len(prompt), "generated": generated}))
-        return gen, out
+        return gen, [self.sampled(p, cands) for p, cands in zip(prompts, gen.candidates)]
+
+    def response_prompt(self, context: list[Turn], sampling: SamplingConfig) -> list[int]:
+        """The prompt whose continuation is LaMDA's response to `context` (fitted to the model)."""
+        return self.fit(response_prompt(self.tok, context), sampling.max_new_tokens + 2)
+
+    def sampled(self, prompt: list[int], cands: list[Candidate]) -> tuple[list[Candidate], float, dict]:
+        """Candidates decoded from `prompt`, with their FLOPs and token counts."""
+        generated = sum(c.length for c in cands)
+        flops = self.flops(len(prompt) + max(c.length for c in cands), len(prompt) + generated)
+        return cands, flops, {"prompt": len(prompt), "generated": generated}
 
     def candidate(self, text: str) -> Candidate:
         """A reply written elsewhere (the research loop's) as a candidate to score."""
@@ -135,11 +140,20 @@ class ChatModel:
                  sampling: SamplingConfig) -> tuple[str, float, dict]:
         """The research task's next output ("TS, query" or "User, reply"), its FLOPs and token
         counts. The first token is one of the two routing words; the rest is text."""
-        prompt = self.fit(research_prompt(self.tok, context, draft, steps), sampling.max_new_tokens + 2)
-        routes = [self.tok.special(T.TO_TOOLSET), self.tok.special(T.TO_USER)]
+        prompt, routes = self.research_request(context, draft, steps, sampling)
         gen = generate(self.model, self.tok, [prompt], sampling, step=self.step, first_tokens=routes)
-        best = best_by_likelihood(gen.candidates[0])
-        generated = sum(c.length for c in gen.candidates[0])
+        return self.research_output(prompt, gen.candidates[0])
+
+    def research_request(self, context: list[Turn], draft: str, steps: list[ResearchStep],
+                         sampling: SamplingConfig) -> tuple[list[int], list[int]]:
+        """The research task's prompt and the tokens allowed first (its two routing words)."""
+        prompt = self.fit(research_prompt(self.tok, context, draft, steps), sampling.max_new_tokens + 2)
+        return prompt, [self.tok.special(T.TO_TOOLSET), self.tok.special(T.TO_USER)]
+
+    def research_output(self, prompt: list[int], cands: list[Candidate]) -> tuple[str, float, dict]:
+        """The likeliest of the research task's samples, its FLOPs and token counts."""
+        best = best_by_likelihood(cands)
+        generated = sum(c.length for c in cands)
         return (self.tok.decode(best.ids), self.flops(len(prompt) + best.length, len(prompt) + generated),
                 {"prompt": len(prompt), "generated": generated})
 

@@ -330,21 +330,29 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
         pos = torch.tensor([T + t], device=device)
         logits = step(model, torch.where(done, eot, nxt), pos, cache)
 
-    candidates: list[list[Candidate]] = [[] for _ in prompts]
-    tokens_out, lps, lens = out.tolist(), logprob.tolist(), lengths.tolist()
-    limits, stops = rows.limit.tolist(), stopped.tolist()
-    for r in range(R):
-        c = cfgs[r // N]
-        if stops[r]:  # ends before its first stop string; logprob covers what was generated
-            text = before_stop(tok.decode(tokens_out[r][:lens[r]]), c.stop)
-            candidates[r // N].append(Candidate(tok.encode(text), text, lps[r], lens[r], False,
-                                                c.length_alpha, stopped=True))
+    tokens_out, lps, lens, stops = out.tolist(), logprob.tolist(), lengths.tolist(), stopped.tolist()
+    candidates = [make_candidates(tok, cfgs[b], tokens_out[b * N:(b + 1) * N], lps[b * N:(b + 1) * N],
+                                  lens[b * N:(b + 1) * N], stops[b * N:(b + 1) * N])
+                  for b in range(n_prompts)]
+    return Generation(candidates, cache, T, lengths, bool(stopped.any()))
+
+
+def make_candidates(tok: Tokenizer, cfg: SamplingConfig, tokens: list[list[int]],
+                    logprobs: list[float], lengths: list[int], stopped: list[bool]
+                    ) -> list[Candidate]:
+    """One prompt's rows as candidates: the tokens drawn per row, their summed log-likelihood,
+    the response length (<eot> included) and whether the row ended at a stop string."""
+    out = []
+    for ids, lp, n, stop in zip(tokens, logprobs, lengths, stopped):
+        if stop:  # ends before its first stop string; logprob covers what was generated
+            text = before_stop(tok.decode(ids[:n]), cfg.stop)
+            out.append(Candidate(tok.encode(text), text, lp, n, False, cfg.length_alpha,
+                                 stopped=True))
             continue
-        ids = tokens_out[r][:lens[r] - 1]  # drop the final <eot>
-        truncated = lens[r] == limits[r]  # its <eot> was forced at its last step
-        candidates[r // N].append(Candidate(ids, tok.decode(ids), lps[r], lens[r], truncated,
-                                            c.length_alpha))
-    return Generation(candidates[:n_prompts], cache, T, lengths, bool(stopped.any()))
+        ids = ids[:n - 1]  # drop the final <eot>
+        truncated = n == cfg.max_new_tokens  # its <eot> was forced at its last step
+        out.append(Candidate(ids, tok.decode(ids), lp, n, truncated, cfg.length_alpha))
+    return out
 
 
 def best_by_likelihood(candidates: list[Candidate]) -> Candidate:

@@ -1,7 +1,7 @@
 """The chat application: `serve run serve_apps/chat.yaml` (or `serve deploy`), or
 `serve run serve_apps.app:build_app model=runs/local/finetuned_safe`.
 
-    Chat (FastAPI ingress) --> Sampler (model, @serve.batch)
+    Chat (FastAPI ingress) --> Sampler (model, continuous batching: lamda.engine)
                            --> Ranker (model: discriminators, safety filter, 3S+Sp+I)
                            --> Toolset (calculator, translator, retrieval)
 """

@@ -1,14 +1,15 @@
 """The model-side deployments of the chat graph: Sampler, Ranker and Toolset.
 
 Sampler and Ranker each hold the model (loaded from an export: safetensors + config + tokenizer,
-local or s3://). The Sampler batches concurrent conversations into one decode (`@serve.batch`);
-the Ranker scores a conversation's candidates by re-encoding them in one prefill, so the two scale
+local or s3://, cached per node). The Sampler decodes every request in one continuous batch
+(lamda.engine); the Ranker scores a conversation's candidates by re-encoding them in one prefill, so the two scale
 separately (in one process, lamda.chat reuses the decoding cache instead). Settings that may change
 while serving arrive as `user_config` through `reconfigure`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -17,11 +18,12 @@ import torch
 from ray import serve
 from ray.serve.metrics import Gauge
 
-from lamda.accounting import EnergyMeter, hardware
+from lamda.accounting import EnergyMeter, energy_kwh, hardware
 from lamda.chat import ChatModel
 from lamda.checkpoint import load_export, load_export_dispatched
 from lamda.data import ResearchStep, Turn
 from lamda.decode import Candidate, SamplingConfig
+from lamda.engine import Decoded, DecodeEngine, EngineConfig
 from lamda.rank import RankConfig
 from lamda.storage import cached
 from lamda.tools import Toolset as Tools
@@ -75,51 +77,65 @@ class _ModelReplica:
 
 @serve.deployment
 class Sampler(_ModelReplica):
-    def __init__(self, model_path: str, threads: int | None = None):
+    """Candidates and research outputs from one continuous-batching decode loop per replica
+    (lamda.engine): each request joins the rows already decoding at the next step and leaves when
+    its rows end; the model runs in the engine's thread, never on the event loop, and a cancelled
+    request frees its rows."""
+
+    def __init__(self, model_path: str, threads: int | None = None,
+                 engine: dict | None = None):
         super().__init__(model_path, threads)
         self.sampling = SamplingConfig()
-        self.chat.warm_up(self.sampling)  # on GPU: compile the CUDA-graph step before serving
+        self.engine = DecodeEngine(self.chat.model, self.chat.tok, EngineConfig(**(engine or {})))
 
     def reconfigure(self, config: dict) -> None:
         """user_config: num_candidates, top_k, temperature, max_new_tokens, seed."""
         self.sampling = from_user_config(SamplingConfig, config)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def generate(self, contexts: list[list[dict]], settings: list[dict]) -> list[dict]:
-        """Candidates for each context; concurrent requests share one decode, each with its own
-        sampling `settings` (SamplingConfig fields over the replica's user_config)."""
-        meter, t0 = self._meter(), time.perf_counter()
-        cfgs = [dataclasses.replace(self.sampling, **s) for s in settings]
-        results = self.chat.sample([turns(c) for c in contexts], cfgs)
-        kwh, seconds = meter.kwh(), time.perf_counter() - t0
-        total = sum(tok["prompt"] + tok["generated"] for _, _, tok in results) or 1
-        out = []
-        for cands, flops, tokens in results:
-            share = (tokens["prompt"] + tokens["generated"]) / total
-            out.append({"candidates": [dataclasses.asdict(c) for c in cands], "flops": flops,
-                        "tokens": tokens, "energy_kwh": kwh * share, "batch": len(contexts),
-                        "seconds": seconds})
-        return out
+    async def _decode(self, prompt: list[int], sampling: SamplingConfig,
+                      first_tokens: list[int] | None = None) -> tuple[Decoded, int]:
+        """The engine's candidates for `prompt`, and the rows decoding when it was submitted; a
+        cancelled call (the client went away) cancels the request in the engine."""
+        rows = self.engine.rows
+        return await asyncio.wrap_future(self.engine.submit(prompt, sampling, first_tokens)), rows
+
+    def _energy_kwh(self, seconds: float) -> float:
+        """The modelled energy of a request's share of the device time."""
+        return energy_kwh(1, seconds, self._watts)
+
+    async def generate(self, context: list[dict], settings: dict) -> dict:
+        """Candidates for one conversation, with its own sampling `settings` (SamplingConfig
+        fields over the replica's user_config), decoded next to every other request."""
+        t0 = time.perf_counter()
+        sampling = dataclasses.replace(self.sampling, **settings)
+        prompt = self.chat.response_prompt(turns(context), sampling)
+        decoded, rows = await self._decode(prompt, sampling)
+        cands, flops, tokens = self.chat.sampled(prompt, decoded.candidates)
+        return {"candidates": [dataclasses.asdict(c) for c in cands], "flops": flops,
+                "tokens": tokens, "energy_kwh": self._energy_kwh(decoded.seconds),
+                "batch": rows // sampling.num_candidates + 1, "seconds": time.perf_counter() - t0}
 
     async def research(self, context: list[dict], draft: str, steps: list[dict],
                        settings: dict | None = None) -> dict:
         """The research task's next output for one conversation; `settings`: SamplingConfig
         fields over the replica's user_config (the Chat sends num_candidates and temperature)."""
-        meter = self._meter()
         sampling = dataclasses.replace(self.sampling, **{"num_candidates": 1, "temperature": 0.0,
                                                          **(settings or {})})
-        output, flops, tokens = self.chat.research(
+        prompt, routes = self.chat.research_request(
             turns(context), draft, [ResearchStep(s["query"], tuple(s["results"])) for s in steps],
             sampling)
-        return {"output": output, "flops": flops, "tokens": tokens, "energy_kwh": meter.kwh()}
+        decoded, _ = await self._decode(prompt, sampling, routes)
+        output, flops, tokens = self.chat.research_output(prompt, decoded.candidates)
+        return {"output": output, "flops": flops, "tokens": tokens,
+                "energy_kwh": self._energy_kwh(decoded.seconds)}
 
     async def finish(self, context: list[dict], replies: list[str], truncated: list[bool],
                      max_tokens: int | None = None, stop: list[str] = (),
                      top_logprobs: int | None = None) -> list[dict]:
         """The replies as the client gets them: cut at stop strings and max_tokens, counted, with
         finish_reason and (on request) logprobs (lamda.chat.ChatModel.finish)."""
-        return self.chat.finish(turns(context), replies, truncated, max_tokens, tuple(stop),
-                                top_logprobs)
+        return await asyncio.to_thread(self.chat.finish, turns(context), replies, truncated,
+                                       max_tokens, tuple(stop), top_logprobs)
 
 
 @serve.deployment
@@ -133,11 +149,11 @@ class Ranker(_ModelReplica):
         self.cfg = from_user_config(RankConfig, config)
 
     async def rank(self, context: list[dict], candidates: list[dict]) -> dict:
-        return self._rank(context, [Candidate(**c) for c in candidates])
+        return await asyncio.to_thread(self._rank, context, [Candidate(**c) for c in candidates])
 
     async def rank_reply(self, context: list[dict], reply: str) -> dict:
         """One reply written elsewhere (the research loop's), through the same safety filter."""
-        return self._rank(context, [self.chat.candidate(reply)])
+        return await asyncio.to_thread(self._rank, context, [self.chat.candidate(reply)])
 
     def _rank(self, context: list[dict], candidates: list[Candidate]) -> dict:
         meter = self._meter()

@@ -1,0 +1,132 @@
+"""Continuous batching (lamda.engine): requests joining and leaving a running batch decode the
+same candidates as alone (same seed), cancelled requests free their rows, no deadlock under 64
+concurrent requests."""
+
+import concurrent.futures as cf
+import time
+
+import pytest
+import torch
+
+from lamda import tokenizer as T
+from lamda.config import ModelConfig
+from lamda.data import Turn, response_prompt
+from lamda.decode import SamplingConfig, generate
+from lamda.engine import DecodeEngine, EngineConfig
+from lamda.model import LaMDA
+
+
+class EarlyStopper(LaMDA):
+    """A random model nudged towards <eot>, so that candidates end at different lengths."""
+
+    eot: int = 0
+    push: float = 2.5
+
+    def forward(self, *args, **kwargs):
+        logits = super().forward(*args, **kwargs)
+        logits[..., self.eot] += self.push
+        return logits
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    m = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
+    m.eot = tok.eot_id
+    return m
+
+
+@pytest.fixture()
+def engine(model, tok):
+    e = DecodeEngine(model, tok)
+    yield e
+    e.close()
+
+
+def prompt(tok, text: str, turns: int = 1):
+    return response_prompt(tok, [Turn("user", f"{text} {i}") for i in range(turns)])
+
+
+def alone(model, tok, p, cfg, first=None):
+    return [(c.ids, c.text, c.truncated, c.length) for c in
+            generate(model, tok, [p], cfg, first_tokens=first).candidates[0]]
+
+
+def key(decoded):
+    return [(c.ids, c.text, c.truncated, c.length) for c in decoded.candidates]
+
+
+def wait_steps(engine, n, timeout=30):
+    deadline = time.monotonic() + timeout
+    while engine.steps < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def test_a_request_alone_decodes_as_generate_does(engine, model, tok):
+    cfg = SamplingConfig(num_candidates=4, max_new_tokens=12, seed=3)
+    p = prompt(tok, "How tall is Mount Everest?")
+    assert key(engine.submit(p, cfg).result(timeout=60)) == alone(model, tok, p, cfg)
+
+
+def test_rows_joining_and_leaving_a_running_batch_decode_as_alone(engine, model, tok):
+    model.push = 0.0  # long rows: the first request is still decoding when the others join
+    try:
+        long = SamplingConfig(num_candidates=2, max_new_tokens=40, seed=1)
+        short = SamplingConfig(num_candidates=4, max_new_tokens=6, seed=2, temperature=0.7, top_k=5)
+        greedy = SamplingConfig(num_candidates=1, max_new_tokens=8, temperature=0.0)
+        a, b, c = prompt(tok, "Hi"), prompt(tok, "Tell me about jazz", 6), prompt(tok, "Why?", 2)
+        fa = engine.submit(a, long)
+        wait_steps(engine, 3)
+        fb = engine.submit(b, short)  # longer than a's row so far: the running rows shift right
+        wait_steps(engine, 12)
+        fc = engine.submit(c, greedy)  # after b has left
+        got = [key(f.result(timeout=60)) for f in (fa, fb, fc)]
+        assert got == [alone(model, tok, a, long), alone(model, tok, b, short),
+                       alone(model, tok, c, greedy)]
+    finally:
+        model.push = 2.5
+
+
+def test_first_tokens_and_stop_strings_per_request(engine, model, tok):
+    first = [tok.special(T.TO_TOOLSET), tok.special(T.TO_USER)]  # the research task's routing
+    cfg = SamplingConfig(num_candidates=3, max_new_tokens=10, seed=5)
+    p = prompt(tok, "What is 12 + 30?")
+    got = engine.submit(p, cfg, first_tokens=first).result(timeout=60)
+    assert key(got) == alone(model, tok, p, cfg, first)
+    text = alone(model, tok, p, SamplingConfig(num_candidates=1, max_new_tokens=10, seed=9))[0][1]
+    if len(text) > 3:
+        stop = SamplingConfig(num_candidates=1, max_new_tokens=10, seed=9, stop=(text[2:4],))
+        (c,) = engine.submit(p, stop).result(timeout=60).candidates
+        assert c.stopped and c.text == text[:text.find(text[2:4])]
+
+
+def test_a_cancelled_request_frees_its_rows(engine, model, tok):
+    model.push = -10.0  # never ends by itself
+    try:
+        f = engine.submit(prompt(tok, "Go on"), SamplingConfig(num_candidates=8, max_new_tokens=400))
+        wait_steps(engine, 2)
+        assert engine.rows == 8
+        assert f.cancel()
+        deadline = time.monotonic() + 10
+        while engine.rows and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.rows == 0 and engine.steps < 300
+        ok = engine.submit(prompt(tok, "Next"), SamplingConfig(num_candidates=1, max_new_tokens=3))
+        assert len(ok.result(timeout=60).candidates) == 1
+    finally:
+        model.push = 2.5
+
+
+def test_no_deadlock_under_64_concurrent_requests_over_the_budget(model, tok):
+    engine = DecodeEngine(model, tok, EngineConfig(max_rows=24))
+    try:
+        cfgs = [SamplingConfig(num_candidates=4, max_new_tokens=8, seed=i) for i in range(64)]
+        ps = [prompt(tok, f"question {i}", 1 + i % 3) for i in range(64)]
+        with cf.ThreadPoolExecutor(16) as pool:
+            futures = list(pool.map(lambda i: engine.submit(ps[i], cfgs[i]), range(64)))
+            results = [f.result(timeout=120) for f in futures]
+        assert all(len(r.candidates) == 4 and r.seconds > 0 for r in results)
+        assert key(results[17]) == alone(model, tok, ps[17], cfgs[17])
+        assert engine.rows == 0
+    finally:
+        engine.close()
