@@ -15,9 +15,11 @@ The rows share one KV cache whose columns are aligned at the decoding position: 
 is left-padded to the current column (or, when longer, every running row is padded on the left).
 The relative attention bias sees only distances between positions, so padding changes nothing a
 row attends to: a request decodes the same candidates alone or next to others (same seed). Each
-request keeps its own sampling settings and random stream (lamda.decode.RowSettings). Admission
-is bounded by `max_rows` and by `max_cache_tokens` (rows x cache columns); requests beyond wait,
-first come first served.
+request keeps its own sampling settings and random stream (lamda.decode.RowSettings). A request
+that leaves frees its rows as slots that the next requests fill in place, so the cache is copied
+only when it grows, or is compacted once many slots stand free (or its leading columns are
+padding no row needs). Admission is bounded by `max_rows` and by `max_cache_tokens` (rows x cache
+columns); requests beyond wait, first come first served.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class EngineConfig:
     max_rows: int = 256  # candidate rows decoding at once
     max_cache_tokens: int = 1 << 20  # rows x cache columns (the KV cache's size in positions)
     grow: int = 32  # cache columns added at a time
+    slack: float = 0.25  # compact when this share of rows (or of columns) is free or padding
     extra_cache: int = 2  # free positions kept after a response (as lamda.decode.generate)
 
 
@@ -61,6 +64,7 @@ class _Request:
     first: Tensor | None  # (V,) additive mask of the first token, or None for text only
     future: Future
     rows: RowSettings | None = None
+    slots: Tensor | None = None  # (N,) its rows in the cache
     step: int = 0  # tokens drawn so far
     seconds: float = 0.0  # share of the device time so far
     out: list[Tensor] = field(default_factory=list)  # per step: (N,) tokens
@@ -78,15 +82,19 @@ class DecodeEngine:
         self.text_only = text_only_mask(tok, self.vocab, self.device)
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._waiting: list[_Request] = []
-        self._running: list[_Request] = []  # in row order
-        self._cache: KVCache | None = None
-        self._col = 0  # the next column to write (every row's position)
-        self._logits: Tensor | None = None  # (R, V): each row's next-token logits
-        self._state: dict[str, Tensor] = {}  # per row: done, stopped, logprob, length
+        self._running: list[_Request] = []
+        self._reset()
         self.steps = 0  # decode steps run (for tests and metrics)
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="decode-engine", daemon=True)
         self._thread.start()
+
+    def _reset(self) -> None:
+        self._cache: KVCache | None = None  # rows: slots, live or free
+        self._col = 0  # the next column to write (every row's position)
+        self._logits: Tensor | None = None  # (R, V): each slot's next-token logits
+        self._row: dict[str, Tensor] = {}  # per slot: sampling settings and decoding state
+        self._free: list[int] = []  # slots no request holds
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -121,16 +129,15 @@ class DecodeEngine:
 
     def _loop(self) -> None:
         while True:
-            block = not self._running and not self._waiting
             try:
-                item = self._queue.get(timeout=None if block else 0) if block else self._queue.get_nowait()
+                if not self._running and not self._waiting:
+                    self._waiting.append(self._queue.get())  # idle: wait for work
                 while True:
-                    if item is None:
-                        return self._fail_all(RuntimeError("the decode engine is closed"))
-                    self._waiting.append(item)
-                    item = self._queue.get_nowait()
+                    self._waiting.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
+            if None in self._waiting:
+                return self._fail_all(RuntimeError("the decode engine is closed"))
             try:
                 with torch.no_grad():
                     self._admit()
@@ -140,6 +147,13 @@ class DecodeEngine:
                 log.exception("decode step failed")
                 self._fail_all(e)
 
+    def _fail_all(self, error: Exception) -> None:
+        for r in self._running + self._waiting:
+            if r is not None and not r.future.done():
+                r.future.set_exception(error)
+        self._running, self._waiting = [], []
+        self._reset()
+
     @staticmethod
     def _share(requests: list[_Request], seconds: float) -> None:
         """Device time spent on `requests` together, split among them by their rows."""
@@ -147,18 +161,12 @@ class DecodeEngine:
         for r in requests:
             r.seconds += seconds * r.n / rows
 
-    def _fail_all(self, error: Exception) -> None:
-        for r in self._running + self._waiting:
-            if not r.future.done():
-                r.future.set_exception(error)
-        self._running, self._waiting, self._cache, self._logits, self._col = [], [], None, None, 0
-
     def _fits(self, extra_rows: int, columns: int) -> bool:
         rows = self.rows + extra_rows
         return rows <= self.cfg.max_rows and rows * columns <= self.cfg.max_cache_tokens
 
     def _admit(self) -> None:
-        """Prefill the waiting requests that fit and add their rows to the running batch."""
+        """Prefill the waiting requests that fit and put their rows in free slots (or new ones)."""
         self._waiting = [r for r in self._waiting if not r.future.cancelled()]
         joining: list[_Request] = []
         for r in self._waiting:
@@ -176,126 +184,154 @@ class DecodeEngine:
         L = tokens.shape[1]
         cache, logits = prefill(self.model, tokens, mask, L)  # (B, H, L, D), (B, V)
         counts = torch.tensor([r.n for r in joining], device=self.device)
-        cache = KVCache([k.repeat_interleave(counts, 0) for k in cache.k],
-                        [v.repeat_interleave(counts, 0) for v in cache.v],
-                        cache.key_mask.repeat_interleave(counts, 0))
+        new = KVCache([k.repeat_interleave(counts, 0) for k in cache.k],
+                      [v.repeat_interleave(counts, 0) for v in cache.v],
+                      cache.key_mask.repeat_interleave(counts, 0))
         logits = logits.repeat_interleave(counts, 0)
         for r in joining:
             r.rows = RowSettings([r.cfg], self.vocab, self.device)
-        self._share(joining, time.perf_counter() - t0)
+        state = {"temperature": torch.cat([r.rows.temperature for r in joining]),
+                 "top_p": torch.cat([r.rows.top_p for r in joining]),
+                 "top_k": torch.cat([r.rows.top_k_rows for r in joining]),
+                 "limit": torch.cat([r.rows.limit for r in joining])}
+        m = logits.shape[0]
+        zeros = lambda dtype: torch.zeros(m, dtype=dtype, device=self.device)  # noqa: E731
+        state.update(done=zeros(torch.bool), stopped=zeros(torch.bool), logprob=zeros(torch.float),
+                     length=zeros(torch.long), step=zeros(torch.long), next=zeros(torch.long))
         if self._cache is None:
-            self._cache, self._col, self._logits = cache, L, logits
-            self._state = self._new_state(logits.shape[0])
+            self._cache, self._col, self._logits, self._row = new, L, logits, state
+            slots = list(range(m))
         else:
             if L > self._col:  # the running rows move right: padding on their left
                 self._cache = _pad_left(self._cache, L - self._col)
                 self._col = L
-            new = _pad_left(cache, self._col - L)
-            free = self._cache.max_len - self._col
-            new = _pad_right(new, free)
-            self._cache = KVCache([torch.cat([a, b]) for a, b in zip(self._cache.k, new.k)],
-                                  [torch.cat([a, b]) for a, b in zip(self._cache.v, new.v)],
-                                  torch.cat([self._cache.key_mask, new.key_mask]))
-            self._logits = torch.cat([self._logits, logits])
-            extra = self._new_state(logits.shape[0])
-            self._state = {k: torch.cat([self._state[k], extra[k]]) for k in self._state}
+            new = _pad_right(_pad_left(new, self._col - L), self._cache.max_len - self._col)
+            reuse, self._free = self._free[:m], self._free[m:]
+            grow = m - len(reuse)
+            if grow:  # more rows than free slots: the cache grows (a copy)
+                self._cache = _cat(self._cache, _rows(new, range(len(reuse), m)))
+                self._logits = torch.cat([self._logits, logits[len(reuse):]])
+                self._row = {k: torch.cat([v, state[k][len(reuse):]]) for k, v in self._row.items()}
+            if reuse:  # free slots filled in place
+                idx, src = torch.tensor(reuse, device=self.device), range(len(reuse))
+                for dst, part in zip(self._cache.k + self._cache.v, _rows(new, src).k + _rows(new, src).v):
+                    dst[idx.to(dst.device)] = part
+                self._cache.key_mask[idx] = new.key_mask[:len(reuse)]
+                self._logits[idx] = logits[:len(reuse)]
+                for k, v in self._row.items():
+                    v[idx] = state[k][:len(reuse)]
+            total = self._logits.shape[0]
+            slots = reuse + list(range(total - grow, total))
+        at = 0
+        for r in joining:
+            r.slots = torch.tensor(slots[at:at + r.n], device=self.device)
+            at += r.n
+        self._share(joining, time.perf_counter() - t0)
         self._running += joining
-
-    def _new_state(self, rows: int) -> dict[str, Tensor]:
-        zeros = lambda dtype: torch.zeros(rows, dtype=dtype, device=self.device)  # noqa: E731
-        return {"done": zeros(torch.bool), "stopped": zeros(torch.bool),
-                "logprob": zeros(torch.float), "length": zeros(torch.long)}
-
-    def _per_row(self, name: str) -> Tensor:
-        return torch.cat([getattr(r.rows, name) for r in self._running])
 
     def _step(self) -> None:
         """Draw every row's next token; finish the requests whose rows all ended; run the model
         one position for the rest."""
-        t0, running, s = time.perf_counter(), self._running, self._state
+        t0, running, row = time.perf_counter(), self._running, self._row
         logits = self._logits.float() + self.text_only
-        at = 0
         for r in running:  # a request's first token: only its allowed ones
             if r.step == 0 and r.first is not None:
-                logits[at:at + r.n] = self._logits[at:at + r.n].float() + r.first
-            at += r.n
+                logits[r.slots] = self._logits[r.slots].float() + r.first
         K = max(r.rows.k for r in running)
-        noise = torch.cat([torch.nn.functional.pad(r.rows.noise(), (0, K - r.rows.k), value=float("inf"))
-                           for r in running])
-        nxt = sample_rows(logits, self._per_row("temperature"), self._per_row("top_k_rows"),
-                          self._per_row("top_p"), noise)
-        steps = torch.cat([torch.full((r.n,), r.step + 1, device=self.device) for r in running])
-        nxt = torch.where(self._per_row("limit") == steps, self.tok.eot_id, nxt)
-        logp = token_logprobs(logits, nxt)
-        live = ~s["done"]
-        s["logprob"] += torch.where(live, logp, torch.zeros_like(logp))
-        s["length"] += live.long()
-        s["done"] |= nxt == self.tok.eot_id
-        at = 0
+        noise = torch.full((logits.shape[0], K), float("inf"), device=self.device)
         for r in running:
-            r.out.append(torch.where(live[at:at + r.n], nxt[at:at + r.n], self.tok.pad_id))
+            noise[r.slots, :r.rows.k] = r.rows.noise()
+        nxt = sample_rows(logits, row["temperature"], row["top_k"], row["top_p"], noise)
+        row["step"] += 1
+        nxt = torch.where(row["limit"] == row["step"], self.tok.eot_id, nxt)
+        logp = token_logprobs(logits, nxt)
+        live = ~row["done"]
+        row["logprob"] += torch.where(live, logp, torch.zeros_like(logp))
+        row["length"] += live.long()
+        row["done"] |= nxt == self.tok.eot_id
+        row["next"] = nxt
+        for r in running:
+            r.out.append(torch.where(live[r.slots], nxt[r.slots], self.tok.pad_id))
             if r.cfg.stop:
-                out = torch.stack(r.out, 1)
-                for i in r.rows.stopped(self.tok, out, r.step, (live & ~s["done"])[at:at + r.n]):
-                    s["done"][at + i] = s["stopped"][at + i] = True
+                ended = r.rows.stopped(self.tok, torch.stack(r.out, 1), r.step,
+                                       (live & ~row["done"])[r.slots])
+                for i in ended:
+                    row["done"][r.slots[i]] = row["stopped"][r.slots[i]] = True
             r.step += 1
-            at += r.n
         self._share(running, time.perf_counter() - t0)
-        nxt = self._leave(nxt)
+        self._leave()
         if self._running:
             t0 = time.perf_counter()
             if self._col >= self._cache.max_len:
                 self._cache = _pad_right(self._cache, self.cfg.grow)
             self._cache.key_mask[:, self._col] = True
-            feed = torch.where(self._state["done"], self.tok.eot_id, nxt)  # ended rows idle on <eot>
+            row = self._row  # renumbered if the cache was compacted
+            feed = torch.where(row["done"], self.tok.eot_id, row["next"])  # ended rows idle on <eot>
             pos = torch.tensor([self._col], device=self.device)
             self._logits = decode_one_token(self.model, feed, pos, self._cache)
             self._col += 1
             self.steps += 1
             self._share(self._running, time.perf_counter() - t0)
 
-    def _leave(self, nxt: Tensor) -> Tensor:
-        """Requests whose rows all ended (or that were cancelled) leave, their rows freed;
-        returns the remaining rows' tokens."""
-        s, stay, keep, at = self._state, [], [], 0
-        done = s["done"].tolist()
+    def _leave(self) -> None:
+        """Requests whose rows all ended (or that were cancelled) leave; their slots are freed
+        (masked out, idle) and the cache is compacted when enough of it is free."""
+        row, stay = self._row, []
         for r in self._running:
-            rows = list(range(at, at + r.n))
-            at += r.n
-            if r.future.cancelled():
+            if not r.future.cancelled() and not bool(row["done"][r.slots].all()):
+                stay.append(r)
                 continue
-            if all(done[i] for i in rows):
-                if not r.future.done():
-                    r.future.set_result(Decoded(make_candidates(
-                        self.tok, r.cfg, torch.stack(r.out, 1).tolist(), s["logprob"][rows].tolist(),
-                        s["length"][rows].tolist(), s["stopped"][rows].tolist()), r.seconds))
-                continue
-            stay.append(r)
-            keep += rows
+            if not r.future.done():
+                slots = r.slots.tolist()
+                r.future.set_result(Decoded(make_candidates(
+                    self.tok, r.cfg, torch.stack(r.out, 1).tolist(), row["logprob"][slots].tolist(),
+                    row["length"][slots].tolist(), row["stopped"][slots].tolist()), r.seconds))
+            row["done"][r.slots] = True
+            self._cache.key_mask[r.slots] = False
+            self._free += r.slots.tolist()
         self._running = stay
-        if len(keep) == len(done):
-            return nxt
-        if not keep:
-            self._cache, self._logits, self._state, self._col = None, None, {}, 0
-            return nxt[:0]
-        idx = torch.tensor(keep, device=self.device)
-        self._cache = self._trim(KVCache([k.index_select(0, idx.to(k.device)) for k in self._cache.k],
-                                         [v.index_select(0, idx.to(v.device)) for v in self._cache.v],
-                                         self._cache.key_mask.index_select(0, idx)))
-        self._logits = self._logits.index_select(0, idx)
-        self._state = {k: v.index_select(0, idx) for k, v in s.items()}
-        return nxt.index_select(0, idx)
+        if not stay:
+            return self._reset()
+        R = self._logits.shape[0]
+        if len(self._free) > self.cfg.slack * R and not self._waiting:
+            self._compact()
+        used = self._cache.key_mask[:, :self._col].any(0)
+        if int(used.float().argmax()) > self.cfg.slack * self._col:
+            self._compact()
 
-    def _trim(self, cache: KVCache) -> KVCache:
-        """Drop the leading columns no remaining row attends to (padding of rows that left)."""
-        used = cache.key_mask[:, :self._col].any(0)
-        first = int(used.float().argmax()) if bool(used.any()) else self._col
-        if first == 0:
-            return cache
-        self._col -= first
-        return KVCache([k[:, :, first:].contiguous() for k in cache.k],
-                       [v[:, :, first:].contiguous() for v in cache.v],
-                       cache.key_mask[:, first:].contiguous())
+    def _compact(self) -> None:
+        """Keep only the held slots (renumbered) and the columns some row attends to."""
+        keep = torch.cat([r.slots for r in self._running])
+        new_slot = {int(s): i for i, s in enumerate(keep.tolist())}
+        self._cache = _rows(self._cache, keep)
+        self._logits = self._logits.index_select(0, keep)
+        self._row = {k: v.index_select(0, keep) for k, v in self._row.items()}
+        for r in self._running:
+            r.slots = torch.tensor([new_slot[int(s)] for s in r.slots], device=self.device)
+        self._free = []
+        used = self._cache.key_mask[:, :self._col].any(0)
+        first = int(used.float().argmax())
+        if first:
+            self._col -= first
+            self._cache = KVCache([k[:, :, first:].contiguous() for k in self._cache.k],
+                                  [v[:, :, first:].contiguous() for v in self._cache.v],
+                                  self._cache.key_mask[:, first:].contiguous())
+
+
+def _rows(cache: KVCache, rows) -> KVCache:
+    """The cache's `rows` (indices), copied."""
+    idx = torch.as_tensor(list(rows) if not isinstance(rows, Tensor) else rows,
+                          device=cache.key_mask.device)
+    return KVCache([k.index_select(0, idx.to(k.device)) for k in cache.k],
+                   [v.index_select(0, idx.to(v.device)) for v in cache.v],
+                   cache.key_mask.index_select(0, idx))
+
+
+def _cat(a: KVCache, b: KVCache) -> KVCache:
+    """Rows of `a`, then rows of `b` (the same columns)."""
+    return KVCache([torch.cat([x, y]) for x, y in zip(a.k, b.k)],
+                   [torch.cat([x, y]) for x, y in zip(a.v, b.v)],
+                   torch.cat([a.key_mask, b.key_mask]))
 
 
 def _pad_left(cache: KVCache, n: int) -> KVCache:

@@ -8,6 +8,7 @@ same orchestration serves in-process use and Serve; the event loop never blocks)
 
 
 import asyncio
+import contextvars
 import dataclasses
 import hmac
 import json
@@ -16,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -276,13 +278,17 @@ def completion_chunks(cid: str, created: int, model: str, choices: list[dict],
 class Chat:
     def __init__(self, sampler, ranker, toolset, conversations: str = "runs/serve/conversations.sqlite",
                  roles_dir: str | None = None, api_key: str | None = None,
-                 api_keys_file: str | None = None, call_timeout_s: float = 60.0):
+                 api_keys_file: str | None = None, call_timeout_s: float = 60.0,
+                 max_turns: int = 256):
         self.sampler, self.ranker, self.toolset = sampler, ranker, toolset
         self.store = ConversationStore(conversations)
         self.roles = load_roles(roles_dir)
         app.state.api_keys = api_keys(api_key, api_keys_file)
         self.cfg = ChatConfig()
         self.call_timeout_s = call_timeout_s
+        # a thread per turn in progress (each mostly waits on its deployment calls): asyncio's
+        # default pool (cores + 4 threads) would cap the turns this replica overlaps
+        self.turn_threads = ThreadPoolExecutor(max_turns, thread_name_prefix="turn")
         self.metrics = app.state.metrics = Metrics()
         self.downstream_calls = self.cancelled = 0  # all turns (read by tests through `stats`)
         self.served_by = {"replica": serve.get_replica_context().replica_id.unique_id,
@@ -393,7 +399,8 @@ class Chat:
         self.turns_in_flight += 1
         self.metrics.in_flight.set(self.turns_in_flight)
         try:
-            result = await asyncio.to_thread(run)
+            result = await asyncio.get_running_loop().run_in_executor(  # as asyncio.to_thread,
+                self.turn_threads, contextvars.copy_context().run, run)  # with the request's context
         except (asyncio.CancelledError, TurnCancelled):  # the client went away (Serve cancels
             cancel.set()  # the request and its calls): the turn makes no further calls
             self.cancelled += 1
