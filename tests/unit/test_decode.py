@@ -13,10 +13,11 @@ class EarlyStopper(LaMDA):
     """A random model nudged towards <eot>, so that candidates end at different lengths."""
 
     eot: int = 0
+    push: float = 2.5  # added to <eot>'s logit
 
     def forward(self, *args, **kwargs):
         logits = super().forward(*args, **kwargs)
-        logits[..., self.eot] += 2.5
+        logits[..., self.eot] += self.push
         return logits
 
 

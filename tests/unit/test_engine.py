@@ -6,34 +6,12 @@ import concurrent.futures as cf
 import time
 
 import pytest
-import torch
 
 from lamda import tokenizer as T
-from lamda.config import ModelConfig
 from lamda.data import Turn, response_prompt
 from lamda.decode import SamplingConfig, generate
 from lamda.engine import DecodeEngine, EngineConfig
-from lamda.model import LaMDA
-
-
-class EarlyStopper(LaMDA):
-    """A random model nudged towards <eot>, so that candidates end at different lengths."""
-
-    eot: int = 0
-    push: float = 2.5
-
-    def forward(self, *args, **kwargs):
-        logits = super().forward(*args, **kwargs)
-        logits[..., self.eot] += self.push
-        return logits
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    m = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
-    m.eot = tok.eot_id
-    return m
+from tests.unit.test_decode import model  # noqa: F401  (the EarlyStopper fixture)
 
 
 @pytest.fixture()
