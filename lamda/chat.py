@@ -129,12 +129,26 @@ class ChatModel:
     def score(self, context: list[Turn], candidates: list[Candidate], rank_cfg: RankConfig
               ) -> tuple[Ranked, float, dict]:
         """Discriminator scores by re-encoding context + candidates (one prefill), then ranking."""
-        prompt = self.fit(response_prompt(self.tok, context), max(c.length for c in candidates) + 2)
-        probs = score_token_responses(self.model, self.tok, [prompt] * len(candidates),
-                                      [c.ids for c in candidates])
-        tokens = sum(len(prompt) + c.length + 1 for c in candidates)  # + "<eot> ATTR" (x4 rows)
-        flops = self.flops(len(prompt) + max(c.length for c in candidates), tokens)
-        return rank(candidates, probs, rank_cfg), flops, {"scored": tokens}
+        return self.score_many([(context, candidates)], rank_cfg)[0]
+
+    def score_many(self, items: list[tuple[list[Turn], list[Candidate]]], rank_cfg: RankConfig
+                   ) -> list[tuple[Ranked, float, dict]]:
+        """`score` for several conversations in one prefill (every candidate of every
+        conversation a row, left-padded): the Ranker batches concurrent conversations."""
+        prompts, rows, out = [], [], []
+        for context, candidates in items:
+            prompt = self.fit(response_prompt(self.tok, context), max(c.length for c in candidates) + 2)
+            prompts.append(prompt)
+            rows += [(prompt, c.ids) for c in candidates]
+        probs = score_token_responses(self.model, self.tok, [p for p, _ in rows], [r for _, r in rows])
+        at = 0
+        for prompt, (_, candidates) in zip(prompts, items):
+            tokens = sum(len(prompt) + c.length + 1 for c in candidates)  # + "<eot> ATTR" (x4 rows)
+            flops = self.flops(len(prompt) + max(c.length for c in candidates), tokens)
+            out.append((rank(candidates, probs[at:at + len(candidates)], rank_cfg), flops,
+                        {"scored": tokens}))
+            at += len(candidates)
+        return out
 
     def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
                  sampling: SamplingConfig) -> tuple[str, float, dict]:

@@ -2,9 +2,10 @@
 
 Sampler and Ranker each hold the model (loaded from an export: safetensors + config + tokenizer,
 local or s3://, cached per node). The Sampler decodes every request in one continuous batch
-(lamda.engine); the Ranker scores a conversation's candidates by re-encoding them in one prefill, so the two scale
-separately (in one process, lamda.chat reuses the decoding cache instead). Settings that may change
-while serving arrive as `user_config` through `reconfigure`.
+(lamda.engine); the Ranker scores a conversation's candidates by re-encoding them in one prefill,
+so the two scale separately (in one process, lamda.chat reuses the decoding cache instead).
+Settings that may change while serving arrive as `user_config` through `reconfigure`. Energy per
+request is modelled from its share of the device time (the engine splits each step by rows).
 """
 
 from __future__ import annotations
@@ -149,17 +150,25 @@ class Ranker(_ModelReplica):
         self.cfg = from_user_config(RankConfig, config)
 
     async def rank(self, context: list[dict], candidates: list[dict]) -> dict:
-        return await asyncio.to_thread(self._rank, context, [Candidate(**c) for c in candidates])
+        return await self._rank(context, [Candidate(**c) for c in candidates])
 
     async def rank_reply(self, context: list[dict], reply: str) -> dict:
         """One reply written elsewhere (the research loop's), through the same safety filter."""
-        return await asyncio.to_thread(self._rank, context, [self.chat.candidate(reply)])
+        return await self._rank(context, [self.chat.candidate(reply)])
 
-    def _rank(self, context: list[dict], candidates: list[Candidate]) -> dict:
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def _rank(self, contexts: list[list[dict]], candidates: list[list[Candidate]]) -> list[dict]:
+        """Concurrent conversations scored in one prefill, off the event loop; the energy is
+        shared by their scored tokens."""
+        return await asyncio.to_thread(self._rank_many, contexts, candidates)
+
+    def _rank_many(self, contexts: list[list[dict]], candidates: list[list[Candidate]]) -> list[dict]:
         meter = self._meter()
-        ranked, flops, tokens = self.chat.score(turns(context), candidates, self.cfg)
-        return {"ranked": ranked.to_dict(), "flops": flops, "tokens": tokens,
-                "energy_kwh": meter.kwh()}
+        scored = self.chat.score_many([(turns(c), cands) for c, cands in zip(contexts, candidates)],
+                                      self.cfg)
+        kwh, total = meter.kwh(), sum(t["scored"] for _, _, t in scored) or 1
+        return [{"ranked": ranked.to_dict(), "flops": flops, "tokens": tokens,
+                 "energy_kwh": kwh * tokens["scored"] / total} for ranked, flops, tokens in scored]
 
 
 @serve.deployment

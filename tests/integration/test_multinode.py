@@ -255,7 +255,7 @@ def test_autoscaling_and_worker_nodes_stopped_under_load(cluster):
             time.sleep(3)
             crashed = time.monotonic()
             os.killpg(workers[1].pid, signal.SIGKILL)  # the node's raylet, agents and workers
-            time.sleep(15)
+            time.sleep(20)
         finally:
             stop_load.set()
             for f in futures:
@@ -266,11 +266,11 @@ def test_autoscaling_and_worker_nodes_stopped_under_load(cluster):
 
     print(f"before the stop: {count(0, stopped)}; after the stop: {count(stopped, crashed)}; "
           f"after the crash: {count(crashed)}")
-    noticed = crashed + 5  # by then Ray has marked the node dead and Serve its replica
+    noticed = crashed + 10  # Ray has noticed the crash by then (measured 2-4 s here; slack)
     for sent, answered, status, _ in outcomes:
         # our own refusals are 503. Serve's proxy answers 500 for a request whose ingress replica
-        # died under it, or that it routed to that replica before Ray noticed the crash (the
-        # measured window is about 2-4 s): allowed only for requests sent by then
+        # died under it, or that it routed to that replica before Ray noticed the crash: allowed
+        # only for requests in flight at the crash or sent before it was noticed
         assert status in (200, 503) or (status == 500 and answered > crashed and sent < noticed), status
     after = count(noticed)
     assert after.get(200, 0) >= 10 and after.get(200, 0) >= 0.9 * sum(after.values())

@@ -317,3 +317,19 @@ def test_a_long_context_is_fitted_to_the_model_from_its_latest_turns(model, tok)
     assert len(prompt) > model.cfg.max_seq_len - room >= len(fitted)
     assert fitted == prompt[-len(fitted):] and fitted[0] in {tok.special(T.USER), tok.special(T.LAMDA)}
     assert chat.fit(fitted, room) == fitted
+
+
+def test_several_conversations_scored_in_one_prefill_as_one_at_a_time(model, tok):
+    from lamda.chat import ChatModel
+    chat = ChatModel(model, tok)
+    cfg = SamplingConfig(num_candidates=3, max_new_tokens=8, seed=4)
+    items = [(ctx, chat.sample([ctx], cfg)[0][0]) for ctx in CONTEXTS]
+    together = chat.score_many(items, RankConfig(safety_threshold=0.0))
+    for (ctx, cands), (ranked, flops, tokens) in zip(items, together):
+        alone, alone_flops, alone_tokens = chat.score(ctx, cands, RankConfig(safety_threshold=0.0))
+        assert ranked.reply == alone.reply and (flops, tokens) == (alone_flops, alone_tokens)
+        for a, b in zip(ranked.candidates, alone.candidates):
+            assert a.text == b.text
+            got = [getattr(a, n) for n in ("sensible", "specific", "interesting", "unsafe")]
+            want = [getattr(b, n) for n in ("sensible", "specific", "interesting", "unsafe")]
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-5, rtol=1e-4)
