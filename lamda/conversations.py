@@ -43,7 +43,7 @@ class ConversationStore:
                  pool_size: int = 4):
         self.url = str(url)
         self.max_turns = max_turns  # history kept in context
-        self.timeout_s = timeout_s  # to connect, and for each statement
+        # timeout_s: to connect, and for each statement; pool_size: PostgreSQL connections
         self.db = (_Postgres(self.url, timeout_s, pool_size) if is_postgres(self.url)
                    else _Sqlite(self.url, timeout_s))
 
@@ -126,7 +126,6 @@ class _Postgres:
 
     def __init__(self, url: str, timeout_s: float, pool_size: int):
         from psycopg_pool import ConnectionPool
-        self.url, self.timeout_s = url, timeout_s
         self.where = url.rsplit("@", 1)[-1].split("?")[0]  # host:port/db, never the password
         self.pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, timeout=timeout_s, open=False,

@@ -184,10 +184,7 @@ class DecodeEngine:
         L = tokens.shape[1]
         cache, logits = prefill(self.model, tokens, mask, L)  # (B, H, L, D), (B, V)
         counts = torch.tensor([r.n for r in joining], device=self.device)
-        new = KVCache([k.repeat_interleave(counts, 0) for k in cache.k],
-                      [v.repeat_interleave(counts, 0) for v in cache.v],
-                      cache.key_mask.repeat_interleave(counts, 0))
-        logits = logits.repeat_interleave(counts, 0)
+        new, logits = cache.expand(counts), logits.repeat_interleave(counts, 0)  # N rows each
         for r in joining:
             r.rows = RowSettings([r.cfg], self.vocab, self.device)
         state = {"temperature": torch.cat([r.rows.temperature for r in joining]),
@@ -213,10 +210,10 @@ class DecodeEngine:
                 self._logits = torch.cat([self._logits, logits[len(reuse):]])
                 self._row = {k: torch.cat([v, state[k][len(reuse):]]) for k, v in self._row.items()}
             if reuse:  # free slots filled in place
-                idx, src = torch.tensor(reuse, device=self.device), range(len(reuse))
-                for dst, part in zip(self._cache.k + self._cache.v, _rows(new, src).k + _rows(new, src).v):
-                    dst[idx.to(dst.device)] = part
-                self._cache.key_mask[idx] = new.key_mask[:len(reuse)]
+                idx, part = torch.tensor(reuse, device=self.device), _rows(new, range(len(reuse)))
+                for dst, src in zip(self._cache.k + self._cache.v, part.k + part.v):
+                    dst[idx.to(dst.device)] = src
+                self._cache.key_mask[idx] = part.key_mask
                 self._logits[idx] = logits[:len(reuse)]
                 for k, v in self._row.items():
                     v[idx] = state[k][:len(reuse)]
@@ -292,25 +289,26 @@ class DecodeEngine:
         self._running = stay
         if not stay:
             return self._reset()
-        R = self._logits.shape[0]
-        if len(self._free) > self.cfg.slack * R and not self._waiting:
+        free_rows = len(self._free) > self.cfg.slack * self._logits.shape[0] and not self._waiting
+        if free_rows or self._leading_padding() > self.cfg.slack * self._col:
             self._compact()
-        used = self._cache.key_mask[:, :self._col].any(0)
-        if int(used.float().argmax()) > self.cfg.slack * self._col:
-            self._compact()
+
+    def _leading_padding(self) -> int:
+        """How many leading columns no row attends to (padding of rows that left)."""
+        return int(self._cache.key_mask[:, :self._col].any(0).float().argmax())
 
     def _compact(self) -> None:
         """Keep only the held slots (renumbered) and the columns some row attends to."""
         keep = torch.cat([r.slots for r in self._running])
-        new_slot = {int(s): i for i, s in enumerate(keep.tolist())}
         self._cache = _rows(self._cache, keep)
         self._logits = self._logits.index_select(0, keep)
         self._row = {k: v.index_select(0, keep) for k, v in self._row.items()}
-        for r in self._running:
-            r.slots = torch.tensor([new_slot[int(s)] for s in r.slots], device=self.device)
+        at = 0
+        for r in self._running:  # each request's rows, now consecutive in the order kept
+            r.slots = torch.arange(at, at + r.n, device=self.device)
+            at += r.n
         self._free = []
-        used = self._cache.key_mask[:, :self._col].any(0)
-        first = int(used.float().argmax())
+        first = self._leading_padding()
         if first:
             self._col -= first
             self._cache = KVCache([k[:, :, first:].contiguous() for k in self._cache.k],

@@ -72,8 +72,9 @@ class KVCache:
             cv.scatter_(2, idx, v)
         return ck, cv
 
-    def expand(self, n: int) -> "KVCache":
-        """Each row repeated n times, consecutively: row b becomes rows b*n .. b*n+n-1."""
+    def expand(self, n: int | Tensor) -> "KVCache":
+        """Each row repeated n times, consecutively: row b becomes rows b*n .. b*n+n-1 (or row b
+        n[b] times, for a tensor `n` of counts per row)."""
         return KVCache([k.repeat_interleave(n, dim=0) for k in self.k],
                        [v.repeat_interleave(n, dim=0) for v in self.v],
                        self.key_mask.repeat_interleave(n, dim=0))
