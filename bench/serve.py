@@ -1,6 +1,7 @@
 """Serving overhead and throughput on this machine. Prints JSON lines.
 
     python bench/serve.py [--preset tiny] [--turns 10] [--research] [--clients 1 4 16 64]
+                          [--prefix-cache-tokens N]
 
 1. The same turn (16 candidates x 32 tokens, ranking; same seed) through HTTP + Ray Serve vs the
    same calls in-process (the Sampler's continuous-batching engine, lamda.engine, and the Ranker's
@@ -10,13 +11,16 @@
    (the same engine, the same number of concurrent turns).
 `--research` runs the research loop after sample-and-rank (the Toolset's calculator and
 translator; random weights route at random, so the loop's length varies), else the work is fixed.
-Random weights: the work, not the text, is measured.
+Every request is a new conversation whose message begins with its own number, so no two
+requests share a prefix; within a turn the research steps reuse the context's cache
+(`--prefix-cache-tokens 0` turns that off). Random weights: the work, not the text, is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import itertools
 import json
 import statistics
 import sys
@@ -39,6 +43,8 @@ def main(argv=None) -> None:
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--research", action="store_true", help="the research loop on")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--prefix-cache-tokens", type=int, default=None,
+                   help="the engines' prefix cache (default: EngineConfig's; 0: off)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads, in-process and per model replica (more than the cores "
                         "divided by the model replicas oversubscribes the CPU)")
@@ -53,7 +59,7 @@ def main(argv=None) -> None:
     from lamda.config import ModelConfig
     from lamda.data import SAMPLE_DIR, Turn, corpus_texts, read_jsonl
     from lamda.decode import SamplingConfig
-    from lamda.engine import DecodeEngine
+    from lamda.engine import DecodeEngine, EngineConfig
     from lamda.model import build_model
     from lamda.rank import RankConfig
     from lamda.tokenizer import Tokenizer
@@ -67,11 +73,15 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size)).eval()
     save_export(work / "export", model.state_dict(), model.cfg, tok)
-    message = "How tall is Mount Everest?"
+    numbers = itertools.count()
+
+    def message() -> str:
+        return f"{next(numbers)} How tall is Mount Everest?"  # a new conversation each time
 
     # in-process: the graph's calls, sampler and ranker split the same way, on the same engine
     chat = ChatModel(model, tok)
-    engine = DecodeEngine(model, tok)
+    engine_cfg = {} if a.prefix_cache_tokens is None else {"prefix_cache_tokens": a.prefix_cache_tokens}
+    engine = DecodeEngine(model, tok, EngineConfig(**engine_cfg))
     sampling, rank_cfg = SamplingConfig(**SAMPLING), RankConfig(safety_threshold=0.0)
     cfg = ChatConfig(research=a.research, max_iterations=2)
     research_sampling = SamplingConfig(**{**SAMPLING, "num_candidates": 1, "temperature": 0.0})
@@ -89,7 +99,7 @@ def main(argv=None) -> None:
         return chat.research_output(prompt, decoded.candidates)[:2]
 
     def local():
-        chat_turn([Turn("user", message)], respond, research, tools, cfg)
+        chat_turn([Turn("user", message())], respond, research, tools, cfg)
 
     local()
     in_process = [timed(local) for _ in range(a.turns)]
@@ -103,7 +113,8 @@ def main(argv=None) -> None:
     concurrent = {"max_ongoing_requests": 128, "max_queued_requests": 256}
     serve.run(Chat.options(ray_actor_options=small, **concurrent,
                            user_config={"research": a.research, "max_iterations": 2}).bind(
-        Sampler.options(ray_actor_options=small, user_config=SAMPLING, **concurrent).bind(export, threads),
+        Sampler.options(ray_actor_options=small, user_config=SAMPLING, **concurrent).bind(
+            export, threads, engine_cfg),
         Ranker.options(ray_actor_options=small, user_config={"safety_threshold": 0.0},
                        **concurrent).bind(export, threads),
         Toolset.options(ray_actor_options=small, **concurrent).bind(None),
@@ -112,13 +123,14 @@ def main(argv=None) -> None:
     http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=128))
 
     def remote():
-        r = http.post(url, json={"message": message, "trace": False})
+        r = http.post(url, json={"message": message(), "trace": False})
         r.raise_for_status()
 
     remote()
     via_serve = [timed(remote) for _ in range(a.turns)]
     local_s, serve_s = statistics.median(in_process), statistics.median(via_serve)
-    common = {"preset": a.preset, "threads": a.threads, "research": a.research}
+    common = {"preset": a.preset, "threads": a.threads, "research": a.research,
+              "prefix_cache_tokens": engine.cfg.prefix_cache_tokens}
     print(json.dumps({"bench": "serve_overhead", **common, **SAMPLING,
                       "in_process_s": round(local_s, 4), "serve_http_s": round(serve_s, 4),
                       "overhead": round(serve_s / local_s - 1, 3)}), flush=True)
@@ -131,6 +143,8 @@ def main(argv=None) -> None:
                           "served_vs_in_process": round(served["requests_per_s"]
                                                         / local_run["requests_per_s"], 3)}),
               flush=True)
+    print(json.dumps({"bench": "prefix_reuse", **common, "prompt_tokens": engine.prompt_tokens,
+                      "reused": round(engine.prefix_tokens / max(1, engine.prompt_tokens), 3)}))
     engine.close()
     serve.shutdown()
     ray.shutdown()

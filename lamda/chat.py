@@ -115,11 +115,13 @@ class ChatModel:
         """The prompt whose continuation is LaMDA's response to `context` (fitted to the model)."""
         return self.fit(response_prompt(self.tok, context), sampling.max_new_tokens + 2)
 
-    def sampled(self, prompt: list[int], cands: list[Candidate]) -> tuple[list[Candidate], float, dict]:
-        """Candidates decoded from `prompt`, with their FLOPs and token counts."""
+    def sampled(self, prompt: list[int], cands: list[Candidate], reused: int = 0
+                ) -> tuple[list[Candidate], float, dict]:
+        """Candidates decoded from `prompt` (of which `reused` positions came from a cache, not
+        computed), with their FLOPs and token counts."""
         generated = sum(c.length for c in cands)
-        flops = self.flops(len(prompt) + max(c.length for c in cands), len(prompt) + generated)
-        return cands, flops, {"prompt": len(prompt), "generated": generated}
+        flops = self.flops(len(prompt) + max(c.length for c in cands), len(prompt) - reused + generated)
+        return cands, flops, {"prompt": len(prompt), "generated": generated, "reused": reused}
 
     def candidate(self, text: str) -> Candidate:
         """A reply written elsewhere (the research loop's) as a candidate to score."""
@@ -128,13 +130,14 @@ class ChatModel:
 
     def score(self, context: list[Turn], candidates: list[Candidate], rank_cfg: RankConfig
               ) -> tuple[Ranked, float, dict]:
-        """Discriminator scores by re-encoding context + candidates (one prefill), then ranking."""
+        """Discriminator scores by re-encoding the context (once) and the candidates, then ranking."""
         return self.score_many([(context, candidates)], rank_cfg)[0]
 
     def score_many(self, items: list[tuple[list[Turn], list[Candidate]]], rank_cfg: RankConfig
                    ) -> list[tuple[Ranked, float, dict]]:
-        """`score` for several conversations in one prefill (every candidate of every
-        conversation a row, left-padded): the Ranker batches concurrent conversations."""
+        """`score` for several conversations at once (each context prefilled once, its candidates
+        continuing it; lamda.rank.score_token_responses): the Ranker batches concurrent
+        conversations."""
         prompts, rows, out = [], [], []
         for context, candidates in items:
             prompt = self.fit(response_prompt(self.tok, context), max(c.length for c in candidates) + 2)
@@ -143,7 +146,7 @@ class ChatModel:
         probs = score_token_responses(self.model, self.tok, [p for p, _ in rows], [r for _, r in rows])
         at = 0
         for prompt, (_, candidates) in zip(prompts, items):
-            tokens = sum(len(prompt) + c.length + 1 for c in candidates)  # + "<eot> ATTR" (x4 rows)
+            tokens = len(prompt) + sum(len(c.ids) + SCORED_PER_CANDIDATE for c in candidates)
             flops = self.flops(len(prompt) + max(c.length for c in candidates), tokens)
             out.append((rank(candidates, probs[at:at + len(candidates)], rank_cfg), flops,
                         {"scored": tokens}))
@@ -164,12 +167,13 @@ class ChatModel:
         prompt = self.fit(research_prompt(self.tok, context, draft, steps), sampling.max_new_tokens + 2)
         return prompt, [self.tok.special(T.TO_TOOLSET), self.tok.special(T.TO_USER)]
 
-    def research_output(self, prompt: list[int], cands: list[Candidate]) -> tuple[str, float, dict]:
-        """The likeliest of the research task's samples, its FLOPs and token counts."""
+    def research_output(self, prompt: list[int], cands: list[Candidate], reused: int = 0
+                        ) -> tuple[str, float, dict]:
+        """The likeliest of the research task's samples, its FLOPs and token counts (`reused` as
+        in `sampled`)."""
         best = best_by_likelihood(cands)
-        generated = sum(c.length for c in cands)
-        return (self.tok.decode(best.ids), self.flops(len(prompt) + best.length, len(prompt) + generated),
-                {"prompt": len(prompt), "generated": generated})
+        _, flops, tokens = self.sampled(prompt, cands, reused)
+        return self.tok.decode(best.ids), flops, tokens
 
     @torch.no_grad()
     def reply_logprobs(self, context: list[Turn], replies: list[str], top: int = 0) -> list[list[dict]]:

@@ -194,8 +194,17 @@ def prefill(model: LaMDA, tokens: Tensor, key_mask: Tensor, max_len: int) -> tup
     dtype = next(model.parameters()).dtype
     cache = KVCache.empty(model.cfg, B, max_len, device=tokens.device, dtype=dtype,
                           layer_devices=layer_devices(model))
-    logits = model(tokens, torch.arange(T, device=tokens.device), cache, key_mask=key_mask)
-    return cache, logits[:, -1]
+    return cache, forward_last(model, tokens, torch.arange(T, device=tokens.device), cache, key_mask)
+
+
+@torch.no_grad()
+def forward_last(model: LaMDA, tokens: Tensor, pos: Tensor, cache: KVCache,
+                 key_mask: Tensor | None = None) -> Tensor:
+    """Write tokens (B, T) at positions pos (T,) into the cache; the logits after the last (B, V)
+    (the output layer only there)."""
+    last = torch.zeros_like(tokens, dtype=torch.bool)
+    last[:, -1] = True
+    return model(tokens, pos, cache, key_mask=key_mask, only=last)
 
 
 @torch.no_grad()

@@ -20,10 +20,15 @@ that leaves frees its rows as slots that the next requests fill in place, so the
 only when it grows, or is compacted once many slots stand free (or its leading columns are
 padding no row needs). Admission is bounded by `max_rows` and by `max_cache_tokens` (rows x cache
 columns); requests beyond wait, first come first served.
+
+A prompt is prefilled once for all its candidates, and only from where it departs from a recent
+prompt (lamda.prefix_cache): a turn's research steps continue its context's cache, and the next
+turn the last one's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -34,9 +39,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lamda.decode import (Candidate, RowSettings, SamplingConfig, decode_one_token, left_pad,
-                          make_candidates, prefill, sample_rows, text_only_mask, token_logprobs)
+from lamda.decode import (Candidate, RowSettings, SamplingConfig, decode_one_token, forward_last,
+                          left_pad, make_candidates, prefill, sample_rows, text_only_mask,
+                          token_logprobs)
 from lamda.model import KVCache, LaMDA
+from lamda.prefix_cache import PrefixCache, row_columns
 from lamda.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -49,12 +56,14 @@ class EngineConfig:
     grow: int = 32  # cache columns added at a time
     slack: float = 0.25  # compact when this share of rows (or of columns) is free or padding
     extra_cache: int = 2  # free positions kept after a response (as lamda.decode.generate)
+    prefix_cache_tokens: int = 1 << 15  # recent prompts' positions kept for reuse (0: none)
 
 
 @dataclass
 class Decoded:
     candidates: list[Candidate]
     seconds: float  # this request's share of the device time (each step split by rows)
+    reused: int = 0  # prompt positions taken from the prefix cache, not prefilled
 
 
 @dataclass
@@ -67,6 +76,7 @@ class _Request:
     slots: Tensor | None = None  # (N,) its rows in the cache
     step: int = 0  # tokens drawn so far
     seconds: float = 0.0  # share of the device time so far
+    reused: int = 0  # prompt positions taken from the prefix cache
     out: list[Tensor] = field(default_factory=list)  # per step: (N,) tokens
 
     @property
@@ -84,7 +94,10 @@ class DecodeEngine:
         self._waiting: list[_Request] = []
         self._running: list[_Request] = []
         self._reset()
+        self.prefixes = PrefixCache(cfg.prefix_cache_tokens)
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.prompt_tokens = 0  # prompt positions admitted
+        self.prefix_tokens = 0  # of those, taken from the prefix cache instead of prefilled
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="decode-engine", daemon=True)
         self._thread.start()
@@ -180,11 +193,10 @@ class DecodeEngine:
             return
         self._waiting = self._waiting[len(joining):]
         t0 = time.perf_counter()
-        tokens, mask = left_pad([r.prompt for r in joining], self.tok.pad_id, self.device)
-        L = tokens.shape[1]
-        cache, logits = prefill(self.model, tokens, mask, L)  # (B, H, L, D), (B, V)
+        joining, new, logits = self._prefill(joining)
         counts = torch.tensor([r.n for r in joining], device=self.device)
-        new, logits = cache.expand(counts), logits.repeat_interleave(counts, 0)  # N rows each
+        new, logits = new.expand(counts), logits.repeat_interleave(counts, 0)  # N rows each
+        L = new.max_len
         for r in joining:
             r.rows = RowSettings([r.cfg], self.vocab, self.device)
         state = {"temperature": torch.cat([r.rows.temperature for r in joining]),
@@ -206,11 +218,11 @@ class DecodeEngine:
             reuse, self._free = self._free[:m], self._free[m:]
             grow = m - len(reuse)
             if grow:  # more rows than free slots: the cache grows (a copy)
-                self._cache = _cat(self._cache, _rows(new, range(len(reuse), m)))
+                self._cache = _cat(self._cache, new.select(list(range(len(reuse), m))))
                 self._logits = torch.cat([self._logits, logits[len(reuse):]])
                 self._row = {k: torch.cat([v, state[k][len(reuse):]]) for k, v in self._row.items()}
             if reuse:  # free slots filled in place
-                idx, part = torch.tensor(reuse, device=self.device), _rows(new, range(len(reuse)))
+                idx, part = torch.tensor(reuse, device=self.device), new.select(list(range(len(reuse))))
                 for dst, src in zip(self._cache.k + self._cache.v, part.k + part.v):
                     dst[idx.to(dst.device)] = src
                 self._cache.key_mask[idx] = part.key_mask
@@ -225,6 +237,34 @@ class DecodeEngine:
             at += r.n
         self._share(joining, time.perf_counter() - t0)
         self._running += joining
+
+    def _prefill(self, joining: list[_Request]) -> tuple[list[_Request], KVCache, Tensor]:
+        """The joining prompts' caches, one row each, left-padded to one width (B, H, L, D), and
+        their last logits (B, V), in the order of the requests returned. A prompt that begins
+        like a recent one is prefilled from where they differ (alone); the others together."""
+        parts, fresh = [], []
+        for r in joining:
+            n, prefix = self.prefixes.match(r.prompt)
+            if prefix is None:
+                fresh.append(r)
+                continue
+            cache = _pad_right(prefix, len(r.prompt) - n)
+            pos = torch.arange(n, len(r.prompt), device=self.device)
+            logits = forward_last(self.model, torch.tensor([r.prompt[n:]], device=self.device), pos, cache)
+            parts.append(([r], cache, logits))
+            r.reused = n
+            self.prefix_tokens += n
+        if fresh:
+            tokens, mask = left_pad([r.prompt for r in fresh], self.tok.pad_id, self.device)
+            parts.insert(0, (fresh, *prefill(self.model, tokens, mask, tokens.shape[1])))
+        L = max(cache.max_len for _, cache, _ in parts)
+        for requests, cache, _ in parts:
+            for b, r in enumerate(requests):
+                self.prefixes.put(r.prompt, row_columns(cache, b, cache.max_len - len(r.prompt)))
+        self.prompt_tokens += sum(len(r.prompt) for r in joining)
+        caches = [_pad_left(cache, L - cache.max_len) for _, cache, _ in parts]
+        return ([r for requests, _, _ in parts for r in requests],
+                functools.reduce(_cat, caches), torch.cat([logits for _, _, logits in parts]))
 
     def _step(self) -> None:
         """Draw every row's next token; finish the requests whose rows all ended; run the model
@@ -282,7 +322,7 @@ class DecodeEngine:
                 slots = r.slots.tolist()
                 r.future.set_result(Decoded(make_candidates(
                     self.tok, r.cfg, torch.stack(r.out, 1).tolist(), row["logprob"][slots].tolist(),
-                    row["length"][slots].tolist(), row["stopped"][slots].tolist()), r.seconds))
+                    row["length"][slots].tolist(), row["stopped"][slots].tolist()), r.seconds, r.reused))
             row["done"][r.slots] = True
             self._cache.key_mask[r.slots] = False
             self._free += r.slots.tolist()
@@ -300,7 +340,7 @@ class DecodeEngine:
     def _compact(self) -> None:
         """Keep only the held slots (renumbered) and the columns some row attends to."""
         keep = torch.cat([r.slots for r in self._running])
-        self._cache = _rows(self._cache, keep)
+        self._cache = self._cache.select(keep)
         self._logits = self._logits.index_select(0, keep)
         self._row = {k: v.index_select(0, keep) for k, v in self._row.items()}
         at = 0
@@ -314,15 +354,6 @@ class DecodeEngine:
             self._cache = KVCache([k[:, :, first:].contiguous() for k in self._cache.k],
                                   [v[:, :, first:].contiguous() for v in self._cache.v],
                                   self._cache.key_mask[:, first:].contiguous())
-
-
-def _rows(cache: KVCache, rows) -> KVCache:
-    """The cache's `rows` (indices), copied."""
-    idx = torch.as_tensor(list(rows) if not isinstance(rows, Tensor) else rows,
-                          device=cache.key_mask.device)
-    return KVCache([k.index_select(0, idx.to(k.device)) for k in cache.k],
-                   [v.index_select(0, idx.to(v.device)) for v in cache.v],
-                   cache.key_mask.index_select(0, idx))
 
 
 def _cat(a: KVCache, b: KVCache) -> KVCache:

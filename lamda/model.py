@@ -33,7 +33,8 @@ class KVCache:
     k[layer], v[layer]: (B, H, S, D), each on its layer's device (a model dispatched across GPUs
     keeps each layer's cache next to it). `key_mask` (B, S) marks valid (non-padding) positions, so
     conversations of different lengths can share a batch with left padding. `expand(n)` repeats
-    each row n times: one prefilled context becomes n candidate rows without recomputing it.
+    each row n times: one prefilled context becomes n candidate rows without recomputing it
+    (`select` picks rows in any order).
     """
 
     def __init__(self, k: list[Tensor], v: list[Tensor], key_mask: Tensor):
@@ -71,6 +72,13 @@ class KVCache:
             ck.scatter_(2, idx, k)
             cv.scatter_(2, idx, v)
         return ck, cv
+
+    def select(self, rows: Tensor | list[int]) -> "KVCache":
+        """The given rows (indices, repeats allowed), copied."""
+        idx = torch.as_tensor(rows, device=self.key_mask.device)
+        return KVCache([k.index_select(0, idx.to(k.device)) for k in self.k],
+                       [v.index_select(0, idx.to(v.device)) for v in self.v],
+                       self.key_mask.index_select(0, idx))
 
     def expand(self, n: int | Tensor) -> "KVCache":
         """Each row repeated n times, consecutively: row b becomes rows b*n .. b*n+n-1 (or row b

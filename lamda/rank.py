@@ -60,16 +60,29 @@ def score_responses(model: LaMDA, tok: Tokenizer, contexts: list[list[Turn]],
                                  [tok.encode(r) for r in responses])
 
 
+@torch.no_grad()
 def score_token_responses(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
                           responses: list[list[int]]) -> Tensor:
-    """(n, 4) attribute probabilities of prompt + response token sequences, re-encoded in one
-    left-padded prefill (for a scorer that does not hold the decoding cache)."""
+    """(n, 4) attribute probabilities of prompt + response token sequences, re-encoded (for a
+    scorer that does not hold the decoding cache). Each distinct prompt is prefilled once (all of
+    them left-padded together), and the responses continue their prompts' rows in one forward
+    (right-padded: each response's tokens at its own positions, what follows them unseen): a
+    conversation's candidates share its context's cache instead of re-encoding it."""
     device = next(model.parameters()).device
-    seqs = [list(p) + list(r) for p, r in zip(prompts, responses)]
-    tokens, mask = left_pad(seqs, tok.pad_id, device)
-    cache, _ = prefill(model, tokens, mask, tokens.shape[1] + 2)
-    eot_pos = torch.full((len(seqs),), tokens.shape[1], dtype=torch.long, device=device)
-    return attribute_probs(model, tok, cache, eot_pos)
+    distinct: dict[tuple[int, ...], int] = {}
+    which = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    tokens, mask = left_pad([list(p) for p in distinct], tok.pad_id, device)
+    P, R = tokens.shape[1], max(map(len, responses))
+    cache, _ = prefill(model, tokens, mask, P + R + 2)  # (D, H, P + R + 2, Dh)
+    rows = cache.select(which)  # (n, ...): each response's prompt
+    if R:
+        suffix = torch.full((len(responses), R), tok.pad_id, dtype=torch.long, device=device)
+        for i, r in enumerate(responses):
+            suffix[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        no_logits = torch.zeros_like(suffix, dtype=torch.bool)  # keys and values are all we need
+        model(suffix, torch.arange(P, P + R, device=device), rows, only=no_logits)
+    eot_pos = P + torch.tensor([len(r) for r in responses], dtype=torch.long, device=device)
+    return attribute_probs(model, tok, rows, eot_pos)
 
 
 @torch.no_grad()

@@ -172,7 +172,8 @@ class Metrics:
                                boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30])
         self.in_flight = Gauge("lamda_turns_in_flight", "turns being answered by this replica")
         self.cancelled = Counter("lamda_turns_cancelled", "turns whose client went away")
-        self.tokens = Counter("lamda_tokens", "model tokens by kind (generated, scored, prompt)",
+        self.tokens = Counter("lamda_tokens", "model tokens by kind (prompt, generated, "
+                              "scored; reused: prompt positions taken from the prefix cache)",
                               tag_keys=("kind",))
         self.candidates = Counter("lamda_candidates", "candidates generated, by outcome",
                                   tag_keys=("outcome",))
@@ -191,7 +192,7 @@ class Metrics:
         positive(self.research_iterations, len(answer.research.steps) if answer.research else 0)
         positive(self.flops, answer.flops)
         positive(self.energy, work.energy_kwh)
-        for kind in ("prompt", "generated", "scored"):
+        for kind in ("prompt", "generated", "scored", "reused", "research_reused"):
             positive(self.tokens, work.tokens.get(kind, 0), {"kind": kind})
         for stage, seconds in work.seconds.items():
             self.stage.observe(seconds, {"stage": stage})
@@ -361,8 +362,8 @@ class Chat:
             out = call("research", self.sampler.research, ctx, draft,
                        [{"query": s.query, "results": list(s.results)} for s in steps],
                        research_sampling)
-            work.add("research", 0, out["energy_kwh"], research_prompt=out["tokens"]["prompt"],
-                     research_generated=out["tokens"]["generated"])
+            work.add("research", 0, out["energy_kwh"],
+                     **{f"research_{k}": v for k, v in out["tokens"].items()})
             return out["output"], out["flops"]
 
         def check(_, reply):  # the research loop's reply passes the safety filter too
@@ -535,6 +536,7 @@ class Chat:
         usage = {"prompt_tokens": work.tokens.get("prompt", 0),
                  "completion_tokens": sum(r["tokens"] for r in replies)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        usage["prompt_tokens_details"] = {"cached_tokens": work.tokens.get("reused", 0)}
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(completion_chunks(cid, created, req.model, choices, usage, include),
@@ -547,5 +549,6 @@ class Chat:
                     "research_steps": len(answer.research.steps) if answer.research else 0,
                     "research_prompt_tokens": work.tokens.get("research_prompt", 0),
                     "research_generated_tokens": work.tokens.get("research_generated", 0),
+                    "research_cached_tokens": work.tokens.get("research_reused", 0),
                     "tool_calls": len(work.tool_calls), "fallback": answer.fallback,
                     "flops": answer.flops, "energy_kwh": work.energy_kwh, "seconds": work.seconds}}

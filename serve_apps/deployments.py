@@ -2,8 +2,10 @@
 
 Sampler and Ranker each hold the model (loaded from an export: safetensors + config + tokenizer,
 local or s3://, cached per node). The Sampler decodes every request in one continuous batch
-(lamda.engine); the Ranker scores a conversation's candidates by re-encoding them in one prefill,
-so the two scale separately (in one process, lamda.chat reuses the decoding cache instead).
+(lamda.engine), which reuses the cache of a prompt's beginning (a conversation's context) across
+its candidates, research steps and turns; the Ranker re-encodes the context once and the
+candidates after it, batched across conversations, so the two scale separately (in one
+process, lamda.chat reuses the decoding cache instead).
 Settings that may change while serving arrive as `user_config` through `reconfigure`. Energy per
 request is modelled from its share of the device time (the engine splits each step by rows).
 """
@@ -111,7 +113,7 @@ class Sampler(_ModelReplica):
         sampling = dataclasses.replace(self.sampling, **settings)
         prompt = self.chat.response_prompt(turns(context), sampling)
         decoded, rows = await self._decode(prompt, sampling)
-        cands, flops, tokens = self.chat.sampled(prompt, decoded.candidates)
+        cands, flops, tokens = self.chat.sampled(prompt, decoded.candidates, decoded.reused)
         return {"candidates": [dataclasses.asdict(c) for c in cands], "flops": flops,
                 "tokens": tokens, "energy_kwh": self._energy_kwh(decoded.seconds),
                 "batch": rows // sampling.num_candidates + 1, "seconds": time.perf_counter() - t0}
@@ -126,7 +128,7 @@ class Sampler(_ModelReplica):
             turns(context), draft, [ResearchStep(s["query"], tuple(s["results"])) for s in steps],
             sampling)
         decoded, _ = await self._decode(prompt, sampling, routes)
-        output, flops, tokens = self.chat.research_output(prompt, decoded.candidates)
+        output, flops, tokens = self.chat.research_output(prompt, decoded.candidates, decoded.reused)
         return {"output": output, "flops": flops, "tokens": tokens,
                 "energy_kwh": self._energy_kwh(decoded.seconds)}
 

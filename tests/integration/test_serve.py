@@ -240,6 +240,15 @@ def test_logprobs_usage_and_the_turns_work(server):
     assert {"sample", "rank", "finish"} <= set(work["seconds"])
 
 
+def test_a_repeated_context_is_not_prefilled_again(server):
+    """The Sampler's prefix cache: a context asked again is prefilled only at its last position,
+    and the usage says so (OpenAI's cached_tokens)."""
+    messages = [{"role": "user", "content": "Tell me about the tallest mountains in the world."}]
+    first, again = (completion(server, messages=messages, seed=s) for s in (1, 2))
+    assert first["usage"]["prompt_tokens"] == again["usage"]["prompt_tokens"] > 8
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == again["usage"]["prompt_tokens"] - 1
+
+
 def test_content_parts_and_system_messages(server):
     parts = completion(server, temperature=0,
                        messages=[{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}])

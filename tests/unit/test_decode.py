@@ -6,7 +6,7 @@ from lamda.data import Turn, response_prompt
 from lamda.decode import GraphStep, SamplingConfig, best_by_likelihood, generate, sample_top_k
 from lamda.model import LaMDA
 from lamda.rank import (ATTRIBUTES, RankConfig, rank, score_generation, score_responses,
-                        score_uncached)
+                        score_token_responses, score_uncached)
 
 
 class EarlyStopper(LaMDA):
@@ -98,6 +98,17 @@ def test_cached_discriminator_scores_equal_uncached_ones(model, tok):
     expected = score_uncached(model, tok, response_prompt(tok, CONTEXTS[1]),
                               tok.encode("Try Miles Davis."))
     assert given[1].tolist() == pytest.approx(expected, abs=1e-4)
+
+
+@torch.no_grad()
+def test_candidates_sharing_a_context_are_scored_on_its_one_prefill(model, tok):
+    """The Ranker's path: a conversation's candidates (of different lengths, one empty) continue
+    one prefill of its context, next to another conversation's; scores equal re-encoding each."""
+    replies = [tok.encode(t) for t in ("It is 8,849 metres tall.", "Tall.", "")] + [tok.encode("Jazz!")]
+    prompts = [response_prompt(tok, CONTEXTS[0])] * 3 + [response_prompt(tok, CONTEXTS[1])]
+    got = score_token_responses(model, tok, prompts, replies)
+    for row, p, r in zip(got.tolist(), prompts, replies):
+        assert row == pytest.approx(score_uncached(model, tok, p, r), abs=1e-4)
 
 
 def cand(text, logprob=-1.0, length=3):

@@ -1,6 +1,7 @@
 """Continuous batching (lamda.engine): requests joining and leaving a running batch decode the
 same candidates as alone (same seed), cancelled requests free their rows, no deadlock under 64
-concurrent requests."""
+concurrent requests, a prompt that begins like an earlier one is prefilled only from where they
+differ."""
 
 import concurrent.futures as cf
 import time
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from lamda import tokenizer as T
-from lamda.data import Turn, response_prompt
+from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import SamplingConfig, generate
 from lamda.engine import DecodeEngine, EngineConfig
 from tests.unit.test_decode import model  # noqa: F401  (the EarlyStopper fixture)
@@ -106,5 +107,39 @@ def test_no_deadlock_under_64_concurrent_requests_over_the_budget(model, tok):
         assert all(len(r.candidates) == 4 and r.seconds > 0 for r in results)
         assert key(results[17]) == alone(model, tok, ps[17], cfgs[17])
         assert engine.rows == 0
+    finally:
+        engine.close()
+
+
+def test_a_prompt_that_extends_an_earlier_one_reuses_its_prefix(engine, model, tok):
+    """The research steps' case: each prompt continues the one before it. Only the new tokens are
+    prefilled, and the candidates are those of decoding the whole prompt alone."""
+    cfg = SamplingConfig(num_candidates=3, max_new_tokens=10, seed=4)
+    context = [Turn("user", "What is the symbol of iron?")]
+    first = response_prompt(tok, context)
+    later = research_prompt(tok, context, "I think it is Fe.",
+                            [ResearchStep("iron symbol", ("iron: Fe, atomic number 26",))])
+    engine.submit(first, cfg).result(timeout=60)
+    assert engine.prefix_tokens == 0
+    got = engine.submit(later, cfg).result(timeout=60)
+    shared = len(response_prompt(tok, context)) - 1  # the context, up to RESPONSE / LAMDA-BASE
+    assert engine.prefix_tokens == shared and engine.prompt_tokens == len(first) + len(later)
+    assert key(got) == alone(model, tok, later, cfg)
+    again = engine.submit(later, cfg).result(timeout=60)  # all but its last token held
+    assert engine.prefix_tokens == shared + len(later) - 1 and key(again) == key(got)
+
+
+def test_the_prefix_cache_keeps_recent_prompts_within_its_budget(model, tok):
+    engine = DecodeEngine(model, tok, EngineConfig(prefix_cache_tokens=60))
+    try:
+        cfg = SamplingConfig(num_candidates=1, max_new_tokens=2)
+        prompts = [prompt(tok, f"{w} are what I would like to hear about", 2)
+                   for w in ("Apples", "Bridges", "Comets", "Dolphins", "Engines", "Forests")]
+        for p in prompts:
+            engine.submit(p, cfg).result(timeout=60)
+        held = engine.prefixes
+        assert 0 < held.tokens <= 60 and len(held) < len(prompts)
+        assert held.match(prompts[-1])[0] == len(prompts[-1]) - 1  # the latest is held
+        assert held.match(prompts[0]) == (0, None)  # the oldest went first
     finally:
         engine.close()
