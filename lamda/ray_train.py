@@ -14,6 +14,11 @@ the latest checkpoint: same step counter, same epoch and batch position in the d
 Rank 0 logs a line per log interval (Ray's worker logs) and can send its metrics to the driver
 (`fit(on_report=...)`), which shows the progress. Ctrl-C in the driver aborts the run, keeping its
 checkpoints, and raises KeyboardInterrupt.
+
+A step with a non-finite loss or gradient norm is skipped (lamda.training.train_step), logged and
+counted (`lamda_train_skipped_steps`); after `TrainConfig.max_nonfinite_steps` in a row every rank
+stops without writing a checkpoint (the failure policy restarts from the last one, which clears a
+transient fault) and `fit` raises NonFiniteTraining naming it.
 """
 
 from __future__ import annotations
@@ -180,6 +185,10 @@ class RunSpec:
     crash_marker: str | None = None  # ...and records it in this file, so the restart continues
 
 
+class NonFiniteTraining(RuntimeError):
+    """The run stopped after TrainConfig.max_nonfinite_steps non-finite steps in a row."""
+
+
 @dataclass
 class TrainState:
     """Progress saved with every checkpoint (JSON)."""
@@ -190,6 +199,7 @@ class TrainState:
     tokens: int = 0  # tokens trained on, all ranks
     energy_kwh: float = 0.0  # all ranks
     restarts: list[int] = field(default_factory=list)  # steps that training resumed from
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient norm
 
 
 def _batches(shard, spec: RunSpec, state: TrainState, device):
@@ -292,8 +302,11 @@ class _Metrics:
         self.mfu = Gauge("lamda_train_mfu", "model FLOPs utilisation", tag_keys=keys)
         self.step = Gauge("lamda_train_step", "optimizer step", tag_keys=keys)
         self.tokens = Counter("lamda_train_tokens", "tokens trained on", tag_keys=keys)
+        self.skipped = Counter("lamda_train_skipped_steps", "steps skipped for a non-finite loss "
+                               "or gradient norm", tag_keys=keys)
         self.energy = Counter("lamda_train_energy_kwh", "energy used by training (kWh)", tag_keys=keys)
-        for m in (self.loss, self.eval_loss, self.tps, self.mfu, self.step, self.tokens, self.energy):
+        for m in (self.loss, self.eval_loss, self.tps, self.mfu, self.step, self.tokens, self.energy,
+                  self.skipped):
             m.set_default_tags(tags)
 
 
@@ -350,12 +363,27 @@ def train_worker(config: dict) -> None:
 
     loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
     t_last, tokens_last = time.perf_counter(), state.tokens
-    energy_base = state.energy_kwh
+    energy_base, in_a_row, saved = state.energy_kwh, 0, state.step
     while state.step < tc.steps:
         stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step, tc,
                            loss_fn)
         state.step += 1
         state.tokens += stats["tokens"] * world
+        in_a_row = in_a_row + 1 if stats["skipped"] else 0
+        if stats["skipped"]:
+            state.skipped += 1
+            if rank == 0:
+                metrics.skipped.inc()
+                log.warning(f"[{spec.stage}] step {state.step}: loss {stats['loss']} / gradient "
+                            f"norm {stats['grad_norm']} not finite; the step is skipped "
+                            f"({in_a_row} in a row, {state.skipped} in all)")
+            if in_a_row == tc.max_nonfinite_steps:  # every rank sees the same: all stop here
+                raise NonFiniteTraining(
+                    f"training stopped at step {state.step}: {in_a_row} steps in a row had a "
+                    f"non-finite loss or gradient norm (skipped, the weights unchanged; "
+                    f"{state.skipped} skipped in all). The last checkpoint is intact: "
+                    + (f"step {saved}." if saved else "none was written.")
+                    + " Lower the learning rate, check the data or resume from an earlier checkpoint.")
         if spec.crash_at_step == state.step and rank == world - 1 and spec.crash_marker \
                 and not os.path.exists(spec.crash_marker):
             Path(spec.crash_marker).write_text(str(state.step))
@@ -376,7 +404,7 @@ def train_worker(config: dict) -> None:
         m = {"step": state.step, "loss": float(loss) / world, "lr": stats["lr"],
              "grad_norm": stats["grad_norm"], "tokens": state.tokens, "tokens_per_s": tps,
              "energy_kwh": state.energy_kwh, "epoch": state.epoch, "restarts": list(state.restarts),
-             "param_shards": shard_sizes}
+             "skipped": state.skipped, "param_shards": shard_sizes}
         if peak:
             m["mfu"] = mfu(flops_per_token * tps, 1.0, world, peak)
         if do_eval:
@@ -399,6 +427,7 @@ def train_worker(config: dict) -> None:
                 ray.get(reports.put.remote(m))
         if do_ckpt:
             _save_checkpoint(model, opt, spec, state, rank, m)
+            saved = state.step
         else:
             ray.train.report(m)
         t_last, tokens_last = time.perf_counter(), state.tokens
@@ -521,6 +550,12 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
         forward.start()
     try:
         return trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        stopped = [f for f in getattr(e, "worker_failures", {}).values()
+                   if isinstance(f, NonFiniteTraining)]
+        if stopped:  # the workers' own error, not Ray's wrapping of it
+            raise stopped[0] from e
+        raise
     finally:
         if forward:
             stop.set()

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from lamda.model import LaMDA, lm_loss
@@ -28,6 +29,7 @@ class TrainConfig:
     bias_lr_scale: float = 100.0  # learning-rate multiplier of the relative-bias table (see below)
     dialog_fraction: float = 0.5  # share of dialog tokens in pre-training (paper: 50%)
     log_every: int = 10  # steps between log lines
+    max_nonfinite_steps: int = 5  # consecutive skipped (non-finite) steps before the run stops
     seed: int = 0
 
 
@@ -77,7 +79,11 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
     float32 copies of the logits on GPU. With a 0/1 loss mask the output layer runs only where
     the mask is set (the same mean loss, less work where most tokens are context).
 
-    Returns the mean loss, the gradient norm before clipping, the learning rate and token count.
+    A step whose loss or gradient norm is not finite (on any rank) changes nothing: no update,
+    gradients dropped, and `skipped` is True; the optimizer state stays as it was.
+
+    Returns the mean loss, the gradient norm before clipping, the learning rate, the token count
+    and whether the step was skipped.
     """
     lr = lr_at(step, cfg)
     for group in opt.param_groups:
@@ -95,10 +101,24 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
         loss.backward()
         total_loss += loss.item()
         tokens += inputs.numel()
-    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip
-                 else torch.tensor(0.0))
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
+                 else torch.nn.utils.get_total_norm([p.grad for p in params]))
     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
         grad_norm = grad_norm.full_tensor()
-    opt.step()
+    skipped = not all_finite(total_loss, float(grad_norm))
+    if not skipped:
+        opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+    return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens,
+            "skipped": skipped}
+
+
+def all_finite(*values: float) -> bool:
+    """Whether every value is finite on every rank (one all-reduce when distributed)."""
+    finite = all(math.isfinite(v) for v in values)
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor(float(finite), device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag.item())
+    return finite

@@ -12,7 +12,7 @@ import torch
 
 from jobs import finetune, pretrain
 from lamda import ray_train as R
-from lamda.checkpoint import export_checkpoint, load_export
+from lamda.checkpoint import export_checkpoint, load_export, save_export
 from lamda.data import SAMPLE_DIR
 from lamda.storage import S3Location
 
@@ -142,6 +142,24 @@ def test_a_killed_worker_is_replaced_and_training_resumes(pretrained, tok, work)
     assert m["restarts"] == [10] and m["step"] == STEPS
     # same data position and state after the restart: the loss curve is the uninterrupted one
     assert m["loss"] == pytest.approx(pretrained.metrics["loss"], rel=1e-4)
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_clear_error(pretrained, tok, work):
+    """Weights that make every loss NaN (one NaN in the final norm): each step is skipped on
+    both ranks, and after max_nonfinite_steps in a row the run stops and says why."""
+    model, _ = load_export(work / "runs" / "pt" / "export")
+    state = model.state_dict()
+    state["norm.weight"][0] = float("nan")
+    save_export(work / "poisoned", state, model.cfg, tok)
+    spec = R.RunSpec(model=model.cfg, train=R.TrainConfig(steps=20, batch_size=8, seq_len=SEQ,
+                                                          max_nonfinite_steps=3, log_every=5),
+                     tokenizer=tok, init_from=str(work / "poisoned"), checkpoint_every=100,
+                     eval_every=0)
+    ds = R.pretraining_dataset(tok, [], [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
+    with pytest.raises(R.NonFiniteTraining, match="stopped at step 3: 3 steps in a row.*"
+                                                  "none was written"):
+        R.fit(spec, R.ClusterSpec(workers=2, storage_path=str(work / "runs"), run_name="nan",
+                                  max_failures=0), ds)
 
 
 def test_s3_storage_checkpoints_resume_and_export(ray_cluster, tok, bucket, work, s3_server):

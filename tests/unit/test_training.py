@@ -1,7 +1,7 @@
 import torch
 
 from lamda.config import ModelConfig
-from lamda.model import build_model
+from lamda.model import build_model, lm_loss
 from lamda.training import TrainConfig, build_optimizer, lr_at, train_step
 
 
@@ -24,3 +24,28 @@ def test_the_bias_table_learns_at_a_scaled_rate():
     assert groups[id(model.embed.weight)]["lr"] == lr_at(5, cfg)
     moved = (model.rel_bias.weight - before).abs().max().item()
     assert moved > 10 * cfg.lr  # Adam moves each scalar by about its learning rate
+
+
+def test_a_non_finite_step_is_skipped_and_changes_nothing():
+    """A NaN loss (or gradient norm) skips the update: weights and optimizer state stay, the
+    gradients are dropped; the next finite step trains as usual."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("debug", vocab_size=64))
+    cfg = TrainConfig(steps=10, lr=1e-3, warmup_steps=1, grad_clip=0.0)
+    opt = build_optimizer(model, cfg)
+    x = torch.randint(0, 64, (2, 9))
+    batch = [(x[:, :-1], x[:, 1:], None, None)]
+    assert not train_step(model, opt, batch, 0, cfg)["skipped"]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in opt.state.values()]
+
+    def nan_loss(logits, targets, mask=None):
+        return lm_loss(logits, targets, mask) * float("nan")
+
+    stats = train_step(model, opt, batch, 1, cfg, nan_loss)
+    assert stats["skipped"] and stats["loss"] != stats["loss"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, opt.state.values()))
+    assert all(p.grad is None for p in model.parameters())
+    assert not train_step(model, opt, batch, 2, cfg)["skipped"]
+    assert not torch.equal(weights["embed.weight"], model.embed.weight)
