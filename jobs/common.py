@@ -31,6 +31,8 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float) -> 
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
     g.add_argument("--export", default=None,
                    help="where to write the safetensors export (default: <storage>/<run>/export)")
+    g.add_argument("--export-shard-mb", type=float, default=2048,
+                   help="at most this many MB per export file (the export is sharded)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=steps)
     t.add_argument("--batch-size", type=int, default=8, help="sequences per worker per micro-batch")
@@ -146,6 +148,7 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
     train, evaluation = R.split_eval(ds, a.eval_fraction, a.seed)
     spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
                      init_from=init_from, export_to=export_path(a),
+                     export_shard_bytes=int(a.export_shard_mb * 2**20),
                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
                      peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage)
     cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,

@@ -9,7 +9,9 @@ every rank writes its shard, Ray merges them into one directory under
 once all ranks have uploaded; so `ray.train.get_checkpoint()` only ever returns a complete one.
 Rank 0 adds `config.json`, `tokenizer.model` and `train_state.json` (step, data position, tokens,
 energy). A restarted worker group (FailureConfig) or a re-run with the same run name resumes from
-the latest checkpoint: same step counter, same epoch and batch position in the data.
+the latest checkpoint: same step counter, same epoch and batch position in the data. At the end
+the ranks write the model as a sharded safetensors export (lamda.checkpoint.save_sharded_export),
+without gathering it anywhere.
 
 Rank 0 logs a line per log interval (Ray's worker logs) and can send its metrics to the driver
 (`fit(on_report=...)`), which shows the progress. Ctrl-C in the driver aborts the run, keeping its
@@ -46,14 +48,13 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 
 from lamda import data as D
 from lamda.accounting import EnergyMeter, hardware, mfu
 from lamda.checkpoint import (CONFIG, TOKENIZER, TRAIN_STATE, check_checkpoint_dir, load_export,
-                              save_export)
+                              save_sharded_export)
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, parallelize
@@ -174,7 +175,8 @@ class RunSpec:
     tokenizer: Tokenizer
     parallel: ParallelConfig = ParallelConfig()
     init_from: str | None = None  # an export to start from (fine-tuning); None: fresh weights
-    export_to: str | None = None  # where rank 0 writes the consolidated export at the end
+    export_to: str | None = None  # where the ranks write the sharded export at the end
+    export_shard_bytes: int = 2 << 30  # at most this much per export file (one tensor may exceed it)
     checkpoint_every: int = 50  # steps between checkpoints (the last step always checkpoints)
     eval_every: int = 50  # steps between evaluation losses (0: never)
     eval_batches: int = 4  # batches per evaluation, per worker
@@ -434,13 +436,10 @@ def train_worker(config: dict) -> None:
         energy_base, meter = state.energy_kwh, EnergyMeter(watts)
 
     if spec.export_to:
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                    cpu_offload=True))
+        save_sharded_export(spec.export_to, model, spec.model, spec.tokenizer, spec.export_shard_bytes,
+                            extra={"stage": spec.stage, "step": state.step, "tokens": state.tokens})
         if rank == 0:
-            save_export(spec.export_to, full, spec.model, spec.tokenizer,
-                        extra={"stage": spec.stage, "step": state.step, "tokens": state.tokens})
             log.info(f"[{spec.stage}] exported to {spec.export_to}")
-        dist.barrier()
 
 
 # -- the trainer --------------------------------------------------------------------------------

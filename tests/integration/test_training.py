@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 STEPS, SEQ = 30, 64
 TRAIN_FLAGS = ["--preset", "debug", "--workers", "2", "--steps", str(STEPS), "--seq-len", str(SEQ),
                "--batch-size", "8", "--lr", "3e-3", "--checkpoint-every", "10", "--eval-every", "10",
-               "--log-every", "5"]
+               "--log-every", "5", "--export-shard-mb", "0.1"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +98,10 @@ def test_checkpoint_layout_and_export_match(pretrained, work, tmp_path):
     assert {".metadata", "__0_0.distcp", "__1_0.distcp", "train_state.json", "config.json",
             "tokenizer.model"} <= names
     assert json.loads(open(f"{ckpt}/train_state.json").read())["step"] == STEPS
-    # the end-of-run export (rank 0, full state dict) equals an offline consolidation
+    # the end-of-run export (sharded: each rank wrote its files, no full state dict anywhere)
+    # equals an offline consolidation into one file
+    index = json.loads((work / "runs" / "pt" / "export" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 4
     end_of_run, _ = load_export(work / "runs" / "pt" / "export")
     export_checkpoint(ckpt, tmp_path / "offline")
     offline, tok2 = load_export(tmp_path / "offline")

@@ -1,7 +1,10 @@
+import json
+
 import pytest
 import torch
 
-from lamda.checkpoint import load_export, save_export
+from lamda.checkpoint import (load_export, load_export_dispatched, save_export, save_sharded_export,
+                              shard_plan)
 from lamda.config import ModelConfig
 from lamda.model import build_model
 
@@ -75,3 +78,31 @@ def test_accelerate_big_model_loading_matches_the_plain_load(model, tok, tmp_pat
     a = generate(dispatched, tok, [[5, 6, 7]], cfg).candidates[0]
     b = generate(model, tok, [[5, 6, 7]], cfg).candidates[0]
     assert [c.ids for c in a] == [c.ids for c in b]
+
+
+def test_a_sharded_export_has_an_index_and_loads_like_one_file(model, tok, tmp_path):
+    """Whole tensors packed into files of at most max_bytes, the Hugging Face index beside them;
+    load_export and Accelerate's dispatched loading read them one file at a time."""
+    save_sharded_export(tmp_path / "s", model, model.cfg, tok, max_bytes=100_000, extra={"step": 3})
+    d = tmp_path / "s"
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert set(index["weight_map"]) == set(model.state_dict())
+    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in model.state_dict().values())
+    assert not (d / "model.safetensors").exists() and [p.name for p in tmp_path.iterdir()] == ["s"]
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert set(files) <= set(manifest["files"]) and manifest["step"] == 3
+    x = torch.randint(0, tok.vocab_size, (2, 12))
+    loaded, _ = load_export(d)
+    dispatched, _ = load_export_dispatched(d, device_map={"": "cpu"})
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+        torch.testing.assert_close(dispatched(x), model(x), atol=0, rtol=0)
+    (d / files[1]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"missing {files[1]}"):
+        load_export(d)
+
+
+def test_the_shard_plan_packs_tensors_in_order():
+    assert shard_plan({"a": 4, "b": 4, "c": 9, "d": 1}, 8) == [["a", "b"], ["c"], ["d"]]
