@@ -1,9 +1,12 @@
 """Ray Train throughput on this machine: one preset, 1 and 2 CPU workers (FSDP2, gloo). JSON lines.
 
-    python bench/train_ray.py --preset tiny --workers 1 2 --steps 30
+    python bench/train_ray.py --preset tiny --workers 1 2 --steps 30 [--checkpoint-every 5]
 
 tokens/s is the mean of the rates reported after the first logging interval (warm-up excluded),
-over all workers together.
+over all workers together. With --checkpoint-every, each worker count runs twice, uploading
+checkpoints synchronously and asynchronously: `checkpoint_wait_s` is what training waited per
+checkpoint (over all but the last, whose wait the run's last metrics precede; the first upload is
+synchronous either way), against `step_s`, the mean time of a step.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,6 +29,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="per worker")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--checkpoint-every", type=int, default=0, help="0: only at the end")
     a = p.parse_args(argv)
 
     import ray
@@ -40,19 +45,31 @@ def main(argv=None) -> None:
                           vocab_size=a.vocab_size)
     train = R.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5).materialize()
     log_every = max(1, a.steps // 6)
-    for workers in a.workers:
+    every = a.checkpoint_every or a.steps
+    for workers, upload_async in [(w, m) for w in a.workers
+                                  for m in ((False, True) if a.checkpoint_every else (True,))]:
         spec = R.RunSpec(model=R.ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                                        max_seq_len=a.seq_len),
                          train=R.TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
                                              log_every=log_every),
-                         tokenizer=tok, checkpoint_every=a.steps, eval_every=0)
+                         tokenizer=tok, checkpoint_every=every, eval_every=0,
+                         async_checkpoint=upload_async)
         with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
             result = R.fit(spec, R.ClusterSpec(workers=workers, storage_path=d, run_name="bench"), train)
+            wall = time.perf_counter() - t0
             rates = [row["tokens_per_s"] for _, row in result.metrics_dataframe.iterrows()
                      if row["step"] > log_every]
+        m, checkpoints = result.metrics, a.steps // every
+        tokens_per_step = workers * a.batch_size * a.seq_len
         print(json.dumps({"bench": "train_ray", "preset": a.preset, "workers": workers,
                           "batch_per_worker": a.batch_size, "seq_len": a.seq_len, "steps": a.steps,
-                          "tokens_per_s": round(sum(rates) / len(rates), 1)}), flush=True)
+                          "tokens_per_s": round(sum(rates) / len(rates), 1),
+                          "checkpoints": checkpoints,
+                          "upload": "async" if upload_async else "sync",
+                          "step_s": round(tokens_per_step * len(rates) / sum(rates), 4),
+                          "checkpoint_wait_s": round(m["checkpoint_s"] / max(1, checkpoints - 1), 4),
+                          "wall_s": round(wall, 1)}), flush=True)
     ray.shutdown()
 
 

@@ -41,6 +41,8 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float) -> 
     t.add_argument("--lr", type=float, default=lr)
     t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: steps / 10)")
     t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--sync-checkpoints", action="store_true",
+                   help="wait for every checkpoint's upload (default: upload while training)")
     t.add_argument("--eval-every", type=int, default=50, help="0: no evaluation")
     t.add_argument("--eval-fraction", type=float, default=0.05, help="rows held out for evaluation")
     t.add_argument("--log-every", type=int, default=10)
@@ -149,6 +151,7 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
     spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
                      init_from=init_from, export_to=export_path(a),
                      export_shard_bytes=int(a.export_shard_mb * 2**20),
+                     async_checkpoint=not a.sync_checkpoints,
                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
                      peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage)
     cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,

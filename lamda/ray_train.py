@@ -7,6 +7,10 @@ Checkpoints are torch.distributed.checkpoint (DCP) shards reported through `ray.
 every rank writes its shard, Ray merges them into one directory under
 `RunConfig.storage_path/<run name>/` (a local path or s3://...), and registers the checkpoint only
 once all ranks have uploaded; so `ray.train.get_checkpoint()` only ever returns a complete one.
+After the first, checkpoints upload while training goes on (`RunSpec.async_checkpoint`); a new
+one is reported only once the previous one is registered, so a crash at any point resumes from a
+registered checkpoint, never from scratch once one was reported. `checkpoint_s` in the metrics is
+the time training waited for checkpoints.
 Rank 0 adds `config.json`, `tokenizer.model` and `train_state.json` (step, data position, tokens,
 energy). A restarted worker group (FailureConfig) or a re-run with the same run name resumes from
 the latest checkpoint: same step counter, same epoch and batch position in the data. At the end
@@ -183,6 +187,7 @@ class RunSpec:
     peak_flops: float | None = None  # per device, for MFU; None: from the GPU's name (no MFU on CPU)
     watts: float | None = None  # per device, for modelled energy without NVML; None: by hardware
     stage: str = "pretrain"  # recorded in checkpoints and exports
+    async_checkpoint: bool = True  # upload checkpoints while training goes on (after the first)
     crash_at_step: int | None = None  # testing: the last rank exits abruptly once at this step...
     crash_marker: str | None = None  # ...and records it in this file, so the restart continues
 
@@ -202,6 +207,7 @@ class TrainState:
     energy_kwh: float = 0.0  # all ranks
     restarts: list[int] = field(default_factory=list)  # steps that training resumed from
     skipped: int = 0  # steps skipped for a non-finite loss or gradient norm
+    checkpoint_s: float = 0.0  # seconds training waited for checkpoints (rank 0)
 
 
 def _batches(shard, spec: RunSpec, state: TrainState, device):
@@ -244,18 +250,31 @@ def _eval_loss(model, shard, spec: RunSpec, device) -> float | None:
     return float(total / n) if n > 0 else None
 
 
-def _save_checkpoint(model, opt, spec: RunSpec, state: TrainState, rank: int, metrics: dict) -> None:
+def _save_checkpoint(model, opt, spec: RunSpec, state: TrainState, rank: int, metrics: dict,
+                     upload_async: bool) -> None:
+    """Write this rank's DCP shard to a local directory and report it. Uploaded synchronously,
+    training waits until Ray has registered it; uploaded asynchronously, training goes on at once
+    and only the previous upload is waited for (so one checkpoint is always registered: a crash
+    right after this report resumes from the previous one, never from scratch)."""
+    from ray.train import CheckpointUploadMode
     model_sd, optim_sd = get_state_dict(model, opt)
-    with tempfile.TemporaryDirectory() as d:
+    d = tempfile.mkdtemp(prefix="lamda-checkpoint-")  # removed by Ray once uploaded
+    try:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=d)
         if rank == 0:
             spec.model.save(Path(d) / CONFIG)
             spec.tokenizer.save(Path(d) / TOKENIZER)
             (Path(d) / TRAIN_STATE).write_text(json.dumps(dataclasses.asdict(state)))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-    # Ray registers a reported checkpoint asynchronously; wait for it, so that a crash at any
-    # later point resumes from this checkpoint rather than an older one.
-    ray.train.get_all_reported_checkpoints()
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    if upload_async:
+        ray.train.get_all_reported_checkpoints()  # the previous upload, registered
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                     checkpoint_upload_mode=CheckpointUploadMode.ASYNC if upload_async
+                     else CheckpointUploadMode.SYNC, delete_local_checkpoint_after_upload=True)
+    if not upload_async:
+        ray.train.get_all_reported_checkpoints()  # registered before training goes on
 
 
 @contextmanager
@@ -406,7 +425,8 @@ def train_worker(config: dict) -> None:
         m = {"step": state.step, "loss": float(loss) / world, "lr": stats["lr"],
              "grad_norm": stats["grad_norm"], "tokens": state.tokens, "tokens_per_s": tps,
              "energy_kwh": state.energy_kwh, "epoch": state.epoch, "restarts": list(state.restarts),
-             "skipped": state.skipped, "param_shards": shard_sizes}
+             "skipped": state.skipped, "checkpoint_s": state.checkpoint_s,
+             "param_shards": shard_sizes}
         if peak:
             m["mfu"] = mfu(flops_per_token * tps, 1.0, world, peak)
         if do_eval:
@@ -428,13 +448,16 @@ def train_worker(config: dict) -> None:
             if reports is not None:
                 ray.get(reports.put.remote(m))
         if do_ckpt:
-            _save_checkpoint(model, opt, spec, state, rank, m)
+            t0 = time.perf_counter()
+            _save_checkpoint(model, opt, spec, state, rank, m, spec.async_checkpoint and saved > 0)
+            state.checkpoint_s += time.perf_counter() - t0
             saved = state.step
         else:
             ray.train.report(m)
         t_last, tokens_last = time.perf_counter(), state.tokens
         energy_base, meter = state.energy_kwh, EnergyMeter(watts)
 
+    ray.train.get_all_reported_checkpoints()  # the last upload, registered
     if spec.export_to:
         save_sharded_export(spec.export_to, model, spec.model, spec.tokenizer, spec.export_shard_bytes,
                             extra={"stage": spec.stage, "step": state.step, "tokens": state.tokens})
