@@ -526,6 +526,17 @@ class _Trainer(ray.train.torch.TorchTrainer):
         signal.signal(signal.SIGINT, abort)
 
 
+def _ordered_data():
+    """Ray Data as the workers read it, in a fixed order: blocks in dataset order, not in the
+    order their tasks finish, and split among the workers by that order alone. So the rows a
+    worker gets, and their order, depend only on the dataset, the seed and the epoch: a resumed
+    worker that skips the batches it had consumed is where it was (`_batches`)."""
+    from ray.train import DataConfig
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
+
+
 def storage_uri(path: str) -> str:
     """Ray wants an absolute local path or a URI."""
     return path if "://" in path else str(Path(path).resolve())
@@ -563,6 +574,7 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
             checkpoint_config=CheckpointConfig(num_to_keep=cluster.keep_checkpoints),
             logging_config=LoggingConfig(log_level=cluster.log_level)),
         datasets=datasets,
+        dataset_config=_ordered_data(),
     )
     previous = signal.getsignal(signal.SIGINT)
     stop = threading.Event()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import threading
 import time
 import urllib.request
@@ -125,17 +126,27 @@ def test_finetuning_starts_from_the_pretrained_export(pretrained, work):
     assert not torch.equal(tuned.embed.weight, base.embed.weight)
 
 
-def crash_run(tok, storage, name, marker, export=None):
+def crash_run(tok, storage, name, marker, export=None, blocks=None):
+    """The pre-training run of `pretrained`, with its last worker killed at step 15 (none when
+    `marker` is None); `blocks`: the training rows cut into that many blocks, each delayed by a
+    random time on every pass."""
     spec = R.RunSpec(model=R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size),
                      train=R.TrainConfig(steps=STEPS, batch_size=8, seq_len=SEQ, lr=3e-3,
                                          warmup_steps=3, log_every=5),
                      tokenizer=tok, checkpoint_every=10, eval_every=10, export_to=export,
-                     crash_at_step=15, crash_marker=str(marker))
+                     crash_at_step=15 if marker else None, crash_marker=marker and str(marker))
     ds = R.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
     train, evaluation = R.split_eval(ds, 0.05)
+    if blocks:  # blocks that finish out of order, as they do on a busy cluster
+        train = train.repartition(blocks).map_batches(
+            lambda b: time.sleep(random.random() * 0.05) or b, batch_format="numpy")
     return R.fit(spec, R.ClusterSpec(workers=2, storage_path=storage, run_name=name,
                                      max_failures=1), train, evaluation)
+
+
+def losses(result) -> dict[int, float]:
+    return {int(r["step"]): r["loss"] for _, r in result.metrics_dataframe.iterrows()}
 
 
 def test_a_killed_worker_is_replaced_and_training_resumes(pretrained, tok, work):
@@ -163,6 +174,17 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_clear_error(pret
                                                   "none was written"):
         R.fit(spec, R.ClusterSpec(workers=2, storage_path=str(work / "runs"), run_name="nan",
                                   max_failures=0), ds)
+
+
+def test_resume_is_exact_on_data_of_many_blocks(pretrained, tok, work):
+    """The order of the rows is fixed by the seed and the epoch, not by how Ray Data's blocks
+    arrive: with 12 blocks, the resumed run's loss curve is the uninterrupted one."""
+    whole = crash_run(tok, str(work / "runs"), "blocks", None, blocks=12)
+    resumed = crash_run(tok, str(work / "runs"), "blocks-crash", work / "crashed-blocks", blocks=12)
+    assert resumed.metrics["restarts"] == [10]
+    after = {s: v for s, v in losses(resumed).items() if s > 10}  # the checkpoints' metrics
+    assert sorted(after) == [20, 30]
+    assert after == pytest.approx({s: losses(whole)[s] for s in after}, rel=1e-5)
 
 
 def test_s3_storage_checkpoints_resume_and_export(ray_cluster, tok, bucket, work, s3_server):
