@@ -49,6 +49,9 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float) -> 
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--compile", action="store_true", help="torch.compile each block")
     t.add_argument("--activation-checkpointing", action="store_true")
+    t.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel degree (heads and FFN split over this many workers of a "
+                        "node; FSDP over the rest: a 2-D mesh)")
     t.add_argument("--peak-tflops", type=float, default=None,
                    help="per device, for MFU (default: known GPUs by name)")
     t.add_argument("--watts", type=float, default=None,
@@ -64,8 +67,8 @@ def train_config(a) -> TrainConfig:
 
 
 def parallel_config(a) -> ParallelConfig:
-    return ParallelConfig(activation_checkpointing=a.activation_checkpointing, compile=a.compile,
-                          bf16=a.gpus_per_worker > 0)
+    return ParallelConfig(tp=a.tp, activation_checkpointing=a.activation_checkpointing,
+                          compile=a.compile, bf16=a.gpus_per_worker > 0)
 
 
 def export_path(a) -> str:

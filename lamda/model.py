@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import ModelConfig
@@ -101,15 +102,15 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, prepared_bias, cache: KVCache | None = None,
                 input_pos: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
-        H, D = self.cfg.n_head, self.cfg.d_kv
-        q = self.q(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k(x).view(B, T, H, D).transpose(1, 2)
-        v = self.v(x).view(B, T, H, D).transpose(1, 2)
+        D = self.cfg.d_kv  # heads: all of them, or this rank's under tensor parallelism
+        q = self.q(x).view(B, T, -1, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k(x).view(B, T, -1, D).transpose(1, 2)
+        v = self.v(x).view(B, T, -1, D).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, input_pos, k, v)  # (B, H, S, D)
         p = self.cfg.dropout if self.training else 0.0
         y = self.backend.attend(q, k, v, prepared_bias, p)  # (B, H, T, D)
-        return self.o(y.transpose(1, 2).reshape(B, T, H * D))
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class GatedGELU(nn.Module):
@@ -195,7 +196,9 @@ class LaMDA(nn.Module):
             k_pos = torch.arange(cache.max_len, device=tokens.device)
             key_mask = cache.key_mask
         x = self.drop(self.embed(tokens))  # (B, T, C)
-        bias = RelativeBias(self.rel_bias.weight, q_pos, k_pos, key_mask,
+        table = self.rel_bias.weight  # (buckets, H); this rank's heads under tensor parallelism
+        table = table.to_local() if isinstance(table, DTensor) else table
+        bias = RelativeBias(table, q_pos, k_pos, key_mask,
                             self.cfg.rel_buckets, self.cfg.rel_max_distance,
                             self_attention=cache is None, segments=segments)
         prepared = self.backend.prepare(bias, x.dtype)  # once per forward, shared by all layers

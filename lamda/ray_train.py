@@ -61,7 +61,7 @@ from lamda.checkpoint import (CONFIG, TOKENIZER, TRAIN_STATE, check_checkpoint_d
                               save_sharded_export)
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
-from lamda.parallel import ParallelConfig, parallelize
+from lamda.parallel import ParallelConfig, init_weights, parallelize
 from lamda.tokenizer import Tokenizer
 from lamda.training import TrainConfig, build_optimizer, train_step
 
@@ -210,23 +210,28 @@ class TrainState:
     checkpoint_s: float = 0.0  # seconds training waited for checkpoints (rank 0)
 
 
-def _batches(shard, spec: RunSpec, state: TrainState, device):
-    """Endless micro-batches from this rank's shard, advancing state.epoch / batch_in_epoch.
-    After a restart the already-consumed batches of the current epoch are skipped."""
+def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, offset: int = 0):
+    """Endless micro-batches from this rank's shard, advancing state.epoch / batch_in_epoch: of
+    each round of `every` batches of the shard, the one numbered `offset` (tensor parallelism:
+    every rank reads the whole dataset, and the ranks of one tensor-parallel group take the same
+    batches). After a restart the already-consumed batches of the current epoch are skipped."""
     bs = spec.train.batch_size
     while True:
         it = shard.iter_torch_batches(batch_size=bs, drop_last=True, device=device,
                                       dtypes=torch.long, local_shuffle_buffer_size=4 * bs,
                                       local_shuffle_seed=spec.train.seed + state.epoch)
-        seen = 0
+        seen, mine = 0, None
         for batch in it:
             seen += 1
             if seen <= state.batch_in_epoch:
                 continue
-            state.batch_in_epoch = seen
-            yield D.shift(batch["tokens"], batch.get("mask"), batch.get("segments"))
-        if seen == 0:
-            raise ValueError(f"a worker's data shard holds less than one batch of {bs} rows")
+            if (seen - 1) % every == offset:
+                mine = batch
+            if seen % every == 0:  # a whole round: every group has its batch (none gets a spare)
+                state.batch_in_epoch = seen
+                yield D.shift(mine["tokens"], mine.get("mask"), mine.get("segments"))
+        if seen < every:
+            raise ValueError(f"a worker's data shard holds less than {every} batches of {bs} rows")
         state.epoch += 1
         state.batch_in_epoch = 0
 
@@ -351,11 +356,10 @@ def train_worker(config: dict) -> None:
         torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls (the torch band gradient)
     tc = spec.train
 
-    torch.manual_seed(tc.seed + rank)
     model = build_model(spec.model, device="meta")
-    parallelize(model, spec.parallel, device.type, world)
+    mesh = parallelize(model, spec.parallel, device.type, world)
     model.to_empty(device=device)
-    model.init_weights()
+    init_weights(model, mesh, tc.seed)
     opt = build_optimizer(model, tc)
 
     state = TrainState()
@@ -378,7 +382,10 @@ def train_worker(config: dict) -> None:
     meter = EnergyMeter(watts)
     shard_sizes = _shard_sizes(model, device, world)
     metrics = _Metrics(ctx.get_experiment_name(), spec.stage) if rank == 0 else None
-    batches = _batches(ray.train.get_dataset_shard("train"), spec, state, device)
+    tp = spec.parallel.tp
+    dp = world // tp  # data-parallel groups: each trains on its own batches
+    batches = _batches(ray.train.get_dataset_shard("train"), spec, state, device, *(
+        (dp, rank // tp) if tp > 1 else ()))
     eval_shard = ray.train.get_dataset_shard("eval") if spec.eval_every else None
     flops_per_token = spec.model.flops_per_token(tc.seq_len)
 
@@ -389,7 +396,7 @@ def train_worker(config: dict) -> None:
         stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step, tc,
                            loss_fn)
         state.step += 1
-        state.tokens += stats["tokens"] * world
+        state.tokens += stats["tokens"] * dp
         in_a_row = in_a_row + 1 if stats["skipped"] else 0
         if stats["skipped"]:
             state.skipped += 1
@@ -526,15 +533,16 @@ class _Trainer(ray.train.torch.TorchTrainer):
         signal.signal(signal.SIGINT, abort)
 
 
-def _ordered_data():
+def _ordered_data(split: bool = True):
     """Ray Data as the workers read it, in a fixed order: blocks in dataset order, not in the
     order their tasks finish, and split among the workers by that order alone. So the rows a
     worker gets, and their order, depend only on the dataset, the seed and the epoch: a resumed
-    worker that skips the batches it had consumed is where it was (`_batches`)."""
+    worker that skips the batches it had consumed is where it was (`_batches`). Unsplit (tensor
+    parallelism), every worker reads every row and `_batches` picks its group's."""
     from ray.train import DataConfig
     options = DataConfig.default_ingest_options()
     options.preserve_order = True
-    return DataConfig(execution_options=options)
+    return DataConfig(datasets_to_split="all" if split else [], execution_options=options)
 
 
 def storage_uri(path: str) -> str:
@@ -574,7 +582,7 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
             checkpoint_config=CheckpointConfig(num_to_keep=cluster.keep_checkpoints),
             logging_config=LoggingConfig(log_level=cluster.log_level)),
         datasets=datasets,
-        dataset_config=_ordered_data(),
+        dataset_config=_ordered_data(split=spec.parallel.tp == 1),
     )
     previous = signal.getsignal(signal.SIGINT)
     stop = threading.Event()

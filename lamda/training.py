@@ -102,16 +102,29 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
         total_loss += loss.item()
         tokens += inputs.numel()
     params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
-                 else torch.nn.utils.get_total_norm([p.grad for p in params]))
-    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-        grad_norm = grad_norm.full_tensor()
+    grad_norm = total_grad_norm([p.grad for p in params])
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm, foreach=False)
     skipped = not all_finite(total_loss, float(grad_norm))
     if not skipped:
         opt.step()
     opt.zero_grad(set_to_none=True)
     return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens,
             "skipped": skipped}
+
+
+def total_grad_norm(grads: list[Tensor]) -> Tensor:
+    """The L2 norm of all gradients together. DTensor gradients (FSDP2, tensor parallelism) are
+    reduced per device mesh: with tensor parallelism the blocks' live on the 2-D (dp, tp) mesh
+    and the others' on dp alone, and one reduction cannot mix meshes."""
+    by_mesh: dict = {}
+    for g in grads:
+        by_mesh.setdefault(getattr(g, "device_mesh", None), []).append(g)
+    norms = []
+    for group in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(group)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
 
 
 def all_finite(*values: float) -> bool:

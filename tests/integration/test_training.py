@@ -126,14 +126,15 @@ def test_finetuning_starts_from_the_pretrained_export(pretrained, work):
     assert not torch.equal(tuned.embed.weight, base.embed.weight)
 
 
-def crash_run(tok, storage, name, marker, export=None, blocks=None):
+def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1):
     """The pre-training run of `pretrained`, with its last worker killed at step 15 (none when
     `marker` is None); `blocks`: the training rows cut into that many blocks, each delayed by a
-    random time on every pass."""
+    random time on every pass; `tp` > 1: 2 x tp workers, tensor parallelism inside pairs."""
     spec = R.RunSpec(model=R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size),
                      train=R.TrainConfig(steps=STEPS, batch_size=8, seq_len=SEQ, lr=3e-3,
                                          warmup_steps=3, log_every=5),
-                     tokenizer=tok, checkpoint_every=10, eval_every=10, export_to=export,
+                     tokenizer=tok, parallel=R.ParallelConfig(tp=tp), checkpoint_every=10,
+                     eval_every=10, export_to=export,
                      crash_at_step=15 if marker else None, crash_marker=marker and str(marker))
     ds = R.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
@@ -141,8 +142,8 @@ def crash_run(tok, storage, name, marker, export=None, blocks=None):
     if blocks:  # blocks that finish out of order, as they do on a busy cluster
         train = train.repartition(blocks).map_batches(
             lambda b: time.sleep(random.random() * 0.05) or b, batch_format="numpy")
-    return R.fit(spec, R.ClusterSpec(workers=2, storage_path=storage, run_name=name,
-                                     max_failures=1), train, evaluation)
+    return R.fit(spec, R.ClusterSpec(workers=2 * tp, cpus_per_worker=1 / tp, storage_path=storage,
+                                     run_name=name, max_failures=1), train, evaluation)
 
 
 def losses(result) -> dict[int, float]:
@@ -185,6 +186,20 @@ def test_resume_is_exact_on_data_of_many_blocks(pretrained, tok, work):
     after = {s: v for s, v in losses(resumed).items() if s > 10}  # the checkpoints' metrics
     assert sorted(after) == [20, 30]
     assert after == pytest.approx({s: losses(whole)[s] for s in after}, rel=1e-5)
+
+
+def test_a_2x2_mesh_trains_resumes_exactly_and_exports(pretrained, tok, work):
+    """4 workers as 2 (FSDP) x 2 (tensor parallel): the loss falls as with FSDP alone, a killed
+    worker resumes onto the uninterrupted curve, and the sharded export loads whole."""
+    whole = crash_run(tok, str(work / "runs"), "tp", None, export=str(work / "tp-export"), tp=2)
+    resumed = crash_run(tok, str(work / "runs"), "tp-crash", work / "crashed-tp", tp=2)
+    assert resumed.metrics["restarts"] == [10] and whole.metrics["step"] == STEPS
+    assert whole.metrics["tokens"] == STEPS * 2 * 8 * SEQ  # two groups' batches per step
+    assert whole.metrics["loss"] < pretrained.metrics["loss"] + 0.3
+    after = {s: v for s, v in losses(resumed).items() if s > 10}
+    assert after == pytest.approx({s: losses(whole)[s] for s in after}, rel=1e-5)
+    model, _ = load_export(work / "tp-export")
+    assert model.blocks[0].attn.q.weight.shape == (model.cfg.d_attn, model.cfg.d_model)
 
 
 def test_s3_storage_checkpoints_resume_and_export(ray_cluster, tok, bucket, work, s3_server):
