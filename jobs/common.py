@@ -147,16 +147,19 @@ class TrainProgress:
         self.bar.close()
 
 
-def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None):
-    """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result."""
+def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
+        mixture: dict[str, float] | None = None):
+    """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result.
+    With a `mixture`, `ds` holds one stream per source (a tokenised corpus: nothing held out)."""
     from lamda import ray_train as R
-    train, evaluation = R.split_eval(ds, a.eval_fraction, a.seed)
+    train, evaluation = (ds, None) if mixture else R.split_eval(ds, a.eval_fraction, a.seed)
     spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
                      init_from=init_from, export_to=export_path(a),
                      export_shard_bytes=int(a.export_shard_mb * 2**20),
                      async_checkpoint=not a.sync_checkpoints,
                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
-                     peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage)
+                     peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage,
+                     mixture=mixture)
     cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,
                             cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path,
                             run_name=a.run_name, max_failures=a.max_failures)

@@ -62,6 +62,7 @@ from lamda.checkpoint import (CONFIG, TOKENIZER, TRAIN_STATE, check_checkpoint_d
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, init_weights, parallelize
+from lamda.storage import join, upload_dir
 from lamda.tokenizer import Tokenizer
 from lamda.training import TrainConfig, build_optimizer, train_step
 
@@ -159,6 +160,83 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), res
     return ds.random_shuffle(seed=seed)
 
 
+# -- a tokenised corpus (jobs.tokenize): tokenised once, streamed ----------------------------------
+
+TOKENS_META = "tokens.json"  # written last by tokenize_corpus: dtype, vocabulary, counts
+TOKENIZERS = {"document": D.document_ids, "dialog": D.dialog_ids}
+
+
+def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
+                    rows_per_file: int = 20_000) -> dict:
+    """Tokenise each source ("document", "dialog": JSONL or Parquet, local or s3://) once into
+    Parquet files of token ids, one record per row (uint16 while the vocabulary fits, else
+    uint32), under out/<source>/; then write out/tokens.json with the counts. Returns that."""
+    import pyarrow as pa
+    dtype = pa.uint16() if tok.vocab_size <= 1 << 16 else pa.uint32()
+    meta = {"dtype": str(dtype), "vocab_size": tok.vocab_size, "sources": {}}
+    for kind, paths in sources.items():
+        ds = read_records(list(paths))
+        if ds is None:
+            continue
+
+        def encode(batch, kind=kind):
+            recs = D.parse_json_records(batch["record"], kind, batch["source"])
+            ids = [TOKENIZERS[kind](tok, r) for r in recs]
+            return pa.table({"ids": pa.array(ids, type=pa.list_(dtype)),
+                             "n": pa.array([len(i) for i in ids], type=pa.int64())})
+
+        fs, dest = _filesystem(join(out, kind))
+        ds.map_batches(encode, batch_size=512, batch_format="numpy").write_parquet(
+            dest, filesystem=fs, min_rows_per_file=rows_per_file)
+        written = ray.data.read_parquet(dest, filesystem=fs, columns=["n"])
+        meta["sources"][kind] = {"records": written.count(), "tokens": int(written.sum("n"))}
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / TOKENS_META).write_text(json.dumps(meta, indent=2))
+        if "://" in out:
+            upload_dir(d, out)
+        else:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(d) / TOKENS_META, Path(out) / TOKENS_META)
+    return meta
+
+
+def token_datasets(path: str, tok: Tokenizer, seq_len: int, seed: int = 0
+                   ) -> dict[str, ray.data.Dataset]:
+    """Each source of a tokenised corpus as a stream of rows {"tokens": (seq_len + 1,) int32}:
+    its files in an order fixed by the seed, records concatenated and cut into rows per batch
+    of files' rows. Nothing is materialised and nothing shuffled globally; the workers mix the
+    sources (RunSpec.mixture) and shuffle within a bounded buffer."""
+    import pyarrow.compute as pc
+    fs, meta_path = _filesystem(join(path, TOKENS_META))
+    try:
+        with (fs or pyarrow.fs.LocalFileSystem()).open_input_stream(meta_path) as f:
+            meta = json.loads(f.read())
+    except (FileNotFoundError, OSError) as e:
+        raise FileNotFoundError(f"{path} is not a tokenised corpus (no {TOKENS_META}; run "
+                                f"python -m jobs.tokenize)") from e
+    if meta["vocab_size"] != tok.vocab_size:
+        raise ValueError(f"{path} was tokenised with a vocabulary of {meta['vocab_size']}, the "
+                         f"tokenizer has {tok.vocab_size}")
+
+    def rows(table):
+        flat = pc.list_flatten(table.column("ids")).to_numpy().astype(np.int32)
+        n = len(flat) // (seq_len + 1)
+        return {"tokens": flat[:n * (seq_len + 1)].reshape(n, seq_len + 1)}
+
+    out = {}
+    for kind in meta["sources"]:
+        fs, p = _filesystem(join(path, kind))
+        out[kind] = ray.data.read_parquet(p, filesystem=fs, columns=["ids"],
+                                          shuffle=ray.data.FileShuffleConfig(seed=seed)
+                                          ).map_batches(rows, batch_size=256, batch_format="pyarrow")
+    return out
+
+
+def _filesystem(path: str):
+    """(pyarrow filesystem or None for local, path within it)."""
+    return pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
+
+
 def split_eval(ds: ray.data.Dataset, fraction: float, seed: int = 0):
     """(train, eval) datasets; eval holds `fraction` of the rows (at least one)."""
     ds = ds.materialize()
@@ -187,6 +265,7 @@ class RunSpec:
     peak_flops: float | None = None  # per device, for MFU; None: from the GPU's name (no MFU on CPU)
     watts: float | None = None  # per device, for modelled energy without NVML; None: by hardware
     stage: str = "pretrain"  # recorded in checkpoints and exports
+    mixture: dict[str, float] | None = None  # a tokenised corpus: each source's share of the rows
     async_checkpoint: bool = True  # upload checkpoints while training goes on (after the first)
     crash_at_step: int | None = None  # testing: the last rank exits abruptly once at this step...
     crash_marker: str | None = None  # ...and records it in this file, so the restart continues
@@ -208,6 +287,8 @@ class TrainState:
     restarts: list[int] = field(default_factory=list)  # steps that training resumed from
     skipped: int = 0  # steps skipped for a non-finite loss or gradient norm
     checkpoint_s: float = 0.0  # seconds training waited for checkpoints (rank 0)
+    sources: dict[str, list[int]] = field(default_factory=dict)  # mixture: per source [epoch, rows]
+    draws: int = 0  # mixture: micro-batches drawn
 
 
 def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, offset: int = 0):
@@ -234,6 +315,43 @@ def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, of
             raise ValueError(f"a worker's data shard holds less than {every} batches of {bs} rows")
         state.epoch += 1
         state.batch_in_epoch = 0
+
+
+def _mixed_batches(shards: dict, spec: RunSpec, state: TrainState, device):
+    """Endless micro-batches whose rows come from the sources (a tokenised corpus) in the
+    proportions of spec.mixture: which source each row comes from is drawn from a generator
+    seeded by (seed, micro-batch number), the same on every rank, so every rank consumes the same
+    number of rows of each source (its own shard's) and rank 0's saved position holds for all.
+    Each source is an endless stream of its shard, reshuffled per epoch within a bounded buffer;
+    after a restart its consumed rows are skipped."""
+    names = sorted(shards)
+    p = np.array([spec.mixture[n] for n in names], dtype=np.float64)
+    streams = {n: _rows(shards[n], n, spec, state) for n in names}
+    while True:
+        picks = np.random.default_rng([spec.train.seed, state.draws]).choice(
+            len(names), size=spec.train.batch_size, p=p / p.sum())
+        state.draws += 1
+        rows = torch.stack([next(streams[names[i]]) for i in picks]).to(device, torch.long)
+        yield D.shift(rows, None, None)
+
+
+def _rows(shard, name: str, spec: RunSpec, state: TrainState):
+    """One source's rows, epoch after epoch, advancing state.sources[name] = [epoch, rows]."""
+    while True:
+        epoch, consumed = state.sources.setdefault(name, [0, 0])
+        seen = 0
+        for batch in shard.iter_batches(batch_size=256, batch_format="numpy",
+                                        local_shuffle_buffer_size=1024,
+                                        local_shuffle_seed=spec.train.seed + epoch):
+            for row in batch["tokens"]:
+                seen += 1
+                if seen <= consumed:
+                    continue
+                state.sources[name] = [epoch, seen]
+                yield torch.from_numpy(row)
+        if seen == 0:
+            raise ValueError(f"a worker's shard of {name} rows is empty")
+        state.sources[name] = [epoch + 1, 0]
 
 
 @torch.no_grad()
@@ -384,8 +502,15 @@ def train_worker(config: dict) -> None:
     metrics = _Metrics(ctx.get_experiment_name(), spec.stage) if rank == 0 else None
     tp = spec.parallel.tp
     dp = world // tp  # data-parallel groups: each trains on its own batches
-    batches = _batches(ray.train.get_dataset_shard("train"), spec, state, device, *(
-        (dp, rank // tp) if tp > 1 else ()))
+    if spec.mixture:
+        if tp > 1:
+            raise ValueError("tensor parallelism reads a single dataset; a tokenised corpus's "
+                             "mixture needs --tp 1 for now")
+        batches = _mixed_batches({n: ray.train.get_dataset_shard(f"train_{n}") for n in spec.mixture},
+                                 spec, state, device)
+    else:
+        batches = _batches(ray.train.get_dataset_shard("train"), spec, state, device, *(
+            (dp, rank // tp) if tp > 1 else ()))
     eval_shard = ray.train.get_dataset_shard("eval") if spec.eval_every else None
     flops_per_token = spec.model.flops_per_token(tc.seq_len)
 
@@ -433,6 +558,7 @@ def train_worker(config: dict) -> None:
              "grad_norm": stats["grad_norm"], "tokens": state.tokens, "tokens_per_s": tps,
              "energy_kwh": state.energy_kwh, "epoch": state.epoch, "restarts": list(state.restarts),
              "skipped": state.skipped, "checkpoint_s": state.checkpoint_s,
+             "sources": {k: list(v) for k, v in state.sources.items()},
              "param_shards": shard_sizes}
         if peak:
             m["mfu"] = mfu(flops_per_token * tps, 1.0, world, peak)
@@ -550,9 +676,10 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
+def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset | dict[str, ray.data.Dataset],
         eval_ds: ray.data.Dataset | None = None, on_report=None):
-    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result.
+    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result. `train_ds`:
+    one dataset, or one per source of a tokenised corpus, mixed as spec.mixture says.
 
     `on_report(metrics)`, if given, is called in a driver thread with rank 0's metrics every log
     interval. Ctrl-C aborts the run (its checkpoints stay: a re-run resumes) and raises
@@ -564,7 +691,12 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset,
     resources = {"CPU": cluster.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cluster.gpus_per_worker
-    datasets = {"train": train_ds}
+    if isinstance(train_ds, dict):
+        if set(train_ds) != set(spec.mixture or {}):
+            raise ValueError(f"sources {sorted(train_ds)} need mixture weights, not {spec.mixture}")
+        datasets = {f"train_{n}": ds for n, ds in train_ds.items()}
+    else:
+        datasets = {"train": train_ds}
     if eval_ds is not None and spec.eval_every:
         datasets["eval"] = eval_ds
     else:

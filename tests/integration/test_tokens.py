@@ -1,0 +1,77 @@
+"""A tokenised corpus (jobs.tokenize) streamed into Ray Train: tokenised once, mixed by weights,
+nothing materialised, exact resume; on a corpus 100 times the bundled one."""
+
+import json
+import math
+
+import pytest
+
+from jobs import tokenize
+from lamda import data as D
+from lamda import ray_train as R
+from lamda.data import SAMPLE_DIR
+
+pytestmark = pytest.mark.slow
+
+STEPS, SEQ, COPIES = 30, 64, 100
+
+
+@pytest.fixture(scope="module")
+def corpus(ray_cluster, tmp_path_factory, tok):
+    """The bundled documents and dialogs 100 times over (each copy numbered), tokenised."""
+    d = tmp_path_factory.mktemp("corpus")
+    tok.save(d / "tokenizer.model")
+    for name in ("documents", "dialogs"):
+        lines = (SAMPLE_DIR / f"{name}.jsonl").read_text().splitlines()
+        with open(d / f"{name}.jsonl", "w") as f:
+            for i in range(COPIES):
+                for line in lines:
+                    rec = json.loads(line)
+                    if name == "documents":
+                        rec["title"] = f"{rec['title']} ({i})"
+                    else:
+                        rec["turns"][0]["text"] = f"({i}) {rec['turns'][0]['text']}"
+                    f.write(json.dumps(rec) + "\n")
+    meta = tokenize.main(["--tokenizer", str(d / "tokenizer.model"), "--out", str(d / "tokens"),
+                          "--documents", str(d / "documents.jsonl"),
+                          "--dialogs", str(d / "dialogs.jsonl"), "--rows-per-file", "500"])
+    return d, meta
+
+
+def test_the_corpus_is_tokenised_once_into_files(corpus, tok):
+    d, meta = corpus
+    docs = list(D.read_jsonl(d / "documents.jsonl", "document"))
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
+    assert meta["sources"]["document"] == {
+        "records": len(docs), "tokens": sum(len(D.document_ids(tok, r)) for r in docs)}
+    assert meta["sources"]["dialog"]["records"] == 100 * len(list(D.read_jsonl(
+        SAMPLE_DIR / "dialogs.jsonl", "dialog")))
+    assert len(list((d / "tokens" / "document").glob("*.parquet"))) >= 8
+    assert json.loads((d / "tokens" / "tokens.json").read_text()) == meta
+
+
+def mixed_run(tok, corpus_dir, storage, name, marker=None):
+    spec = R.RunSpec(model=R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size),
+                     train=R.TrainConfig(steps=STEPS, batch_size=8, seq_len=SEQ, lr=3e-3,
+                                         warmup_steps=3, log_every=5),
+                     tokenizer=tok, checkpoint_every=10, eval_every=0,
+                     mixture={"document": 0.5, "dialog": 0.5},
+                     crash_at_step=15 if marker else None, crash_marker=marker and str(marker))
+    ds = R.token_datasets(str(corpus_dir / "tokens"), tok, SEQ)
+    return R.fit(spec, R.ClusterSpec(workers=2, storage_path=storage, run_name=name,
+                                     max_failures=1), ds)
+
+
+def test_a_streamed_mixture_trains_and_resumes_exactly(corpus, tok, tmp_path):
+    d, _ = corpus
+    whole = mixed_run(tok, d, str(tmp_path / "runs"), "mixed")
+    resumed = mixed_run(tok, d, str(tmp_path / "runs"), "mixed-crash", tmp_path / "crashed")
+    assert resumed.metrics["restarts"] == [10] and whole.metrics["step"] == STEPS
+    losses = {int(r["step"]): r["loss"] for _, r in whole.metrics_dataframe.iterrows()}
+    again = {int(r["step"]): r["loss"] for _, r in resumed.metrics_dataframe.iterrows()}
+    assert [again[s] for s in (20, 30)] == pytest.approx([losses[s] for s in (20, 30)], rel=1e-5)
+    assert losses[30] < losses[20] < math.log(tok.vocab_size)
+    # rows of both sources in equal shares: about as many of each consumed per worker
+    (doc_epoch, doc_rows), (dlg_epoch, dlg_rows) = (whole.metrics["sources"][k] for k in
+                                                    ("document", "dialog"))
+    assert doc_epoch == dlg_epoch == 0 and abs(doc_rows - dlg_rows) < 0.2 * (doc_rows + dlg_rows)
