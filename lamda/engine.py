@@ -222,7 +222,8 @@ class DecodeEngine:
                 self._logits = torch.cat([self._logits, logits[len(reuse):]])
                 self._row = {k: torch.cat([v, state[k][len(reuse):]]) for k, v in self._row.items()}
             if reuse:  # free slots filled in place
-                idx, part = torch.tensor(reuse, device=self.device), new.select(list(range(len(reuse))))
+                idx = torch.tensor(reuse, device=self.device)
+                part = new.select(list(range(len(reuse))))
                 for dst, src in zip(self._cache.k + self._cache.v, part.k + part.v):
                     dst[idx.to(dst.device)] = src
                 self._cache.key_mask[idx] = part.key_mask
@@ -250,7 +251,8 @@ class DecodeEngine:
                 continue
             cache = _pad_right(prefix, len(r.prompt) - n)
             pos = torch.arange(n, len(r.prompt), device=self.device)
-            logits = forward_last(self.model, torch.tensor([r.prompt[n:]], device=self.device), pos, cache)
+            rest = torch.tensor([r.prompt[n:]], device=self.device)  # (1, S)
+            logits = forward_last(self.model, rest, pos, cache)
             parts.append(([r], cache, logits))
             r.reused = n
             self.prefix_tokens += n

@@ -1,11 +1,12 @@
-"""Tensor parallelism composed with FSDP2 (lamda.parallel) against one process: 4 CPU processes
-(gloo) as a 2 x 2 mesh (dp, tp) train to the same losses, gradient norms and weights, and
-initialise consistently."""
+"""parallelize(): in one process, FSDP2 over a 1-rank gloo group, activation checkpointing and
+compile match the plain model; in 4 CPU processes (gloo), tensor parallelism composed with FSDP2
+as a 2 x 2 mesh (dp, tp) trains to the losses, gradient norms and weights of one process, and
+initialises consistently."""
 
 import os
 import socket
-import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -13,25 +14,74 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict)
 
 from lamda.config import ModelConfig
-from lamda.model import build_model
+from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, init_weights, parallelize
 from lamda.training import TrainConfig, build_optimizer, train_step
 
-CFG = ModelConfig.from_name("debug", vocab_size=256)
+CFG = ModelConfig.from_name("debug")
+
+
+def port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def loss_and_grads(model, x):
+    loss = lm_loss(model(x[:, :-1]), x[:, 1:])
+    loss.backward()
+    grads = {}
+    for name, p in model.named_parameters():
+        g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        grads[name.replace("_checkpoint_wrapped_module.", "")] = g
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("pc", [
+    ParallelConfig(fsdp=True),
+    ParallelConfig(fsdp=True, activation_checkpointing=True),
+    ParallelConfig(fsdp=False, activation_checkpointing=True, compile=True),
+], ids=["fsdp", "fsdp+ac", "ac+compile"])
+def test_parallelized_model_matches_the_plain_one(process_group, pc):
+    torch.manual_seed(0)
+    plain = build_model(CFG)
+    other = build_model(CFG, device="meta")
+    parallelize(other, pc, "cpu", world_size=1)
+    other.to_empty(device="cpu")
+    set_model_state_dict(other, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
+    x = torch.randint(0, CFG.vocab_size, (2, 33))
+    loss_a, grads_a = loss_and_grads(plain, x)
+    loss_b, grads_b = loss_and_grads(other, x)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4)
+
+
+# -- tensor parallelism x FSDP2 in 4 processes ---------------------------------------------------
+
+TP_CFG = ModelConfig.from_name("debug", vocab_size=256)
 TRAIN = TrainConfig(steps=5, lr=1e-3, warmup_steps=1)
 STEPS, BATCH = 5, 8
 
 
 def batch(step: int, rows: slice = slice(None)):
-    x = torch.randint(0, CFG.vocab_size, (BATCH, 33), generator=torch.Generator().manual_seed(step))
-    x = x[rows]
+    x = torch.randint(0, TP_CFG.vocab_size, (BATCH, 33),
+                      generator=torch.Generator().manual_seed(step))[rows]
     return [(x[:, :-1], x[:, 1:], None, None)]
 
 
 def worker(rank: int, world: int, tp: int, port: int, weights: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    model = build_model(CFG, device="meta")
+    model = build_model(TP_CFG, device="meta")
     mesh = parallelize(model, ParallelConfig(tp=tp), "cpu", world)
     model.to_empty(device="cpu")
     init_weights(model, mesh, seed=0)
@@ -59,21 +109,14 @@ def worker(rank: int, world: int, tp: int, port: int, weights: dict, out: str) -
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_2x2_mesh_trains_as_one_process(tmp_path):
     torch.manual_seed(0)
-    model = build_model(CFG)
+    model = build_model(TP_CFG)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     opt = build_optimizer(model, TRAIN)
     alone = [train_step(model, opt, batch(step), step, TRAIN) for step in range(STEPS)]
     out = str(tmp_path / "mesh.pt")
-    sys.path.insert(0, os.getcwd())  # the spawned processes import this module
-    mp.spawn(worker, args=(4, 2, free_port(), weights, out), nprocs=4)
+    mp.spawn(worker, args=(4, 2, port(), weights, out), nprocs=4)
     stats, full = torch.load(out, weights_only=True)
     for (loss, norm), s in zip(stats, alone):
         assert abs(loss - s["loss"]) < 1e-5 and abs(norm - s["grad_norm"]) < 1e-5
