@@ -6,7 +6,8 @@
 
 Layout: FSDP2 (ZeRO-3: parameters, gradients and optimizer state sharded over the data-parallel
 group of gpus / tp ranks) composed with Megatron-style tensor parallelism of degree tp inside a
-node (heads, FFN and the vocabulary split over tp; the residual stream replicated). FLOPs per
+node, as lamda.parallel applies it: heads and FFN split over tp; the residual stream, the norms
+and the tied embedding (so the logits) whole on every rank of a group. FLOPs per
 token, energy and carbon come from lamda.config and lamda.accounting; bench/RESULTS.md compares
 the figures here with measured ones.
 """
@@ -136,16 +137,18 @@ def check(p: PlanInputs) -> None:
         raise ValueError(f"--gpus ({p.gpus}) must be a multiple of --tp ({p.tp})")
     if p.tp > dev.node:
         raise ValueError(f"--tp {p.tp} exceeds the {dev.node} devices of a node")
-    if cfg.n_head % p.tp or cfg.d_ff % p.tp or cfg.vocab_size % p.tp:
-        raise ValueError(f"--tp {p.tp} must divide heads, d_ff and the vocabulary")
+    if cfg.n_head % p.tp or cfg.d_ff % p.tp:
+        raise ValueError(f"--tp {p.tp} must divide the heads and d_ff")
 
 
 # ---- memory ----------------------------------------------------------------------------------
 
-def state_bytes(cfg: ModelConfig, prec: Precision, gpus: int) -> dict[str, float]:
+def state_bytes(cfg: ModelConfig, prec: Precision, gpus: int, tp: int) -> dict[str, float]:
     """Parameters, gradients and optimizer state per device: FSDP shards them over the
-    data-parallel ranks and tensor parallelism over tp, so each device holds 1 / gpus."""
-    n = cfg.num_params(non_embedding=False) / gpus
+    data-parallel ranks and tensor parallelism the blocks over tp, so each device holds 1 / gpus
+    of the blocks and 1 / (gpus / tp) of the embedding."""
+    embed = cfg.num_params(non_embedding=False) - cfg.num_params(non_embedding=True)
+    n = cfg.num_params(non_embedding=True) / gpus + embed / (gpus // tp)
     return {"params": n * prec.params, "grads": n * prec.grads, "optimizer": n * prec.optimizer}
 
 
@@ -167,10 +170,10 @@ def head_bytes_per_token(cfg: ModelConfig, tp: int, act: int) -> float:
     residual and its normed copy (2 d_model), then the larger of the loss backward (the logits,
     which the compiled loss keeps, and their gradient: 2 x vocab) and the last block's FFN
     backward (the logits' gradient, still referenced, plus the gradient of the FFN's hidden
-    state and of wi_0's and wi_1's outputs: 3 d_ff). Logits split over tp (vocabulary-parallel
-    output layer)."""
-    loss = 2 * cfg.vocab_size * act / tp
-    ffn = (cfg.vocab_size + 3 * cfg.d_ff) * act / tp
+    state and of wi_0's and wi_1's outputs: 3 d_ff). The logits are whole on every rank (the
+    tied embedding is not split over tp); the FFN's part is split."""
+    loss = 2 * cfg.vocab_size * act
+    ffn = (cfg.vocab_size + 3 * cfg.d_ff / tp) * act
     return 2 * cfg.d_model * act + max(loss, ffn)
 
 
@@ -192,7 +195,7 @@ def fsdp_buffer_bytes(cfg: ModelConfig, prec: Precision, tp: int, dp: int) -> fl
         return 0.0
     block = cfg.num_params(non_embedding=True) / cfg.n_layer / tp
     gathered = prec.activations
-    return block * (2 * gathered + prec.reduce) + cfg.vocab_size * cfg.d_model * gathered / tp
+    return block * (2 * gathered + prec.reduce) + cfg.vocab_size * cfg.d_model * gathered
 
 
 def memory(p: PlanInputs) -> dict[str, float]:
@@ -203,7 +206,7 @@ def memory(p: PlanInputs) -> dict[str, float]:
     both: max(activations, gradients) on top of parameters, optimizer state and FSDP buffers."""
     cfg, prec = model(p), PRECISIONS[p.precision]
     tokens = batch_size(p) * cfg.max_seq_len
-    out = state_bytes(cfg, prec, p.gpus)
+    out = state_bytes(cfg, prec, p.gpus, p.tp)
     out["activations"] = activation_bytes(cfg, tokens, p.tp, prec.activations, False)
     out["activations_checkpointed"] = activation_bytes(cfg, tokens, p.tp, prec.activations, True)
     out["fsdp_buffers"] = fsdp_buffer_bytes(cfg, prec, p.tp, data_parallel(p))
@@ -233,7 +236,8 @@ def comm(p: PlanInputs) -> dict[str, float]:
     and two in backward (a third pair when checkpointing recomputes the forward), over NVLink."""
     cfg, prec, dev = model(p), PRECISIONS[p.precision], DEVICES[device_name(p.gpu)]
     dp = data_parallel(p)
-    shard = cfg.num_params(non_embedding=False) / p.tp  # one tp rank's slice, whole over dp
+    embed = cfg.num_params(non_embedding=False) - cfg.num_params(non_embedding=True)
+    shard = cfg.num_params(non_embedding=True) / p.tp + embed  # a tp rank's part, whole over dp
     fsdp = (2 * ring_bytes("all-gather", dp, shard * prec.activations)
             + ring_bytes("reduce-scatter", dp, shard * prec.reduce))
     per_layer = 6 if p.activation_checkpointing else 4
