@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 def _read(path: str) -> ray.data.Dataset:
     """Rows {"record": JSON string, "source": path} from JSONL or Parquet, local or s3://."""
-    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
+    fs, fs_path = _filesystem(path)
     if _is_parquet(fs or pyarrow.fs.LocalFileSystem(), fs_path):
         ds = ray.data.read_parquet(fs_path, filesystem=fs)
         return ds.map_batches(lambda df: {"record": np.array([json.dumps(_plain(r)) for r in
@@ -190,13 +190,13 @@ def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
             dest, filesystem=fs, min_rows_per_file=rows_per_file)
         written = ray.data.read_parquet(dest, filesystem=fs, columns=["n"])
         meta["sources"][kind] = {"records": written.count(), "tokens": int(written.sum("n"))}
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / TOKENS_META).write_text(json.dumps(meta, indent=2))
-        if "://" in out:
+    if "://" in out:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / TOKENS_META).write_text(json.dumps(meta, indent=2))
             upload_dir(d, out)
-        else:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(d) / TOKENS_META, Path(out) / TOKENS_META)
+    else:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / TOKENS_META).write_text(json.dumps(meta, indent=2))
     return meta
 
 
