@@ -6,14 +6,15 @@ PYTEST_ARGS ?=
 # extra jobs.pipeline flags for `make run`, e.g. RUN_ARGS="--finetune-steps 3000" (bench/RESULTS.md)
 RUN_ARGS ?=
 # Debian packages: real dictionary data for the tools (FreeDict both ways: the reverse dictionaries
-# rank the translations), Prometheus for the metrics tests, PostgreSQL for the conversation store
+# rank the translations), Prometheus for the metrics tests, PostgreSQL for the conversation store,
+# Chromium and its WebDriver for the console's browser tests
 DEB_PACKAGES := dict-freedict-eng-fra dict-freedict-eng-deu dict-freedict-eng-spa \
                 dict-freedict-fra-eng dict-freedict-deu-eng dict-freedict-spa-eng dict-elements \
-                dict-foldoc prometheus postgresql
+                dict-foldoc prometheus postgresql chromium chromium-driver
 DEB_STAMP := /usr/share/dictd/freedict-eng-fra.index /usr/share/dictd/freedict-spa-eng.index \
              /usr/share/dictd/freedict-fra-eng.index /usr/share/dictd/freedict-deu-eng.index \
              /usr/share/dictd/elements.index /usr/share/dictd/foldoc.index /usr/bin/prometheus \
-             /usr/lib/postgresql/*/bin/postgres
+             /usr/lib/postgresql/*/bin/postgres /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: setup system-deps run test bench clean
 

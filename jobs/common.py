@@ -43,7 +43,8 @@ def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float) -> 
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--sync-checkpoints", action="store_true",
                    help="wait for every checkpoint's upload (default: upload while training)")
-    t.add_argument("--eval-every", type=int, default=50, help="0: no evaluation")
+    t.add_argument("--eval-every", type=int, default=50,
+                   help="0: no evaluation (and no rows held out for it)")
     t.add_argument("--eval-fraction", type=float, default=0.05, help="rows held out for evaluation")
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
@@ -152,7 +153,8 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
     """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result.
     With a `mixture`, `ds` holds one stream per source (a tokenised corpus: nothing held out)."""
     from lamda import ray_train as R
-    train, evaluation = (ds, None) if mixture else R.split_eval(ds, a.eval_fraction, a.seed)
+    held_out = a.eval_fraction if a.eval_every and not mixture else 0.0  # no rows unused
+    train, evaluation = R.split_eval(ds, held_out, a.seed)
     spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
                      init_from=init_from, export_to=export_path(a),
                      export_shard_bytes=int(a.export_shard_mb * 2**20),

@@ -1,16 +1,20 @@
-"""Multi-turn conversations by id, in SQLite (the embedded default, one node) or PostgreSQL (a
+"""Multi-turn conversations by id, with each reply's trace and people's ratings of it, in SQLite (the embedded default, one node) or PostgreSQL (a
 cluster: every Chat replica on every node continues any conversation).
 
     ConversationStore("runs/serve/conversations.sqlite")
     ConversationStore("postgresql://lamda@db.internal:5432/lamda?sslmode=require")
 
-A turn's user message and reply are appended in one transaction (never one without the other).
+A turn's user message, reply and the reply's trace (its candidates, research and tool calls) are
+appended in one transaction (never one without the other). Ratings (lamda.ratings) refer to a
+reply, or one of its candidates, by the conversation and the turn's index.
 A database that cannot be reached raises `StoreUnavailable` within `timeout_s`; the service
 answers 503 and the client may retry.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import threading
 import time
@@ -18,16 +22,40 @@ import uuid
 from pathlib import Path
 
 from lamda.data import Turn
+from lamda.ratings import REPLY, SSI_LEVELS, Rating
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
     conversation_id TEXT NOT NULL, idx INTEGER NOT NULL, speaker TEXT NOT NULL, text TEXT NOT NULL,
     created DOUBLE PRECISION NOT NULL, PRIMARY KEY (conversation_id, idx));
+CREATE TABLE IF NOT EXISTS traces (
+    conversation_id TEXT NOT NULL, idx INTEGER NOT NULL, trace TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, idx));
+CREATE TABLE IF NOT EXISTS ratings (
+    id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, idx INTEGER NOT NULL,
+    candidate INTEGER NOT NULL, rater TEXT NOT NULL, key_id TEXT NOT NULL,
+    sensible INTEGER NOT NULL, specific INTEGER NOT NULL, interesting INTEGER NOT NULL,
+    safe INTEGER NOT NULL, grounded INTEGER, helpful INTEGER, note TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS ratings_by_turn ON ratings (conversation_id, idx);
 """
 HISTORY = ("SELECT speaker, text FROM turns WHERE conversation_id = {p} "
            "ORDER BY idx DESC LIMIT {p}")
 NEXT_INDEX = "SELECT coalesce(max(idx) + 1, 0) FROM turns WHERE conversation_id = {p}"
 INSERT = "INSERT INTO turns VALUES ({p}, {p}, {p}, {p}, {p})"
+INSERT_TRACE = "INSERT INTO traces VALUES ({p}, {p}, {p})"
+TURNS = "SELECT idx, speaker, text FROM turns WHERE conversation_id = {p} ORDER BY idx"
+TRACES = "SELECT idx, trace FROM traces WHERE conversation_id = {p}"
+TURN = "SELECT speaker, text FROM turns WHERE conversation_id = {p} AND idx = {p}"
+TRACE = "SELECT trace FROM traces WHERE conversation_id = {p} AND idx = {p}"
+RATING_COLUMNS = ("id, conversation_id, idx, candidate, rater, key_id, sensible, specific, "
+                  "interesting, safe, grounded, helpful, note, created")
+INSERT_RATING = f"INSERT INTO ratings ({RATING_COLUMNS}) VALUES ({', '.join(['{p}'] * 14)})"
+RATINGS = f"SELECT {RATING_COLUMNS} FROM ratings"
+
+
+class NotFound(LookupError):
+    """A rating names a turn or candidate the store does not hold."""
 
 
 class StoreUnavailable(Exception):
@@ -56,19 +84,83 @@ class ConversationStore:
         rows = self.db.read(HISTORY, (conversation_id, self.max_turns))
         return [Turn(s, t) for s, t in reversed(rows)]
 
-    def append(self, conversation_id: str, turns: list[Turn]) -> None:
-        """Add `turns` after the conversation's last one, all or none."""
+    def append(self, conversation_id: str, turns: list[Turn], trace: dict | None = None) -> int:
+        """Add `turns` after the conversation's last one, and `trace` as the last one's, all or
+        none. Returns the index of the first turn added."""
         now = time.time()
 
         def write(execute):
             (n,), = execute(NEXT_INDEX, (conversation_id,))
             for i, t in enumerate(turns):
                 execute(INSERT, (conversation_id, n + i, t.speaker, t.text, now))
+            if trace is not None:
+                execute(INSERT_TRACE, (conversation_id, n + len(turns) - 1, json.dumps(trace)))
+            return n
 
-        self.db.transaction(conversation_id, write)
+        return self.db.transaction(conversation_id, write)
+
+    def conversation(self, conversation_id: str) -> list[dict]:
+        """Every turn, oldest first: index, speaker, text, and trace (None where none was kept)."""
+        traces = dict(self.db.read(TRACES, (conversation_id,)))
+        return [{"index": i, "speaker": s, "text": t,
+                 "trace": json.loads(traces[i]) if i in traces else None}
+                for i, s, t in self.db.read(TURNS, (conversation_id,))]
+
+    def add_rating(self, r: Rating) -> Rating:
+        """Store a rating of a reply, or of one of its candidates; returns it with its id and
+        time. NotFound when the conversation has no such LaMDA turn or candidate."""
+        rated = dataclasses.replace(r, id=uuid.uuid4().hex, created=time.time())
+        level = SSI_LEVELS.index(r.ssi)
+
+        def write(execute):
+            response_text(execute, r.conversation_id, r.turn, r.candidate)  # it exists
+            execute(INSERT_RATING, (
+                rated.id, r.conversation_id, r.turn, r.candidate, r.rater, r.key_id,
+                int(level >= 1), int(level >= 2), int(level >= 3), int(r.safe),
+                None if r.grounded is None else int(r.grounded),
+                None if r.helpful is None else int(r.helpful), r.note, rated.created))
+
+        self.db.transaction(r.conversation_id, write)
+        return rated
+
+    def ratings(self, conversation_id: str | None = None) -> list[Rating]:
+        """The ratings of one conversation, or all of them, oldest first."""
+        where = (" WHERE conversation_id = {p}", (conversation_id,)) if conversation_id else ("", ())
+        rows = self.db.read(RATINGS + where[0] + " ORDER BY created", where[1])
+        return [rating_from_row(row) for row in rows]
+
+    def response(self, conversation_id: str, turn: int, candidate: int = REPLY) -> str:
+        """The text of a reply or candidate (NotFound when there is none)."""
+        return response_text(lambda sql, args: self.db.read(sql, args), conversation_id, turn,
+                             candidate)
 
     def close(self) -> None:
         self.db.close()
+
+
+def response_text(execute, conversation_id: str, turn: int, candidate: int) -> str:
+    """The text of LaMDA turn `turn`, or of its candidate number `candidate`, through `execute`
+    (inside a transaction or not); NotFound when there is none."""
+    rows = execute(TURN, (conversation_id, turn))
+    if not rows or rows[0][0] != "lamda":
+        raise NotFound(f"conversation {conversation_id!r} has no LaMDA turn {turn}")
+    if candidate == REPLY:
+        return rows[0][1]
+    trace = execute(TRACE, (conversation_id, turn))
+    candidates = json.loads(trace[0][0]).get("candidates", []) if trace else []
+    if not 0 <= candidate < len(candidates):
+        raise NotFound(f"turn {turn} of conversation {conversation_id!r} has no candidate "
+                       f"{candidate} ({len(candidates)} kept)")
+    return candidates[candidate]["text"]
+
+
+def rating_from_row(row: tuple) -> Rating:
+    (id_, cid, idx, candidate, rater, key, sensible, specific, interesting, safe, grounded,
+     helpful, note, created) = row
+    ssi = SSI_LEVELS[sensible + specific + interesting]  # stored as the cascade allows
+    return Rating(cid, idx, candidate, rater, key, ssi, bool(safe),
+                  None if grounded is None else bool(grounded),
+                  None if helpful is None else bool(helpful), note, id_, created)
 
 
 class _Sqlite:
@@ -98,13 +190,14 @@ class _Sqlite:
         except sqlite3.Error as e:
             raise StoreUnavailable(f"conversation store {self.path}: {e}") from e
 
-    def transaction(self, key: str, body) -> None:
+    def transaction(self, key: str, body):
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                body(lambda sql, args: conn.execute(sql.format(p="?"), args).fetchall())
+                out = body(lambda sql, args: conn.execute(sql.format(p="?"), args).fetchall())
                 conn.execute("COMMIT")
+                return out
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -163,7 +256,7 @@ class _Postgres:
 
         return self._run(work)
 
-    def transaction(self, key: str, body) -> None:
+    def transaction(self, key: str, body):
         self._ensure_schema()
 
         def work(cur):
@@ -173,9 +266,9 @@ class _Postgres:
                 cur.execute(sql.format(p="%s"), args)
                 return cur.fetchall() if cur.description else []
 
-            body(execute)
+            return body(execute)
 
-        self._run(work)
+        return self._run(work)
 
     def close(self) -> None:
         self.pool.close()

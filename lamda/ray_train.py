@@ -238,7 +238,10 @@ def _filesystem(path: str):
 
 
 def split_eval(ds: ray.data.Dataset, fraction: float, seed: int = 0):
-    """(train, eval) datasets; eval holds `fraction` of the rows (at least one)."""
+    """(train, eval) datasets; eval holds `fraction` of the rows (at least one), or is None when
+    `fraction` is 0."""
+    if fraction <= 0:
+        return ds, None
     ds = ds.materialize()
     n = ds.count()
     n_eval = max(1, int(n * fraction)) if n > 1 else 0

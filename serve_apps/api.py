@@ -19,6 +19,7 @@ MAX_MESSAGE_CHARS = 4000  # characters per message
 MAX_TOKENS = 512  # most tokens a reply may be asked to hold
 MAX_CHOICES = 16  # n: at most the candidates sample-and-rank draws (paper: 16)
 SAFE_INT = 2 ** 53 - 1  # integers JSON numbers hold exactly
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"  # conversation ids
 
 
 def Int(lo: int, hi: int):  # noqa: N802 (a type)
@@ -137,9 +138,31 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(strict=True)
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
-    conversation_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    conversation_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
     model: str = "lamda"
     trace: bool = True
+
+
+class RatingRequest(BaseModel):
+    """A person's rating of a reply, or of one of its candidates (paper §4-5's rubric)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    conversation_id: str = Field(max_length=64, pattern=ID_PATTERN)
+    turn: Int(0, SAFE_INT) = Field(description="index of the LaMDA turn (`turn` of /chat's answer)")
+    candidate: Int(0, 1023) | None = Field(
+        default=None, description="index in the turn's trace.candidates; omitted: the reply")
+    rater: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+                       description="a name labelling the rater's votes; it authorises nothing")
+    ssi: Literal["not_sensible", "sensible", "specific", "interesting"] = Field(
+        description="the highest rung reached of the cascade sensible => specific => interesting "
+                    "(not sensible: not specific and not interesting; not specific: not "
+                    "interesting)")
+    safe: bool = Field(description="violates none of the safety objectives")
+    grounded: bool | None = Field(default=None, description="its claims about the external world "
+                                  "are supported by authoritative sources; null: it makes none")
+    helpful: bool | None = Field(default=None, description="correct and useful to the user; "
+                                 "null: not rated")
+    note: str = Field(default="", max_length=2000)
 
 
 class ErrorBody(BaseModel):
@@ -163,6 +186,6 @@ def error(status: int, message: str, kind: str = "invalid_request_error",
 def documented(*statuses: int) -> dict:
     """OpenAPI `responses` for these error statuses (all with the error format)."""
     why = {400: "a parameter this model cannot honour", 401: "missing or wrong API key",
-           404: "unknown model", 413: "request body too large", 422: "invalid request",
+           404: "unknown model, conversation, turn or candidate", 413: "request body too large", 422: "invalid request",
            503: "a deployment the turn needs is unavailable, or the turn was cancelled; retry"}
     return {s: {"model": ErrorResponse, "description": why[s]} for s in statuses}

@@ -22,26 +22,37 @@ from pathlib import Path
 
 import ray
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from lamda.chat import Answer, ChatConfig, chat_turn
-from lamda.conversations import ConversationStore, StoreUnavailable
+from lamda.conversations import ConversationStore, NotFound, StoreUnavailable
 from lamda.data import Turn
 from lamda.rank import Ranked, Scored
+from lamda.ratings import REPLY, Rating, key_id
 from lamda.roles import load_roles
-from serve_apps.api import (MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest, documented,
-                            error)
+from serve_apps.api import (ID_PATTERN, MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest,
+                            RatingRequest, documented, error)
 
 CHAT_SETTINGS = ("research", "max_iterations", "research_candidates", "research_temperature")
-PUBLIC_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json")  # no API key needed
+# the console: static files (no data in them; its API calls need the key like any client's)
+CONSOLE = {"/": ("index.html", "text/html; charset=utf-8"),
+           "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+           "/console.css": ("console.css", "text/css; charset=utf-8")}
+# the console runs only its own script, talks only to this origin, and is never framed
+CONSOLE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+                   "style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; "
+                   "form-action 'none'; frame-ancestors 'none'",
+                   "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+PUBLIC_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", *CONSOLE)  # no API key needed
 DOWNSTREAM = ("Sampler", "Ranker", "Toolset")  # deployments a turn needs
-ROUTES = ("/chat", "/v1/chat/completions", "/v1/models", *PUBLIC_PATHS)  # metric labels
+ROUTES = ("/chat", "/v1/chat/completions", "/v1/models", "/ratings", *PUBLIC_PATHS)  # metric labels
 log = logging.getLogger("ray.serve")
 app = FastAPI(title="LaMDA on Ray", version="0.1.0",
               description="LaMDA-style dialog: sample-and-rank, safety filter, research loop.")
@@ -140,7 +151,8 @@ async def count(request: Request, call_next):
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         path = request.url.path
-        route = path.strip("/").replace("v1/chat/", "") if path in ROUTES else "other"
+        route = (path.strip("/").replace("v1/chat/", "") or "console" if path in ROUTES else
+                 "conversations" if path.startswith("/conversations/") else "other")
         metrics.requests.inc(1, {"route": route, "status": str(response.status_code)})
     return response
 
@@ -202,6 +214,16 @@ def positive(counter: Counter, value: float, tags: dict | None = None) -> None:
     """Ray counters only take positive increments."""
     if value > 0:
         counter.inc(value, tags)
+
+
+def rating_dict(r: Rating) -> dict:
+    return {**dataclasses.asdict(r), "candidate": None if r.candidate == REPLY else r.candidate}
+
+
+def console_file(path: str) -> Response:
+    name, media_type = CONSOLE[path]
+    return Response((Path(__file__).parent / "console" / name).read_bytes(), media_type=media_type,
+                    headers=CONSOLE_HEADERS)
 
 
 def ranked_from_dict(d: dict) -> Ranked:
@@ -469,27 +491,77 @@ class Chat:
         if err:
             return err
         answer, work, _ = result
-        try:  # the user's turn and the reply, both or neither
-            await asyncio.to_thread(self.store.append, cid, [user, Turn("lamda", answer.reply)])
+        trace = {
+            "model": req.model,
+            "candidates": [s.__dict__ for s in answer.ranked.candidates],
+            "filtered": [{"text": s.text, "reason": s.filtered}
+                         for s in answer.ranked.candidates if s.filtered],
+            "fallback": answer.fallback,
+            "draft": answer.ranked.reply,
+            "research": answer.research.to_dict() if answer.research else None,
+            "tool_calls": work.tool_calls,
+            "citations": answer.research.citations if answer.research else [],
+            "sampler_batch": work.sampler_batch,
+            "served_by": self.served_by,
+            "flops": answer.flops, "energy_kwh": work.energy_kwh, "seconds": work.seconds,
+        }
+        try:  # the user's turn, the reply and its trace (raters rate candidates from it), all
+            first = await asyncio.to_thread(  # or nothing
+                self.store.append, cid, [user, Turn("lamda", answer.reply)], trace)
         except StoreUnavailable as e:
             return unavailable(e)
-        body = {"conversation_id": cid, "model": req.model, "reply": answer.reply,
-                "usage": answer.tokens, "flops": answer.flops, "energy_kwh": work.energy_kwh,
-                "seconds": work.seconds}
+        body = {"conversation_id": cid, "turn": first + 1, "model": req.model,
+                "reply": answer.reply, "usage": answer.tokens, "flops": answer.flops,
+                "energy_kwh": work.energy_kwh, "seconds": work.seconds}
         if req.trace:
-            body["trace"] = {
-                "candidates": [s.__dict__ for s in answer.ranked.candidates],
-                "filtered": [{"text": s.text, "reason": s.filtered}
-                             for s in answer.ranked.candidates if s.filtered],
-                "fallback": answer.fallback,
-                "draft": answer.ranked.reply,
-                "research": answer.research.to_dict() if answer.research else None,
-                "tool_calls": work.tool_calls,
-                "citations": answer.research.citations if answer.research else [],
-                "sampler_batch": work.sampler_batch,
-                "served_by": self.served_by,
-            }
+            body["trace"] = trace
         return body
+
+    @app.get("/conversations/{conversation_id}", responses=documented(401, 404, 422, 503))
+    async def conversation(self, conversation_id: str = PathParam(max_length=64,
+                                                                   pattern=ID_PATTERN)):
+        """A conversation of the native API: every turn (LaMDA's with their traces) and the
+        ratings given to its replies and candidates."""
+        try:
+            turns, ratings = await asyncio.to_thread(
+                lambda: (self.store.conversation(conversation_id),
+                         self.store.ratings(conversation_id)))
+        except StoreUnavailable as e:
+            return unavailable(e)
+        if not turns:
+            return error(404, f"no conversation {conversation_id!r}", code="not_found")
+        return {"conversation_id": conversation_id, "turns": turns,
+                "ratings": [rating_dict(r) for r in ratings]}
+
+    @app.post("/ratings", status_code=201, responses=documented(401, 404, 413, 422, 503))
+    async def rate(self, req: RatingRequest, request: Request):
+        """Rate a reply, or one of its candidates, by the paper's rubric; stored with the
+        conversation, exported for fine-tuning by `jobs.export_ratings`. The rater name only
+        labels the votes: the API key sent the rating, and its id is stored with it."""
+        given = request.headers.get("authorization", "")[7:] if app.state.api_keys else None
+        rating = Rating(req.conversation_id, req.turn,
+                        REPLY if req.candidate is None else req.candidate, req.rater,
+                        key_id(given), req.ssi, req.safe, req.grounded, req.helpful, req.note)
+        try:
+            stored = await asyncio.to_thread(self.store.add_rating, rating)
+        except NotFound as e:
+            return error(404, str(e), code="not_found")
+        except StoreUnavailable as e:
+            return unavailable(e)
+        return rating_dict(stored)
+
+    @app.get("/", include_in_schema=False)
+    async def console(self) -> Response:
+        """The console: chat, see each reply's trace, rate it."""
+        return console_file("/")
+
+    @app.get("/console.js", include_in_schema=False)
+    async def console_js(self) -> Response:
+        return console_file("/console.js")
+
+    @app.get("/console.css", include_in_schema=False)
+    async def console_css(self) -> Response:
+        return console_file("/console.css")
 
     @app.post("/v1/chat/completions", responses={**documented(400, 401, 404, 413, 422, 503), 200: {
         "description": "a chat.completion, or with `stream` its chunks as server-sent events",

@@ -74,3 +74,22 @@ def test_a_restarted_postgres_is_reconnected_to(postgres):
     store.append(cid, [Turn("user", "after")])
     assert [t.text for t in store.history(cid)] == ["before", "after"]
     store.close()
+
+
+def test_traces_and_ratings_are_kept_with_the_conversation(store):
+    from lamda.conversations import NotFound
+    from lamda.ratings import REPLY, Rating
+    cid = store.new_id()
+    assert store.append(cid, [Turn("user", "hi"), Turn("lamda", "hello")],
+                        {"candidates": [{"text": "hello"}, {"text": "hey"}]}) == 0
+    assert store.append(cid, [Turn("user", "more")]) == 2
+    turns = store.conversation(cid)
+    assert [(t["index"], t["speaker"]) for t in turns] == [(0, "user"), (1, "lamda"), (2, "user")]
+    assert turns[1]["trace"]["candidates"][1]["text"] == "hey" and turns[0]["trace"] is None
+    stored = store.add_rating(Rating(cid, 1, 1, "ann", "key", "specific", True, None, False, "n"))
+    assert stored.id and stored.created > 0 and store.response(cid, 1, 1) == "hey"
+    assert store.ratings(cid) == [stored] and store.ratings() == [stored]
+    for turn, candidate in ((0, REPLY), (2, REPLY), (7, REPLY), (1, 2)):  # user turns, no such
+        with pytest.raises(NotFound):
+            store.add_rating(Rating(cid, turn, candidate, "ann", "key", "sensible", True))
+    assert store.ratings(cid) == [stored]

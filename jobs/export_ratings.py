@@ -1,0 +1,84 @@
+"""Export people's ratings (the chat console's, stored with the conversations) as labelled JSONL
+that jobs.finetune trains the discriminators on (paper §4-5: crowd workers' labels).
+
+    python -m jobs.export_ratings --conversations runs/serve/conversations.sqlite \\
+        --out runs/local/ratings.jsonl
+    python -m jobs.export_ratings --conversations postgresql://lamda@db:5432/lamda \\
+        --out s3://bucket/labelled/ratings.jsonl --min-raters 3
+    python -m jobs.finetune --run-name ft2 --init-from runs/local/finetuned_safe \\
+        --labelled data/sample/labelled.jsonl runs/local/ratings.jsonl
+
+One record per rated response (a reply, or a candidate a rater chose to rate): its context, its
+text, one vote per rater and attribute (a rater's latest rating counts), and the labels those votes
+aggregate to by the paper's rules (lamda.data.aggregate_ratings; jobs.finetune applies the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from lamda.conversations import ConversationStore
+from lamda.data import Turn
+from lamda.ratings import REPLY, context_of, labelled_records
+from lamda.storage import S3Location, is_s3
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conversations", default="runs/serve/conversations.sqlite",
+                   help="the chat service's store: a SQLite file or a postgresql:// URL")
+    p.add_argument("--out", required=True, help="labelled JSONL file (local or s3://)")
+    p.add_argument("--min-raters", type=int, default=1,
+                   help="export only responses rated by at least this many raters (paper: 3 to 5)")
+    p.add_argument("--max-context-turns", type=int, default=64, help="turns of context kept")
+    return p
+
+
+def export(store: ConversationStore, min_raters: int = 1, max_context_turns: int = 64) -> list[dict]:
+    """The store's ratings as labelled records (lamda.ratings.labelled_records)."""
+    ratings = store.ratings()
+    responses = {}
+    for cid in sorted({r.conversation_id for r in ratings}):
+        turns = store.conversation(cid)
+        for r in (r for r in ratings if r.conversation_id == cid):
+            t = turns[r.turn]
+            text = t["text"] if r.candidate == REPLY else t["trace"]["candidates"][r.candidate]["text"]
+            context = context_of([Turn(u["speaker"], u["text"]) for u in turns], r.turn,
+                                 max_context_turns)
+            responses[(cid, r.turn, r.candidate)] = (context, text)
+    return labelled_records(ratings, responses, min_raters)
+
+
+def write_jsonl(records: list[dict], out: str) -> None:
+    """Write the file whole: a reader never sees half of it (a rename locally, one PUT on S3)."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if is_s3(out):
+        loc = S3Location.parse(out)
+        loc.client().put_object(Bucket=loc.bucket, Key=loc.key, Body=text.encode())
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=Path(out).parent, prefix=".ratings-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> dict:
+    a = parser().parse_args(argv)
+    store = ConversationStore(a.conversations)
+    try:
+        records = export(store, a.min_raters, a.max_context_turns)
+    finally:
+        store.close()
+    write_jsonl(records, a.out)
+    votes = sum(r["raters"] for r in records)
+    print(f"export_ratings: {len(records)} rated responses ({votes} raters' votes) -> {a.out}")
+    return {"responses": len(records), "votes": votes, "out": a.out}
+
+
+if __name__ == "__main__":
+    main()
