@@ -185,7 +185,7 @@ def error(status: int, message: str, kind: str = "invalid_request_error",
 
 def documented(*statuses: int) -> dict:
     """OpenAPI `responses` for these error statuses (all with the error format)."""
-    why = {400: "a parameter this model cannot honour", 401: "missing or wrong API key",
+    why = {400: "a parameter this model cannot honour, or a body that cannot be parsed", 401: "missing or wrong API key",
            404: "unknown model, conversation, turn or candidate", 413: "request body too large", 422: "invalid request",
            503: "a deployment the turn needs is unavailable, or the turn was cancelled; retry"}
     return {s: {"model": ErrorResponse, "description": why[s]} for s in statuses}

@@ -478,7 +478,7 @@ class Chat:
             {"id": r.model, "object": "model", "created": 0, "owned_by": "lamda-on-ray",
              "description": r.description} for r in self.roles.values()]}
 
-    @app.post("/chat", responses=documented(401, 404, 413, 422, 503))
+    @app.post("/chat", responses=documented(400, 401, 404, 413, 422, 503))
     async def chat(self, req: ChatRequest):
         """Native API: the reply plus the trace of how it was chosen."""
         cid = req.conversation_id or ConversationStore.new_id()
@@ -533,7 +533,7 @@ class Chat:
         return {"conversation_id": conversation_id, "turns": turns,
                 "ratings": [rating_dict(r) for r in ratings]}
 
-    @app.post("/ratings", status_code=201, responses=documented(401, 404, 413, 422, 503))
+    @app.post("/ratings", status_code=201, responses=documented(400, 401, 404, 413, 422, 503))
     async def rate(self, req: RatingRequest, request: Request):
         """Rate a reply, or one of its candidates, by the paper's rubric; stored with the
         conversation, exported for fine-tuning by `jobs.export_ratings`. The rater name only
