@@ -2,6 +2,7 @@
 cache, checked and renamed into place, then opened locally: a model export and a retrieval index."""
 
 import concurrent.futures as cf
+import json
 
 import boto3
 import pytest
@@ -65,3 +66,21 @@ def test_an_export_and_an_index_open_from_s3(bucket, tmp_path, tok, monkeypatch)
         assert (a == b).all()
     assert len(list((cache / "artifacts").glob("*/model.safetensors"))) == 1  # fetched once
     assert found and found[0].endswith("https://x/everest")
+
+
+def test_ratings_export_to_s3(bucket, tmp_path):
+    """jobs.export_ratings writes its labelled JSONL to s3:// in one PUT."""
+    from jobs import export_ratings
+    from lamda.conversations import ConversationStore
+    from lamda.data import Turn, parse_labelled
+    from lamda.ratings import REPLY, Rating
+    s3, q = bucket
+    store = ConversationStore(tmp_path / "c.sqlite")
+    store.append("c1", [Turn("user", "hi"), Turn("lamda", "hello")], {"candidates": []})
+    store.add_rating(Rating("c1", 1, REPLY, "ann", "", "sensible", True))
+    store.close()
+    export_ratings.main(["--conversations", str(tmp_path / "c.sqlite"),
+                         "--out", f"s3://art/labelled/ratings.jsonl{q}"])
+    body = s3.get_object(Bucket="art", Key="labelled/ratings.jsonl")["Body"].read().decode()
+    (rec,) = [parse_labelled(json.loads(x)) for x in body.splitlines()]
+    assert rec.response == "hello" and rec.ratings["sensible"] == (1,)
