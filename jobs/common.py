@@ -149,19 +149,19 @@ class TrainProgress:
 
 
 def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
-        mixture: dict[str, float] | None = None):
+        tokens: str | None = None, mixture: dict[str, float] | None = None):
     """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result.
-    With a `mixture`, `ds` holds one stream per source (a tokenised corpus: nothing held out)."""
+    With `tokens` (a tokenised corpus, no `ds`), the sources are mixed as `mixture` says."""
     from lamda import ray_train as R
-    held_out = a.eval_fraction if a.eval_every and not mixture else 0.0  # no rows unused
-    train, evaluation = R.split_eval(ds, held_out, a.seed)
+    held_out = a.eval_fraction if a.eval_every and ds is not None else 0.0  # no rows unused
+    train, evaluation = R.split_eval(ds, held_out, a.seed) if ds is not None else (None, None)
     spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
                      init_from=init_from, export_to=export_path(a),
                      export_shard_bytes=int(a.export_shard_mb * 2**20),
                      async_checkpoint=not a.sync_checkpoints,
                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
                      peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage,
-                     mixture=mixture)
+                     tokens=tokens, mixture=mixture)
     cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,
                             cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path,
                             run_name=a.run_name, max_failures=a.max_failures)

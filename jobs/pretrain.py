@@ -28,9 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dialogs", nargs="*", default=[str(SAMPLE_DIR / "dialogs.jsonl")],
                    help="dialog files (JSONL or Parquet, local or s3://)")
     p.add_argument("--tokens", default=None,
-                   help="a corpus tokenised by jobs.tokenize (local or s3://), streamed: no "
-                        "materialised rows, no global shuffle (then --documents/--dialogs are "
-                        "not read, and there is no evaluation loss)")
+                   help="a corpus tokenised by jobs.tokenize (local or s3://), read by each "
+                        "worker a window of records at a time: nothing materialised, no global "
+                        "shuffle (then --documents/--dialogs are not read; the evaluation rows "
+                        "are each source's last window)")
     p.add_argument("--dialog-fraction", type=float, default=0.5,
                    help="share of dialog sequences in the mixture (paper: 0.5)")
     add_training_flags(p, steps=200, lr=2e-3)
@@ -46,9 +47,10 @@ def main(argv=None):
     model = ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                   max_seq_len=max(a.seq_len, PRESETS[a.preset].max_seq_len))
     if a.tokens:
-        ds = R.token_datasets(a.tokens, tok, a.seq_len, a.seed)
         mixture = {"document": 1 - a.dialog_fraction, "dialog": a.dialog_fraction}
-        return run(a, model, tok, ds, "pretrain", mixture={k: mixture[k] for k in ds})
+        sources = R.token_sources(a.tokens, tok)
+        return run(a, model, tok, None, "pretrain", tokens=a.tokens,
+                   mixture={k: mixture[k] for k in sources if mixture[k] > 0})
     ds = R.pretraining_dataset(tok, a.documents, a.dialogs, a.seq_len, a.dialog_fraction, a.seed)
     return run(a, model, tok, ds, "pretrain")
 

@@ -6,8 +6,9 @@
         --tokens runs/local/tokens --dialog-fraction 0.5
 
 Writes <out>/document/ and <out>/dialog/ (Parquet files of token ids, one record per row, uint16
-while the vocabulary fits) and <out>/tokens.json (written last: dtype, vocabulary, records and
-tokens per source). Local or s3://.
+while the vocabulary fits, in row groups of 1,024 records: the windows each training worker reads,
+lamda.token_stream) and <out>/tokens.json (written last: dtype, vocabulary, records and tokens per
+source). Local or s3://.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """Sharded training on Ray: Ray Data input pipelines, the Ray Train worker loop, and the trainer.
+(A tokenised corpus skips Ray Data: each worker reads its windows itself, lamda.token_stream.)
 
 This is the one module of `lamda` that imports Ray. Everything it does per batch or per step is a
 plain function from lamda.data / lamda.training / lamda.parallel.
@@ -56,6 +57,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
                                                      set_model_state_dict, set_state_dict)
 
 from lamda import data as D
+from lamda import token_stream as TS
 from lamda.accounting import EnergyMeter, hardware, mfu
 from lamda.checkpoint import (CONFIG, TOKENIZER, TRAIN_STATE, check_checkpoint_dir, load_export,
                               save_sharded_export)
@@ -160,9 +162,8 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), res
     return ds.random_shuffle(seed=seed)
 
 
-# -- a tokenised corpus (jobs.tokenize): tokenised once, streamed ----------------------------------
+# -- a tokenised corpus (jobs.tokenize): tokenised once, then read by each rank (token_stream) ------
 
-TOKENS_META = "tokens.json"  # written last by tokenize_corpus: dtype, vocabulary, counts
 TOKENIZERS = {"document": D.document_ids, "dialog": D.dialog_ids}
 
 
@@ -170,7 +171,8 @@ def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
                     rows_per_file: int = 20_000) -> dict:
     """Tokenise each source ("document", "dialog": JSONL or Parquet, local or s3://) once into
     Parquet files of token ids, one record per row (uint16 while the vocabulary fits, else
-    uint32), under out/<source>/; then write out/tokens.json with the counts. Returns that."""
+    uint32) in row groups of token_stream.WINDOW_RECORDS records (the unit the training ranks
+    read), under out/<source>/; then write out/tokens.json with the counts. Returns that."""
     import pyarrow as pa
     dtype = pa.uint16() if tok.vocab_size <= 1 << 16 else pa.uint32()
     meta = {"dtype": str(dtype), "vocab_size": tok.vocab_size, "sources": {}}
@@ -187,49 +189,27 @@ def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
 
         fs, dest = _filesystem(join(out, kind))
         ds.map_batches(encode, batch_size=512, batch_format="numpy").write_parquet(
-            dest, filesystem=fs, min_rows_per_file=rows_per_file)
+            dest, filesystem=fs, min_rows_per_file=rows_per_file,
+            row_group_size=min(rows_per_file, TS.WINDOW_RECORDS))
         written = ray.data.read_parquet(dest, filesystem=fs, columns=["n"])
         meta["sources"][kind] = {"records": written.count(), "tokens": int(written.sum("n"))}
     if "://" in out:
         with tempfile.TemporaryDirectory() as d:
-            (Path(d) / TOKENS_META).write_text(json.dumps(meta, indent=2))
+            (Path(d) / TS.META).write_text(json.dumps(meta, indent=2))
             upload_dir(d, out)
     else:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / TOKENS_META).write_text(json.dumps(meta, indent=2))
+        (Path(out) / TS.META).write_text(json.dumps(meta, indent=2))
     return meta
 
 
-def token_datasets(path: str, tok: Tokenizer, seq_len: int, seed: int = 0
-                   ) -> dict[str, ray.data.Dataset]:
-    """Each source of a tokenised corpus as a stream of rows {"tokens": (seq_len + 1,) int32}:
-    its files in an order fixed by the seed, records concatenated and cut into rows per batch
-    of files' rows. Nothing is materialised and nothing shuffled globally; the workers mix the
-    sources (RunSpec.mixture) and shuffle within a bounded buffer."""
-    import pyarrow.compute as pc
-    fs, meta_path = _filesystem(join(path, TOKENS_META))
-    try:
-        with (fs or pyarrow.fs.LocalFileSystem()).open_input_stream(meta_path) as f:
-            meta = json.loads(f.read())
-    except (FileNotFoundError, OSError) as e:
-        raise FileNotFoundError(f"{path} is not a tokenised corpus (no {TOKENS_META}; run "
-                                f"python -m jobs.tokenize)") from e
+def token_sources(path: str, tok: Tokenizer) -> list[str]:
+    """The sources of a tokenised corpus, checked against the tokenizer."""
+    meta = TS.read_meta(path)
     if meta["vocab_size"] != tok.vocab_size:
         raise ValueError(f"{path} was tokenised with a vocabulary of {meta['vocab_size']}, the "
                          f"tokenizer has {tok.vocab_size}")
-
-    def rows(table):
-        flat = pc.list_flatten(table.column("ids")).to_numpy().astype(np.int32)
-        n = len(flat) // (seq_len + 1)
-        return {"tokens": flat[:n * (seq_len + 1)].reshape(n, seq_len + 1)}
-
-    out = {}
-    for kind in meta["sources"]:
-        fs, p = _filesystem(join(path, kind))
-        out[kind] = ray.data.read_parquet(p, filesystem=fs, columns=["ids"],
-                                          shuffle=ray.data.FileShuffleConfig(seed=seed)
-                                          ).map_batches(rows, batch_size=256, batch_format="pyarrow")
-    return out
+    return sorted(meta["sources"])
 
 
 def _filesystem(path: str):
@@ -268,7 +248,8 @@ class RunSpec:
     peak_flops: float | None = None  # per device, for MFU; None: from the GPU's name (no MFU on CPU)
     watts: float | None = None  # per device, for modelled energy without NVML; None: by hardware
     stage: str = "pretrain"  # recorded in checkpoints and exports
-    mixture: dict[str, float] | None = None  # a tokenised corpus: each source's share of the rows
+    tokens: str | None = None  # a tokenised corpus (jobs.tokenize), read by each rank itself
+    mixture: dict[str, float] | None = None  # with `tokens`: each source's share of the rows
     async_checkpoint: bool = True  # upload checkpoints while training goes on (after the first)
     crash_at_step: int | None = None  # testing: the last rank exits abruptly once at this step...
     crash_marker: str | None = None  # ...and records it in this file, so the restart continues
@@ -290,8 +271,9 @@ class TrainState:
     restarts: list[int] = field(default_factory=list)  # steps that training resumed from
     skipped: int = 0  # steps skipped for a non-finite loss or gradient norm
     checkpoint_s: float = 0.0  # seconds training waited for checkpoints (rank 0)
-    sources: dict[str, list[int]] = field(default_factory=dict)  # mixture: per source [epoch, rows]
-    draws: int = 0  # mixture: micro-batches drawn
+    sources: dict[str, list] = field(default_factory=dict)  # tokens: per source, per rank
+    # [epoch, window, row] (token_stream.SourceStream.position), gathered at each checkpoint
+    draws: int = 0  # tokens: micro-batches drawn
 
 
 def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, offset: int = 0):
@@ -320,50 +302,60 @@ def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, of
         state.batch_in_epoch = 0
 
 
-def _mixed_batches(shards: dict, spec: RunSpec, state: TrainState, device):
-    """Endless micro-batches whose rows come from the sources (a tokenised corpus) in the
-    proportions of spec.mixture: which source each row comes from is drawn from a generator
-    seeded by (seed, micro-batch number), the same on every rank, so every rank consumes the same
-    number of rows of each source (its own shard's) and rank 0's saved position holds for all.
-    Each source is an endless stream of its shard, reshuffled per epoch within a bounded buffer;
-    after a restart its consumed rows are skipped."""
-    names = sorted(shards)
+def _mixed_batches(streams: dict[str, TS.SourceStream], spec: RunSpec, state: TrainState,
+                   device):
+    """Endless micro-batches whose rows come from the sources in the proportions of
+    spec.mixture: which source each row comes from is drawn from a generator seeded by (seed,
+    micro-batch number), the same on every rank; each rank reads its own windows of each source
+    (token_stream), from the positions its streams were given."""
+    names = sorted(streams)
     p = np.array([spec.mixture[n] for n in names], dtype=np.float64)
-    streams = {n: _rows(shards[n], n, spec, state) for n in names}
+    rows = {n: iter(streams[n]) for n in names}
     while True:
         picks = np.random.default_rng([spec.train.seed, state.draws]).choice(
             len(names), size=spec.train.batch_size, p=p / p.sum())
         state.draws += 1
-        rows = torch.stack([next(streams[names[i]]) for i in picks]).to(device, torch.long)
-        yield D.shift(rows, None, None)
+        batch = np.stack([next(rows[names[i]]) for i in picks])
+        yield D.shift(torch.from_numpy(batch).to(device, torch.long), None, None)
 
 
-def _rows(shard, name: str, spec: RunSpec, state: TrainState):
-    """One source's rows, epoch after epoch, advancing state.sources[name] = [epoch, rows]."""
-    while True:
-        epoch, consumed = state.sources.setdefault(name, [0, 0])
-        seen = 0
-        for batch in shard.iter_batches(batch_size=256, batch_format="numpy",
-                                        local_shuffle_buffer_size=1024,
-                                        local_shuffle_seed=spec.train.seed + epoch):
-            for row in batch["tokens"]:
-                seen += 1
-                if seen <= consumed:
-                    continue
-                state.sources[name] = [epoch, seen]
-                yield torch.from_numpy(row)
-        if seen == 0:
-            raise ValueError(f"a worker's shard of {name} rows is empty")
-        state.sources[name] = [epoch + 1, 0]
+def _token_streams(spec: RunSpec, state: TrainState, rank: int, world: int
+                   ) -> dict[str, TS.SourceStream]:
+    """This rank's stream of each source, at its saved position when resuming (the last window
+    of each source is held out when the run evaluates)."""
+    streams = {}
+    for name in spec.mixture:
+        stream = TS.SourceStream(spec.tokens, name, spec.train.seq_len, rank, world,
+                                 spec.train.seed, exclude=1 if spec.eval_every else 0)
+        saved = state.sources.get(name)
+        if saved:
+            if len(saved) != world:
+                raise ValueError(f"the checkpoint holds data positions for {len(saved)} workers; "
+                                 f"resume a tokenised corpus with as many, not {world}")
+            stream.position = list(saved[rank])
+        streams[name] = stream
+    return streams
+
+
+def _token_eval_batches(spec: RunSpec, device) -> list[dict]:
+    """The evaluation batches of a tokenised corpus: rows of each source's held-out window in
+    the mixture's proportions, the same on every rank."""
+    n = spec.eval_batches * spec.train.batch_size
+    total = sum(spec.mixture.values())
+    rows = np.concatenate([TS.held_out_rows(spec.tokens, name, spec.train.seq_len,
+                                            max(1, round(n * w / total)))
+                           for name, w in sorted(spec.mixture.items())])
+    tokens = torch.from_numpy(rows).to(device, torch.long)
+    return [{"tokens": t} for t in tokens.split(spec.train.batch_size)]
 
 
 @torch.no_grad()
-def _eval_loss(model, shard, spec: RunSpec, device) -> float | None:
+def _eval_loss(model, batches, spec: RunSpec, device) -> float | None:
+    """Mean loss over the first spec.eval_batches of `batches`, averaged over the ranks."""
     model.eval()
     total, n = torch.zeros((), device=device), torch.zeros((), device=device)
-    # shards are equal in size, so every rank runs the same number of (possibly partial) batches
-    for i, batch in enumerate(shard.iter_torch_batches(batch_size=spec.train.batch_size,
-                                                       device=device, dtypes=torch.long)):
+    # every rank runs the same number of (possibly partial) batches: equal shards, or the same rows
+    for i, batch in enumerate(batches):
         if i == spec.eval_batches:
             break
         inputs, targets, mask, segments = D.shift(batch["tokens"], batch.get("mask"),
@@ -505,16 +497,19 @@ def train_worker(config: dict) -> None:
     metrics = _Metrics(ctx.get_experiment_name(), spec.stage) if rank == 0 else None
     tp = spec.parallel.tp
     dp = world // tp  # data-parallel groups: each trains on its own batches
-    if spec.mixture:
+    streams, eval_batches = {}, None
+    if spec.tokens:
         if tp > 1:
             raise ValueError("tensor parallelism reads a single dataset; a tokenised corpus's "
                              "mixture needs --tp 1 for now")
-        batches = _mixed_batches({n: ray.train.get_dataset_shard(f"train_{n}") for n in spec.mixture},
-                                 spec, state, device)
+        streams = _token_streams(spec, state, rank, world)
+        batches = _mixed_batches(streams, spec, state, device)
+        eval_batches = _token_eval_batches(spec, device) if spec.eval_every else None
     else:
         batches = _batches(ray.train.get_dataset_shard("train"), spec, state, device, *(
             (dp, rank // tp) if tp > 1 else ()))
-    eval_shard = ray.train.get_dataset_shard("eval") if spec.eval_every else None
+        if spec.eval_every:
+            eval_batches = ray.train.get_dataset_shard("eval")
     flops_per_token = spec.model.flops_per_token(tc.seq_len)
 
     loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
@@ -547,7 +542,7 @@ def train_worker(config: dict) -> None:
 
         last = state.step == tc.steps
         do_ckpt = last or state.step % spec.checkpoint_every == 0
-        do_eval = eval_shard is not None and (last or state.step % spec.eval_every == 0)
+        do_eval = eval_batches is not None and (last or state.step % spec.eval_every == 0)
         if not (do_ckpt or do_eval or state.step % tc.log_every == 0):
             continue
         loss = torch.tensor(stats["loss"], device=device)
@@ -561,12 +556,15 @@ def train_worker(config: dict) -> None:
              "grad_norm": stats["grad_norm"], "tokens": state.tokens, "tokens_per_s": tps,
              "energy_kwh": state.energy_kwh, "epoch": state.epoch, "restarts": list(state.restarts),
              "skipped": state.skipped, "checkpoint_s": state.checkpoint_s,
-             "sources": {k: list(v) for k, v in state.sources.items()},
+             "sources": {k: s.position for k, s in streams.items()},  # this rank's
              "param_shards": shard_sizes}
         if peak:
             m["mfu"] = mfu(flops_per_token * tps, 1.0, world, peak)
         if do_eval:
-            m["eval_loss"] = _eval_loss(model, eval_shard, spec, device)
+            m["eval_loss"] = _eval_loss(model, eval_batches if spec.tokens else
+                                        eval_batches.iter_torch_batches(
+                                            batch_size=tc.batch_size, device=device,
+                                            dtypes=torch.long), spec, device)
         if rank == 0:
             metrics.loss.set(m["loss"])
             metrics.tps.set(tps)
@@ -584,6 +582,10 @@ def train_worker(config: dict) -> None:
             if reports is not None:
                 ray.get(reports.put.remote(m))
         if do_ckpt:
+            if streams:  # every rank's data position, into rank 0's train state
+                for name, stream in streams.items():
+                    state.sources[name] = [None] * world
+                    dist.all_gather_object(state.sources[name], stream.position)
             t0 = time.perf_counter()
             _save_checkpoint(model, opt, spec, state, rank, m, spec.async_checkpoint and saved > 0)
             state.checkpoint_s += time.perf_counter() - t0
@@ -679,10 +681,11 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset | dict[str, ray.data.Dataset],
+def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset | None = None,
         eval_ds: ray.data.Dataset | None = None, on_report=None):
-    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result. `train_ds`:
-    one dataset, or one per source of a tokenised corpus, mixed as spec.mixture says.
+    """Run the worker loop on `cluster.workers` workers; returns Ray Train's Result. The rows:
+    `train_ds` (and `eval_ds`), or with spec.tokens a tokenised corpus whose sources each worker
+    reads itself, mixed as spec.mixture says (its evaluation rows held out of it).
 
     `on_report(metrics)`, if given, is called in a driver thread with rank 0's metrics every log
     interval. Ctrl-C aborts the run (its checkpoints stay: a re-run resumes) and raises
@@ -694,16 +697,18 @@ def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset | dict[s
     resources = {"CPU": cluster.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cluster.gpus_per_worker
-    if isinstance(train_ds, dict):
-        if set(train_ds) != set(spec.mixture or {}):
-            raise ValueError(f"sources {sorted(train_ds)} need mixture weights, not {spec.mixture}")
-        datasets = {f"train_{n}": ds for n, ds in train_ds.items()}
+    if spec.tokens:
+        sources = token_sources(spec.tokens, spec.tokenizer)
+        if train_ds is not None or not spec.mixture or not set(spec.mixture) <= set(sources):
+            raise ValueError(f"a tokenised corpus needs mixture weights for some of its sources "
+                             f"{sources} (not {spec.mixture}) and no train dataset")
+        datasets = {}
     else:
         datasets = {"train": train_ds}
-    if eval_ds is not None and spec.eval_every:
-        datasets["eval"] = eval_ds
-    else:
-        spec = dataclasses.replace(spec, eval_every=0)
+        if eval_ds is not None and spec.eval_every:
+            datasets["eval"] = eval_ds
+        else:
+            spec = dataclasses.replace(spec, eval_every=0)
     reports = _Reports.remote() if on_report else None
     trainer = _Trainer(
         train_worker,
