@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     import ray
     from ray import serve
 
-    from lamda.chat import ChatConfig, ChatModel, chat_turn
+    from lamda.turn import ChatConfig, ChatModel, chat_turn
     from lamda.checkpoint import save_export
     from lamda.config import ModelConfig
     from lamda.data import SAMPLE_DIR, Turn, corpus_texts, read_jsonl

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lamda import data as D  # noqa: E402
 from lamda import eval as E  # noqa: E402
-from lamda.chat import ChatConfig, ChatModel, local_turn  # noqa: E402
+from lamda.turn import ChatConfig, ChatModel, local_turn  # noqa: E402
 from lamda.config import ModelConfig  # noqa: E402
 from lamda.decode import SamplingConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402

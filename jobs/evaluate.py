@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from lamda import eval as E
-from lamda.chat import ChatConfig, ChatModel, local_turn
+from lamda.turn import ChatConfig, ChatModel, local_turn
 from lamda.checkpoint import load_export
 from lamda.data import SAMPLE_DIR, Turn, aggregate_ratings, read_jsonl, response_prompt
 from lamda.decode import SamplingConfig, best_by_likelihood, generate

@@ -17,6 +17,7 @@ import json
 
 from jobs.common import init_ray, ray_data_quiet
 from lamda.checkpoint import read_export_header
+from lamda.data import ATTRIBUTES
 from lamda.safety_filter import FilterConfig, TurnScorer
 
 
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
     kept = kept.materialize()
     n_out = kept.count()
     kept.map(lambda r: json.loads(r["dialog"]) | {"scores": {k: r[k] for k in (
-        "sensible", "specific", "interesting", "unsafe", "quality")}}).write_json(a.out)
+        *ATTRIBUTES, "quality")}}).write_json(a.out)
     counts = {"turns_in": n_in, "passed_thresholds": n_pass, "kept": n_out, "out": a.out}
     print(f"filter_safe: {n_in} LaMDA turns scored, {n_pass} pass the thresholds, {n_out} kept "
           f"-> {a.out}")

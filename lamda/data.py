@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lamda import tokenizer as T
+from lamda import tokenizer as tkn
 from lamda.tokenizer import Tokenizer
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"  # the bundled corpus
-SPEAKERS = {"user": T.USER, "lamda": T.LAMDA}
-SSI_ATTRIBUTES = ("sensible", "specific", "interesting")
-ATTRIBUTES = (*SSI_ATTRIBUTES, "unsafe")
+SPEAKERS = {"user": tkn.USER, "lamda": tkn.LAMDA}
+ATTRIBUTES = tuple(a.lower() for a in tkn.ATTRIBUTES)  # the discriminators' attributes, in order
+SSI_ATTRIBUTES = ATTRIBUTES[:3]  # sensible, specific, interesting
 
 
 class RecordError(ValueError):
@@ -248,7 +248,7 @@ def dialog_ids(tok: Tokenizer, dialog: Dialog) -> list[int]:
 
 def response_prompt(tok: Tokenizer, context: Iterable[Turn]) -> list[int]:
     """The prompt that a response is generated after: <context> RESPONSE."""
-    return [*encode_turns(tok, context), tok.special(T.RESPONSE)]
+    return [*encode_turns(tok, context), tok.special(tkn.RESPONSE)]
 
 
 def generative_example(tok: Tokenizer, context: Iterable[Turn], response: str) -> Example:
@@ -260,7 +260,7 @@ def generative_example(tok: Tokenizer, context: Iterable[Turn], response: str) -
 def attribute_name(attribute: str) -> str:
     """'sensible' -> 'SENSIBLE' (the special token)."""
     name = attribute.upper()
-    if name not in T.ATTRIBUTES:
+    if name not in tkn.ATTRIBUTES:
         raise ValueError(f"unknown attribute {attribute!r}")
     return name
 
@@ -270,7 +270,7 @@ def discriminative_example(tok: Tokenizer, context: Iterable[Turn], response: st
     """<context> RESPONSE <response> <eot> ATTRIBUTE <rating>, loss on the rating only."""
     ex = Example().add(response_prompt(tok, context)).add([*tok.encode(response), tok.eot_id])
     ex.add([tok.special(attribute_name(attribute))])
-    return ex.add([tok.special(T.RATINGS[rating])], train=True)
+    return ex.add([tok.special(tkn.RATINGS[rating])], train=True)
 
 
 def discriminative_examples(tok: Tokenizer, rec: Labelled) -> list[Example]:
@@ -287,20 +287,20 @@ def is_good_response(rec: Labelled) -> bool:
 
 def _query_ids(tok: Tokenizer, step: ResearchStep) -> list[int]:
     """A research output that calls the toolset: TS, query <eot>."""
-    return [tok.special(T.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
+    return [tok.special(tkn.TO_TOOLSET), *tok.encode(step.query), tok.eot_id]
 
 
 def _result_ids(tok: Tokenizer, step: ResearchStep) -> list[int]:
     """What the toolset answered: TS: result <eot> for each result."""
-    return [i for result in step.results for i in (tok.special(T.TS), *tok.encode(result), tok.eot_id)]
+    return [i for result in step.results for i in (tok.special(tkn.TS), *tok.encode(result), tok.eot_id)]
 
 
 def research_prompt(tok: Tokenizer, context: Iterable[Turn], draft: str,
                     steps: Iterable[ResearchStep] = ()) -> list[int]:
     """What the research task continues: <context> LAMDA-BASE: draft <eot>, then per earlier step
     LAMDA-RESEARCH: TS, query <eot> and TS: result <eot> for each result, then LAMDA-RESEARCH:."""
-    research = tok.special(T.LAMDA_RESEARCH)
-    ids = [*encode_turns(tok, context), tok.special(T.LAMDA_BASE), *tok.encode(draft), tok.eot_id]
+    research = tok.special(tkn.LAMDA_RESEARCH)
+    ids = [*encode_turns(tok, context), tok.special(tkn.LAMDA_BASE), *tok.encode(draft), tok.eot_id]
     for step in steps:
         ids += [research, *_query_ids(tok, step), *_result_ids(tok, step)]
     return ids + [research]
@@ -310,11 +310,11 @@ def research_example(tok: Tokenizer, rec: Research) -> Example:
     """The whole transcript as one sequence with a loss on every research output (each
     `TS, query <eot>` and the final `User, reply <eot>`): the prefix before each output is exactly
     the research_prompt the loop asks the model to continue, so one sequence trains every step."""
-    research = tok.special(T.LAMDA_RESEARCH)
+    research = tok.special(tkn.LAMDA_RESEARCH)
     ex = Example().add(research_prompt(tok, rec.context, rec.draft)[:-1])
     for step in rec.steps:
         ex.add([research]).add(_query_ids(tok, step), train=True).add(_result_ids(tok, step))
-    return ex.add([research]).add([tok.special(T.TO_USER), *tok.encode(rec.reply), tok.eot_id],
+    return ex.add([research]).add([tok.special(tkn.TO_USER), *tok.encode(rec.reply), tok.eot_id],
                                   train=True)
 
 

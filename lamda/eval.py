@@ -23,11 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamda.data import aggregate_ratings, majority
+from lamda.data import ATTRIBUTES, SSI_ATTRIBUTES, aggregate_ratings, majority
 from lamda.research import URL
 from lamda.tokenizer import SPECIAL_TOKENS
 
-SSI = ("sensible", "specific", "interesting")
+SSI = SSI_ATTRIBUTES
 BINARY = ("has_claim", "supported", "explicit_claim", "cites", "helpful", "role_consistent")
 
 
@@ -217,7 +217,7 @@ def discriminator_metrics(probs: list[dict[str, float]], labels: list[dict[str, 
     at `threshold`, ROC AUC and the number of labelled responses; for `unsafe` also the recall on
     unsafe responses (the share the safety filter catches at that threshold)."""
     out = {}
-    for attr in ("sensible", "specific", "interesting", "unsafe"):
+    for attr in ATTRIBUTES:
         pairs = [(p[attr], lab[attr]) for p, lab in zip(probs, labels) if attr in lab]
         if not pairs:
             continue

@@ -17,13 +17,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from lamda import tokenizer as T
-from lamda.data import Turn, response_prompt
+from lamda import tokenizer as tkn
+from lamda.data import ATTRIBUTES, Turn, response_prompt  # ATTRIBUTES: the score columns
 from lamda.decode import Candidate, Generation, left_pad, prefill
 from lamda.model import KVCache, LaMDA
 from lamda.tokenizer import Tokenizer
 
-ATTRIBUTES = ("sensible", "specific", "interesting", "unsafe")  # order of the score columns
 
 
 @torch.no_grad()
@@ -41,7 +40,7 @@ def attribute_probs(model: LaMDA, tok: Tokenizer, cache: KVCache, eot_pos: Tenso
     tokens = torch.stack([torch.full((R * A,), tok.eot_id, device=device), attr_ids.repeat(R)], 1)
     end = eot_pos.repeat_interleave(A)
     logits = model(tokens, torch.stack([end, end + 1], 1), rows)[:, -1]  # (R * A, V)
-    rating = logits[:, [tok.special(T.RATINGS[0]), tok.special(T.RATINGS[1])]].float()
+    rating = logits[:, [tok.special(tkn.RATINGS[0]), tok.special(tkn.RATINGS[1])]].float()
     return torch.softmax(rating, dim=-1)[:, 1].view(R, A)
 
 
@@ -91,7 +90,7 @@ def score_uncached(model: LaMDA, tok: Tokenizer, prompt: list[int], response_ids
     attribute: the reference that the cached path is tested and benchmarked against."""
     device = next(model.parameters()).device
     base = list(prompt) + list(response_ids) + [tok.eot_id]
-    r0, r1 = tok.special(T.RATINGS[0]), tok.special(T.RATINGS[1])
+    r0, r1 = tok.special(tkn.RATINGS[0]), tok.special(tkn.RATINGS[1])
     out = []
     for a in ATTRIBUTES:
         ids = torch.tensor([base + [tok.special(a.upper())]], device=device)

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lamda.data import Turn, aggregate_ratings, majority
+from lamda.data import ATTRIBUTES, Turn, aggregate_ratings, majority
 
 # The SSI cascade as a ladder: each rung implies the ones before it (paper §4.1).
 SSI_LEVELS = ("not_sensible", "sensible", "specific", "interesting")
@@ -73,7 +73,7 @@ def labelled_records(ratings: Iterable[Rating], responses: dict[tuple[str, int, 
         for r in by_rater.values():
             for attr, v in r.votes().items():
                 votes.setdefault(attr, []).append(v)
-        core = {a: tuple(votes.pop(a)) for a in ("sensible", "specific", "interesting", "unsafe")}
+        core = {a: tuple(votes.pop(a)) for a in ATTRIBUTES}
         labels = {**aggregate_ratings(core), **{a: majority(v) for a, v in votes.items()}}
         cid, turn, candidate = response_key
         records.append({

@@ -32,7 +32,7 @@ class ResearchResult:
     citations: list[str]  # URLs in the reply that came from the tool results
     budget_exhausted: bool  # no User reply within max_iterations tool calls
     trace: list[dict] = field(default_factory=list)  # every output in order, for the trace
-    filtered: str | None = None  # why the safety filter replaced the reply (lamda.chat.chat_turn)
+    filtered: str | None = None  # why the safety filter replaced the reply (lamda.turn.chat_turn)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lamda.accounting import inference_flops_per_token
-from lamda import tokenizer as T
+from lamda import tokenizer as tkn
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import (Candidate, EagerStep, GraphStep, SamplingConfig, best_by_likelihood,
                           before_stop, default_step, generate, left_pad, text_only_mask)
@@ -56,7 +56,7 @@ class ChatModel:
     def __init__(self, model: LaMDA, tok: Tokenizer, step: EagerStep | None = None):
         self.model, self.tok = model, tok
         self.step = step or default_step(model)
-        self.turn_starts = {tok.special(s) for s in (T.USER, T.LAMDA)}  # speaker tokens
+        self.turn_starts = {tok.special(s) for s in (tkn.USER, tkn.LAMDA)}  # speaker tokens
 
     def warm_up(self, sampling: SamplingConfig) -> None:
         """Compile the decoding step before the first request: with `GraphStep`, one shape and then
@@ -165,7 +165,7 @@ class ChatModel:
                          sampling: SamplingConfig) -> tuple[list[int], list[int]]:
         """The research task's prompt and the tokens allowed first (its two routing words)."""
         prompt = self.fit(research_prompt(self.tok, context, draft, steps), sampling.max_new_tokens + 2)
-        return prompt, [self.tok.special(T.TO_TOOLSET), self.tok.special(T.TO_USER)]
+        return prompt, [self.tok.special(tkn.TO_TOOLSET), self.tok.special(tkn.TO_USER)]
 
     def research_output(self, prompt: list[int], cands: list[Candidate], reused: int = 0
                         ) -> tuple[str, float, dict]:

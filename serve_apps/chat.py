@@ -2,7 +2,7 @@
 
 Per turn: the role's pre-conditioning + the conversation -> Sampler (candidates) -> Ranker (safety
 filter, 3S+Sp+I) -> the research loop (Sampler's research task <-> Toolset) -> reply. The turn is
-lamda.chat.chat_turn, run in a worker thread with blocking calls to the DeploymentHandles (so the
+lamda.turn.chat_turn, run in a worker thread with blocking calls to the DeploymentHandles (so the
 same orchestration serves in-process use and Serve; the event loop never blocks).
 """
 
@@ -31,14 +31,15 @@ from ray.serve.exceptions import RequestCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from lamda.chat import Answer, ChatConfig, chat_turn
+from lamda.turn import Answer, ChatConfig, chat_turn
 from lamda.conversations import ConversationStore, NotFound, StoreUnavailable
 from lamda.data import Turn
-from lamda.rank import Ranked, Scored
 from lamda.ratings import REPLY, Rating, key_id
 from lamda.roles import load_roles
 from serve_apps.api import (ID_PATTERN, MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest,
                             RatingRequest, documented, error)
+from serve_apps.deployments import from_user_config
+from serve_apps.messages import RankResult, Researched, Sampled
 
 CHAT_SETTINGS = ("research", "max_iterations", "research_candidates", "research_temperature")
 # the console: static files (no data in them; its API calls need the key like any client's)
@@ -226,11 +227,6 @@ def console_file(path: str) -> Response:
                     headers=CONSOLE_HEADERS)
 
 
-def ranked_from_dict(d: dict) -> Ranked:
-    return Ranked(d["reply"], d["fallback"], Scored(**d["best"]) if d["best"] else None,
-                  [Scored(**s) for s in d["candidates"]])
-
-
 def unavailable(e: Exception):
     """503 for a part the turn needs that failed (a model replica, the conversation store)."""
     what = "conversation store" if isinstance(e, StoreUnavailable) else "model"
@@ -321,10 +317,7 @@ class Chat:
     def reconfigure(self, config: dict) -> None:
         """user_config: research (bool), max_iterations, research_candidates,
         research_temperature (unknown keys are refused)."""
-        unknown = set(config) - set(CHAT_SETTINGS)
-        if unknown:
-            raise ValueError(f"unknown Chat settings in user_config: {sorted(unknown)}")
-        self.cfg = dataclasses.replace(ChatConfig(), **config)
+        self.cfg = from_user_config(ChatConfig, config, CHAT_SETTINGS)
 
     def stats(self) -> dict:
         """Counters of this replica (through a handle; not an HTTP route)."""
@@ -361,7 +354,6 @@ class Chat:
               cancel: threading.Event) -> tuple[Answer, Work]:
         """Runs in a worker thread: blocking handle calls are fine here."""
         work = Work()
-        ctx = [t.__dict__ for t in context]
         # research samples with the request's top-k, top-p and seed; a greedy request (temperature
         # 0) gets greedy research too, so the same request gives the same reply
         research_sampling = {k: v for k, v in sampling.items() if k in ("top_k", "top_p", "seed")}
@@ -373,25 +365,24 @@ class Chat:
             return self._call(cancel, work, stage, method, *args)
 
         def respond(_):
-            s = call("sample", self.sampler.generate, ctx, sampling)
-            r = call("rank", self.ranker.rank, ctx, s["candidates"])
-            work.add("sample", 0, s["energy_kwh"], **s["tokens"])
-            work.add("rank", 0, r["energy_kwh"], **r["tokens"])
-            work.sampler_batch = s["batch"]
-            return ranked_from_dict(r["ranked"]), s["flops"] + r["flops"], {**s["tokens"], **r["tokens"]}
+            s: Sampled = call("sample", self.sampler.generate, context, sampling)
+            r: RankResult = call("rank", self.ranker.rank, context, s.candidates)
+            work.add("sample", 0, s.energy_kwh, **s.tokens)
+            work.add("rank", 0, r.energy_kwh, **r.tokens)
+            work.sampler_batch = s.batch
+            return r.ranked, s.flops + r.flops, {**s.tokens, **r.tokens}
 
         def research(_, draft, steps):
-            out = call("research", self.sampler.research, ctx, draft,
-                       [{"query": s.query, "results": list(s.results)} for s in steps],
-                       research_sampling)
-            work.add("research", 0, out["energy_kwh"],
-                     **{f"research_{k}": v for k, v in out["tokens"].items()})
-            return out["output"], out["flops"]
+            out: Researched = call("research", self.sampler.research, context, draft, steps,
+                                   research_sampling)
+            work.add("research", 0, out.energy_kwh,
+                     **{f"research_{k}": v for k, v in out.tokens.items()})
+            return out.output, out.flops
 
         def check(_, reply):  # the research loop's reply passes the safety filter too
-            r = call("check", self.ranker.rank_reply, ctx, reply)
-            work.add("check", 0, r["energy_kwh"], scored=r["tokens"]["scored"])
-            return ranked_from_dict(r["ranked"]), r["flops"]
+            r: RankResult = call("check", self.ranker.rank_reply, context, reply)
+            work.add("check", 0, r.energy_kwh, scored=r.tokens["scored"])
+            return r.ranked, r.flops
 
         def toolset(query):
             calls = call("tools", self.toolset.run, query, session)
@@ -591,7 +582,7 @@ class Chat:
             texts = [answer.reply] + [s.text for s in kept[1:req.n]]
             cut = [drafted and answer.ranked.best.truncated] + [s.truncated for s in kept[1:req.n]]
             return self._call(cancel, work, "finish", self.sampler.finish,
-                              [t.__dict__ for t in context], texts, cut, req.reply_limit(),
+                              context, texts, cut, req.reply_limit(),
                               list(req.stops()), req.logprob_count())
 
         session = req.user or uuid.uuid4().hex

@@ -5,7 +5,7 @@ local or s3://, cached per node). The Sampler decodes every request in one conti
 (lamda.engine), which reuses the cache of a prompt's beginning (a conversation's context) across
 its candidates, research steps and turns; the Ranker re-encodes the context once and the
 candidates after it, batched across conversations, so the two scale separately (in one
-process, lamda.chat reuses the decoding cache instead).
+process, lamda.turn reuses the decoding cache instead).
 Settings that may change while serving arrive as `user_config` through `reconfigure`. Energy per
 request is modelled from its share of the device time (the engine splits each step by rows).
 """
@@ -22,7 +22,6 @@ from ray import serve
 from ray.serve.metrics import Gauge
 
 from lamda.accounting import EnergyMeter, energy_kwh, hardware
-from lamda.chat import ChatModel
 from lamda.checkpoint import load_export, load_export_dispatched
 from lamda.data import ResearchStep, Turn
 from lamda.decode import Candidate, SamplingConfig
@@ -31,6 +30,8 @@ from lamda.rank import RankConfig
 from lamda.storage import cached
 from lamda.tools import Toolset as Tools
 from lamda.tools.retrieval import Retriever
+from lamda.turn import ChatModel
+from serve_apps.messages import RankResult, Researched, Sampled
 
 
 def load_chat_model(model_path: str, threads: int | None = None) -> ChatModel:
@@ -48,17 +49,14 @@ def load_chat_model(model_path: str, threads: int | None = None) -> ChatModel:
     return ChatModel(model, tok)
 
 
-def from_user_config(cls, config: dict):
-    """The config dataclass with the user_config fields it knows set (unknown keys are refused)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
+def from_user_config(cls, config: dict, settings: tuple[str, ...] | None = None):
+    """The config dataclass with the user_config fields it knows set (unknown keys, and fields
+    outside `settings` when given, are refused)."""
+    fields = set(settings or (f.name for f in dataclasses.fields(cls)))
     unknown = set(config) - fields
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings in user_config: {sorted(unknown)}")
     return cls(**config)
-
-
-def turns(context: list[dict]) -> list[Turn]:
-    return [Turn(t["speaker"], t["text"]) for t in context]
 
 
 class _ModelReplica:
@@ -106,38 +104,34 @@ class Sampler(_ModelReplica):
         """The modelled energy of a request's share of the device time."""
         return energy_kwh(1, seconds, self._watts)
 
-    async def generate(self, context: list[dict], settings: dict) -> dict:
+    async def generate(self, context: list[Turn], settings: dict) -> Sampled:
         """Candidates for one conversation, with its own sampling `settings` (SamplingConfig
         fields over the replica's user_config), decoded next to every other request."""
         t0 = time.perf_counter()
         sampling = dataclasses.replace(self.sampling, **settings)
-        prompt = self.chat.response_prompt(turns(context), sampling)
+        prompt = self.chat.response_prompt(context, sampling)
         decoded, rows = await self._decode(prompt, sampling)
         cands, flops, tokens = self.chat.sampled(prompt, decoded.candidates, decoded.reused)
-        return {"candidates": [dataclasses.asdict(c) for c in cands], "flops": flops,
-                "tokens": tokens, "energy_kwh": self._energy_kwh(decoded.seconds),
-                "batch": rows // sampling.num_candidates + 1, "seconds": time.perf_counter() - t0}
+        return Sampled(flops, tokens, self._energy_kwh(decoded.seconds), cands,
+                       rows // sampling.num_candidates + 1, time.perf_counter() - t0)
 
-    async def research(self, context: list[dict], draft: str, steps: list[dict],
-                       settings: dict | None = None) -> dict:
+    async def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
+                       settings: dict | None = None) -> Researched:
         """The research task's next output for one conversation; `settings`: SamplingConfig
         fields over the replica's user_config (the Chat sends num_candidates and temperature)."""
         sampling = dataclasses.replace(self.sampling, **{"num_candidates": 1, "temperature": 0.0,
                                                          **(settings or {})})
-        prompt, routes = self.chat.research_request(
-            turns(context), draft, [ResearchStep(s["query"], tuple(s["results"])) for s in steps],
-            sampling)
+        prompt, routes = self.chat.research_request(context, draft, steps, sampling)
         decoded, _ = await self._decode(prompt, sampling, routes)
         output, flops, tokens = self.chat.research_output(prompt, decoded.candidates, decoded.reused)
-        return {"output": output, "flops": flops, "tokens": tokens,
-                "energy_kwh": self._energy_kwh(decoded.seconds)}
+        return Researched(flops, tokens, self._energy_kwh(decoded.seconds), output)
 
-    async def finish(self, context: list[dict], replies: list[str], truncated: list[bool],
+    async def finish(self, context: list[Turn], replies: list[str], truncated: list[bool],
                      max_tokens: int | None = None, stop: list[str] = (),
                      top_logprobs: int | None = None) -> list[dict]:
         """The replies as the client gets them: cut at stop strings and max_tokens, counted, with
-        finish_reason and (on request) logprobs (lamda.chat.ChatModel.finish)."""
-        return await asyncio.to_thread(self.chat.finish, turns(context), replies, truncated,
+        finish_reason and (on request) logprobs (lamda.turn.ChatModel.finish)."""
+        return await asyncio.to_thread(self.chat.finish, context, replies, truncated,
                                        max_tokens, tuple(stop), top_logprobs)
 
 
@@ -151,26 +145,25 @@ class Ranker(_ModelReplica):
         """user_config: safety_threshold, fallback."""
         self.cfg = from_user_config(RankConfig, config)
 
-    async def rank(self, context: list[dict], candidates: list[dict]) -> dict:
-        return await self._rank(context, [Candidate(**c) for c in candidates])
+    async def rank(self, context: list[Turn], candidates: list[Candidate]) -> RankResult:
+        return await self._rank(context, candidates)
 
-    async def rank_reply(self, context: list[dict], reply: str) -> dict:
+    async def rank_reply(self, context: list[Turn], reply: str) -> RankResult:
         """One reply written elsewhere (the research loop's), through the same safety filter."""
         return await self._rank(context, [self.chat.candidate(reply)])
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def _rank(self, contexts: list[list[dict]], candidates: list[list[Candidate]]) -> list[dict]:
+    async def _rank(self, contexts: list[list[Turn]], candidates: list[list[Candidate]]) -> list[RankResult]:
         """Concurrent conversations scored in one prefill, off the event loop; the energy is
         shared by their scored tokens."""
         return await asyncio.to_thread(self._rank_many, contexts, candidates)
 
-    def _rank_many(self, contexts: list[list[dict]], candidates: list[list[Candidate]]) -> list[dict]:
+    def _rank_many(self, contexts: list[list[Turn]], candidates: list[list[Candidate]]) -> list[RankResult]:
         meter = self._meter()
-        scored = self.chat.score_many([(turns(c), cands) for c, cands in zip(contexts, candidates)],
-                                      self.cfg)
+        scored = self.chat.score_many(list(zip(contexts, candidates)), self.cfg)
         kwh, total = meter.kwh(), sum(t["scored"] for _, _, t in scored) or 1
-        return [{"ranked": ranked.to_dict(), "flops": flops, "tokens": tokens,
-                 "energy_kwh": kwh * tokens["scored"] / total} for ranked, flops, tokens in scored]
+        return [RankResult(flops, tokens, kwh * tokens["scored"] / total, ranked)
+                for ranked, flops, tokens in scored]
 
 
 @serve.deployment
@@ -181,9 +174,7 @@ class Toolset:
 
     def __init__(self, index_path: str | None = None, translate_url: str | None = None,
                  max_sessions: int = 10_000, session_ttl_s: float = 3600.0):
-        if translate_url:
-            os.environ["LAMDA_TRANSLATE_URL"] = translate_url
-        tools = Tools.from_env()
+        tools = Tools.from_env(translate_url)
         if index_path:
             tools.retriever = Retriever(cached(index_path), max_sessions=max_sessions,
                                         session_ttl_s=session_ttl_s)

@@ -41,14 +41,15 @@ class Toolset:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tool")
 
     @classmethod
-    def from_env(cls) -> "Toolset":
+    def from_env(cls, translate_url: str | None = None) -> "Toolset":
         """Retrieval from LAMDA_INDEX (an SQLite index path) when set; translation from dictd,
-        then a LibreTranslate server at LAMDA_TRANSLATE_URL when set."""
+        then a LibreTranslate server at `translate_url` (default: LAMDA_TRANSLATE_URL) when set."""
         from lamda.tools.retrieval import Retriever
         from lamda.tools.translator import DictdBackend, LibreTranslateBackend
         backends = [DictdBackend()]
-        if os.environ.get("LAMDA_TRANSLATE_URL"):
-            backends.append(LibreTranslateBackend(os.environ["LAMDA_TRANSLATE_URL"],
+        translate_url = translate_url or os.environ.get("LAMDA_TRANSLATE_URL")
+        if translate_url:
+            backends.append(LibreTranslateBackend(translate_url,
                                                   os.environ.get("LAMDA_TRANSLATE_KEY")))
         index = os.environ.get("LAMDA_INDEX")
         return cls(retriever=Retriever(index) if index else None, translator=Translator(backends))

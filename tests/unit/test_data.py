@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from lamda import data as D
-from lamda import tokenizer as T
+from lamda import tokenizer as tkn
 from lamda.data import SAMPLE_DIR, Turn
 
 CONTEXT = (Turn("user", "What's up?"),)
@@ -18,7 +18,7 @@ def trained(ex):
 def test_generative_loss_is_exactly_on_the_response(tok):
     ex = D.generative_example(tok, CONTEXT, "not much.")
     prompt = D.response_prompt(tok, CONTEXT)
-    assert ex.ids[:len(prompt)] == prompt and prompt[-1] == tok.special(T.RESPONSE)
+    assert ex.ids[:len(prompt)] == prompt and prompt[-1] == tok.special(tkn.RESPONSE)
     assert trained(ex) == tok.encode("not much.") + [tok.eot_id]
     assert ex.loss_mask == [0] * len(prompt) + [1] * (len(ex.ids) - len(prompt))
 

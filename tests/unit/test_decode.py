@@ -190,10 +190,10 @@ class SpecialLover(LaMDA):
 
 
 def test_responses_never_hold_a_special_token(tok):
-    from lamda import tokenizer as T
+    from lamda import tokenizer as tkn
     torch.manual_seed(0)
     m = SpecialLover(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
-    specials = [tok.special(n) for n in T.SPECIAL_TOKENS if n != T.EOT]
+    specials = [tok.special(n) for n in tkn.SPECIAL_TOKENS if n != tkn.EOT]
     m.boost = specials + [tok.pad_id, tok.eos_id]
     gen = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=8, max_new_tokens=12, seed=0))
     for c in (c for p in gen.candidates for c in p):
@@ -204,11 +204,11 @@ def test_responses_never_hold_a_special_token(tok):
 
 
 def test_first_tokens_restrict_only_the_first_token(tok):
-    from lamda import tokenizer as T
+    from lamda import tokenizer as tkn
     torch.manual_seed(0)
     m = SpecialLover(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
-    routes = [tok.special(T.TO_TOOLSET), tok.special(T.TO_USER)]
-    m.boost = [tok.special(T.RESPONSE)]  # what it would say, were it allowed
+    routes = [tok.special(tkn.TO_TOOLSET), tok.special(tkn.TO_USER)]
+    m.boost = [tok.special(tkn.RESPONSE)]  # what it would say, were it allowed
     gen = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=6, max_new_tokens=8, seed=3),
                    first_tokens=routes)
     for c in (c for p in gen.candidates for c in p):
@@ -284,7 +284,7 @@ def test_stop_strings_end_candidates_before_them(model, tok):
 def test_reply_logprobs_are_the_models_per_token_likelihood(model, tok):
     """Replies scored together (left-padded) get the log-probabilities a plain forward of each
     gives, over the tokens a response may hold, with the top alternatives."""
-    from lamda.chat import ChatModel
+    from lamda.turn import ChatModel
     from lamda.decode import text_only_mask
     chat = ChatModel(model, tok)
     replies = ["Hello there, how are you today?", "Fine."]
@@ -305,7 +305,7 @@ def test_reply_logprobs_are_the_models_per_token_likelihood(model, tok):
 
 
 def test_finish_cuts_replies_and_says_why(model, tok):
-    from lamda.chat import ChatModel
+    from lamda.turn import ChatModel
     chat = ChatModel(model, tok)
     out = chat.finish(CONTEXTS[0], ["one two three four five", "short"], [False, True], max_tokens=3)
     assert out[0]["tokens"] == 3 and out[0]["finish_reason"] == "length"
@@ -318,20 +318,20 @@ def test_finish_cuts_replies_and_says_why(model, tok):
 
 
 def test_a_long_context_is_fitted_to_the_model_from_its_latest_turns(model, tok):
-    from lamda import tokenizer as T
-    from lamda.chat import ChatModel
+    from lamda import tokenizer as tkn
+    from lamda.turn import ChatModel
     chat = ChatModel(model, tok)
     turns = [Turn("user", "word " * 200), Turn("lamda", "fine"), Turn("user", "and now?")]
     prompt = response_prompt(tok, turns * 4)
     room = model.cfg.max_seq_len // 2
     fitted = chat.fit(prompt, room)
     assert len(prompt) > model.cfg.max_seq_len - room >= len(fitted)
-    assert fitted == prompt[-len(fitted):] and fitted[0] in {tok.special(T.USER), tok.special(T.LAMDA)}
+    assert fitted == prompt[-len(fitted):] and fitted[0] in {tok.special(tkn.USER), tok.special(tkn.LAMDA)}
     assert chat.fit(fitted, room) == fitted
 
 
 def test_several_conversations_scored_in_one_prefill_as_one_at_a_time(model, tok):
-    from lamda.chat import ChatModel
+    from lamda.turn import ChatModel
     chat = ChatModel(model, tok)
     cfg = SamplingConfig(num_candidates=3, max_new_tokens=8, seed=4)
     items = [(ctx, chat.sample([ctx], cfg)[0][0]) for ctx in CONTEXTS]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lamda import tokenizer as T
+from lamda import tokenizer as tkn
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import SamplingConfig, generate
 from lamda.engine import DecodeEngine, EngineConfig
@@ -67,7 +67,7 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_alone(engine, model,
 
 
 def test_first_tokens_and_stop_strings_per_request(engine, model, tok):
-    first = [tok.special(T.TO_TOOLSET), tok.special(T.TO_USER)]  # the research task's routing
+    first = [tok.special(tkn.TO_TOOLSET), tok.special(tkn.TO_USER)]  # the research task's routing
     cfg = SamplingConfig(num_candidates=3, max_new_tokens=10, seed=5)
     p = prompt(tok, "What is 12 + 30?")
     got = engine.submit(p, cfg, first_tokens=first).result(timeout=60)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from lamda.chat import ChatConfig, ChatModel, chat_turn, local_turn
+from lamda.turn import ChatConfig, ChatModel, chat_turn, local_turn
 from lamda.config import ModelConfig
 from lamda.data import Turn, research_example, research_prompt
 from lamda.decode import GraphStep, SamplingConfig

@@ -1,6 +1,6 @@
 import pytest
 
-from lamda import tokenizer as T
+from lamda import tokenizer as tkn
 from lamda.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 TEXTS = [
@@ -18,7 +18,7 @@ def test_plain_text_round_trips(tok, text):
 
 def test_unknown_characters_fall_back_to_bytes(tok):
     ids = tok.encode("\u0f00")
-    assert T.UNK_ID not in ids
+    assert tkn.UNK_ID not in ids
     assert all(tok.piece(i).startswith("<0x") for i in ids if tok.piece(i) != "\u2581")
 
 
@@ -26,7 +26,7 @@ def test_special_tokens_are_atomic_ids(tok):
     ids = [tok.special(name) for name in SPECIAL_TOKENS]
     assert len(set(ids)) == len(SPECIAL_TOKENS)
     assert all(i < tok.vocab_size for i in ids)
-    rendered = tok.decode([tok.special(T.USER), *tok.encode("hi"), tok.eot_id, tok.special(T.RESPONSE)])
+    rendered = tok.decode([tok.special(tkn.USER), *tok.encode("hi"), tok.eot_id, tok.special(tkn.RESPONSE)])
     assert rendered == "USER: hi <eot> RESPONSE"
 
 
