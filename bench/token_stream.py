@@ -6,9 +6,11 @@ JSON lines.
 
 For corpora of N copies of the bundled documents and dialogs (each copy numbered):
 - `tokenize`: jobs.tokenize's Ray Data job, once per corpus (seconds, files, row groups).
-- `reader`: one rank of two reading one epoch of the dialog source in a fresh process: rows/s and
-  its peak resident memory above the process's baseline after the imports (memory must not grow
-  with the corpus).
+- `reader`: one rank of two reading one epoch of the dialog source in a fresh process: rows/s,
+  the most memory arrow held at once (the window being read), the process's resident memory once
+  the first window is read (above the baseline after the imports), and how much it grows over
+  the rest of the epoch (arrow's allocator keeps freed pages: resident memory grows a little
+  while what is held stays one window).
 - `list_of_rows`: the same corpus through the list-of-rows pipeline, one consumer, one epoch:
   seconds from the start (it tokenises every run) and rows/s; Ray's object-store use after it is
   materialised.
@@ -30,19 +32,25 @@ sys.path.insert(0, str(ROOT))
 
 READER = """
 import json, sys, time, psutil
+import pyarrow as pa
 from lamda import token_stream as TS
 proc = psutil.Process()
 base = proc.memory_info().rss
 s = TS.SourceStream(sys.argv[1], "dialog", int(sys.argv[2]), 0, 2, seed=0)
-peak, rows, t0 = base, 0, time.perf_counter()
+first, peak, arrow, rows, t0 = None, base, 0, 0, time.perf_counter()
 for row in s:
     rows += 1
+    if s.position[1] == 1 and first is None:  # the first window read: arrow's pools are warm
+        first = peak = proc.memory_info().rss
     if rows % 256 == 0:
         peak = max(peak, proc.memory_info().rss)
+        arrow = max(arrow, pa.total_allocated_bytes())
     if s.position[0] == 1:
         break
 dt = time.perf_counter() - t0
-print(json.dumps({"rows": rows, "rows_per_s": rows / dt, "peak_rss_above_base_mib": (peak - base) / 2**20}))
+print(json.dumps({"rows": rows, "rows_per_s": rows / dt, "arrow_peak_mib": arrow / 2**20,
+                  "rss_after_first_window_mib": (first - base) / 2**20,
+                  "rss_growth_after_first_window_mib": (peak - first) / 2**20}))
 """
 
 
@@ -76,6 +84,7 @@ def main(argv=None) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--train-steps", type=int, default=0, help="0: no training runs")
+    p.add_argument("--reader-only", action="store_true", help="no list-of-rows pipeline")
     a = p.parse_args(argv)
 
     import pyarrow.parquet as pq
@@ -109,6 +118,8 @@ def main(argv=None) -> None:
             print(json.dumps({"bench": "reader", "copies": copies, **json.loads(out.stdout)}),
                   flush=True)
 
+            if a.reader_only:
+                continue
             t0 = time.perf_counter()
             ds = R.pretraining_dataset(tok, [paths["documents"]], [paths["dialogs"]], a.seq_len, 0.5)
             stored = object_store_mib()
@@ -127,11 +138,11 @@ def main(argv=None) -> None:
                         tokenizer=tok, checkpoint_every=a.train_steps, eval_every=0,
                         tokens=str(d / "tokens") if pipeline == "tokens" else None,
                         mixture={"document": 0.5, "dialog": 0.5} if pipeline == "tokens" else None)
-                    t0 = time.perf_counter()
-                    result = R.fit(spec, R.ClusterSpec(workers=2, storage_path=str(d / "runs"),
-                                                       run_name=pipeline),
-                                   ds if pipeline == "list_of_rows" else None)
-                    rates = [r["tokens_per_s"] for _, r in result.metrics_dataframe.iterrows()][1:]
+                    t0, reports = time.perf_counter(), []
+                    R.fit(spec, R.ClusterSpec(workers=2, storage_path=str(d / "runs"),
+                                              run_name=pipeline),
+                          ds if pipeline == "list_of_rows" else None, on_report=reports.append)
+                    rates = [m["tokens_per_s"] for m in reports][1:]  # after the first interval
                     print(json.dumps({"bench": "train", "pipeline": pipeline, "copies": copies,
                                       "tokens_per_s": sum(rates) / len(rates),
                                       "wall_s": time.perf_counter() - t0}), flush=True)
