@@ -7,10 +7,10 @@ its relative error against a float64 reference (output, q gradient, bias-table g
 layer is little GPU work: these times include the CPU's launch overhead, so compare kernels with
 --profile and whole steps with bench/train_step.py.
   sdpa        the reference backend: materialised bias, SDPA (no fused kernel takes the bias)
-  flex        the FlexAttention backend (lamda.attention_flex); `flex:bwd_BLOCK_M1=64,...` sets
+  flex        the FlexAttention backend (lamda.attention.flex); `flex:bwd_BLOCK_M1=64,...` sets
               its kernel_options
   flex_alltable  flex with score_mod reading the whole (H, T) bias row (NEAR_TABLE off)
-  band        the band backend (lamda.attention_band): Triton band + FlashAttention far part;
+  band        the band backend (lamda.attention.band): Triton band + FlashAttention far part;
               `band:fwd=8.2,dq=4.1.512` sets launch settings (attention_band.configure)
   band_cudnn  the same with cuDNN's fused attention for the far part
   cudnn_band  a probe: cuDNN's fused attention with the bias passed as a constant tensor, plus the
@@ -35,9 +35,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.timing import median_ms  # noqa: E402
 from bench.train_step import parse_options, profile_step  # noqa: E402
-from lamda import attention_band, attention_flex  # noqa: E402
+from lamda.attention import band as attention_band, flex as attention_flex  # noqa: E402
 from lamda.attention import RelativeBias, distance_bias, get_backend  # noqa: E402
-from lamda.attention_flex import _BiasGradOnBand  # noqa: E402
+from lamda.attention.flex import _BiasGradOnBand  # noqa: E402
 
 BUCKETS, MAX_DISTANCE = 32, 128
 

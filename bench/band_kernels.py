@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.timing import median_ms  # noqa: E402
-from lamda import attention_band  # noqa: E402
+from lamda.attention import band as attention_band  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from lamda import attention_band, attention_flex  # noqa: E402
+from lamda.attention import band as attention_band, flex as attention_flex  # noqa: E402
 from lamda.accounting import hardware, mfu  # noqa: E402
-from lamda.attention import BACKENDS  # noqa: E402
+from lamda.attention.backends import register  # noqa: E402
 from lamda.config import PRESETS, ModelConfig  # noqa: E402
 from lamda.model import build_model, lm_loss  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
@@ -43,7 +43,7 @@ class NoBias:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
 
 
-BACKENDS["nobias"] = NoBias()
+register("nobias", NoBias())
 
 
 def sync(device: str) -> None:

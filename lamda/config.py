@@ -22,7 +22,7 @@ class ModelConfig:
     max_seq_len: int = 1024  # longest training sequence / default KV-cache length
     dropout: float = 0.0  # residual and attention dropout (paper sizes: 0)
     norm_eps: float = 1e-6  # RMSNorm epsilon
-    attn_backend: str = "auto"  # lamda.attention.BACKENDS: auto (flex on CUDA training), sdpa, flex, band
+    attn_backend: str = "auto"  # lamda.attention.BACKEND_NAMES: auto (flex on CUDA training), sdpa, flex, band
 
     def __post_init__(self):
         if self.rel_max_distance <= self.rel_buckets // 2:

@@ -2,7 +2,7 @@ import os
 
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels (lamda.attention_band) run in its interpreter
+if not torch.cuda.is_available():  # Triton kernels (lamda.attention.band) run in its interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.decode import BenchTokenizer
-from lamda import attention_band
+from lamda.attention import band as attention_band
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import ModelConfig
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate

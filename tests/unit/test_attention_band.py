@@ -6,9 +6,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from lamda import attention_band  # noqa: E402
+from lamda.attention import band as attention_band  # noqa: E402
 from lamda.attention import RelativeBias, distance_bias  # noqa: E402
-from lamda.attention_flex import band_gradient  # noqa: E402
+from lamda.attention.flex import band_gradient  # noqa: E402
 from lamda.config import ModelConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402
 from tests.unit.test_attention_flex import reference_attention  # noqa: E402

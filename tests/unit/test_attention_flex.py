@@ -4,9 +4,9 @@ the real FlexAttention forward (CPU FlexAttention has no backward; tests/gpu run
 import pytest
 import torch
 
-from lamda import attention_flex
+from lamda.attention import flex as attention_flex
 from lamda.attention import RelativeBias, get_backend, relative_position_bucket
-from lamda.attention_flex import bias_grad_by_distance, distance_bias
+from lamda.attention.flex import bias_grad_by_distance, distance_bias
 from lamda.config import ModelConfig
 from lamda.model import build_model
 

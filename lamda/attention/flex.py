@@ -11,7 +11,7 @@ from two facts:
    D_i = dO_i . O_i, so sum_j dS_ij = D_i - D_i = 0.
 
 So dL/dbias[d] = sum_i dS[i, i-d] is needed only on the band d < W, and all farther distances
-together get minus the band's total. On CUDA one Triton kernel of lamda.attention_band computes
+together get minus the band's total. On CUDA one Triton kernel of lamda.attention.band computes
 the band (per block of W/2 queries its three nearest key tiles, dS summed elementwise over the
 batch, no atomics); `bias_grad_by_distance` is the same in plain torch ops (CPU, and the
 reference): two small matmuls per block of W queries against its 2W nearest keys
@@ -28,8 +28,8 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import (AuxRequest, BlockMask, create_block_mask,
                                                flex_attention)
 
-from lamda import attention_band
-from lamda.attention import BACKENDS, RelativeBias, distance_bias
+from lamda.attention import band as attention_band
+from lamda.attention.bias import RelativeBias, distance_bias
 
 # Compiled once, lazily on first call; inside an already compiled model it is inlined.
 _flex_compiled = torch.compile(flex_attention, dynamic=False)
@@ -132,7 +132,7 @@ class _BiasGradOnBand(torch.autograd.Function):
 
 
 def band_gradient(q, k, v, out, lse, dout, dist_bias, window, use_kernel=None):
-    """bias_grad_by_distance, by the Triton kernel of lamda.attention_band where it applies
+    """bias_grad_by_distance, by the Triton kernel of lamda.attention.band where it applies
     (by default on CUDA)."""
     T, W = dist_bias.shape[1], window
     if use_kernel is None:
@@ -202,5 +202,3 @@ class FlexBackend:
         return _BiasGradOnBand.apply(out, prepared.dist_bias, q.detach(), k.detach(), v.detach(),
                                      lse.detach(), prepared.window)
 
-
-BACKENDS["flex"] = FlexBackend()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lamda.attention import BACKENDS, RelativeBias, distance_bias
+from lamda.attention.bias import RelativeBias, distance_bias
 
 try:
     import triton
@@ -491,5 +491,3 @@ class BandBackend:
             raise ValueError("the band backend has no attention dropout; use 'sdpa'")
         return band_attention(q, k, v, prepared.near_bias)
 
-
-BACKENDS["band"] = BandBackend()
