@@ -91,6 +91,7 @@ def main(argv=None) -> None:
     import ray
 
     from jobs import tokenize
+    from lamda import ray_data as RD
     from lamda import ray_train as R
     from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
     from lamda.tokenizer import Tokenizer
@@ -121,7 +122,7 @@ def main(argv=None) -> None:
             if a.reader_only:
                 continue
             t0 = time.perf_counter()
-            ds = R.pretraining_dataset(tok, [paths["documents"]], [paths["dialogs"]], a.seq_len, 0.5)
+            ds = RD.pretraining_dataset(tok, [paths["documents"]], [paths["dialogs"]], a.seq_len, 0.5)
             stored = object_store_mib()
             rows = sum(len(b["tokens"]) for b in ds.iter_batches(batch_size=256, batch_format="numpy"))
             dt = time.perf_counter() - t0

@@ -34,6 +34,7 @@ def main(argv=None) -> None:
 
     import ray
 
+    from lamda import ray_data as RD
     from lamda import ray_train as R
     from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
     from lamda.tokenizer import Tokenizer
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
     dlgs = [str(SAMPLE_DIR / "dialogs.jsonl")]
     tok = Tokenizer.train(corpus_texts(read_jsonl(docs[0], "document"), read_jsonl(dlgs[0], "dialog")),
                           vocab_size=a.vocab_size)
-    train = R.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5).materialize()
+    train = RD.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5).materialize()
     log_every = max(1, a.steps // 6)
     every = a.checkpoint_every or a.steps
     for workers, upload_async in [(w, m) for w in a.workers

@@ -152,9 +152,10 @@ def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
         tokens: str | None = None, mixture: dict[str, float] | None = None):
     """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result.
     With `tokens` (a tokenised corpus, no `ds`), the sources are mixed as `mixture` says."""
+    from lamda import ray_data as RD
     from lamda import ray_train as R
     held_out = a.eval_fraction if a.eval_every and ds is not None else 0.0  # no rows unused
-    train, evaluation = R.split_eval(ds, held_out, a.seed) if ds is not None else (None, None)
+    train, evaluation = RD.split_eval(ds, held_out, a.seed) if ds is not None else (None, None)
     spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
                      init_from=init_from, export_to=export_path(a),
                      export_shard_bytes=int(a.export_shard_mb * 2**20),

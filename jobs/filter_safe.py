@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     ray_data_quiet()
     import ray.data
     from ray.data.expressions import col
-    from lamda.ray_train import read_records
+    from lamda.ray_data import read_records
     scored = read_records(a.dialogs).map_batches(
         TurnScorer, fn_constructor_kwargs={"export": a.model,
                                            "device": "cuda" if a.gpus_per_actor else "cpu"},

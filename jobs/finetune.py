@@ -39,8 +39,8 @@ def main(argv=None):
     model, tok = read_export_header(a.init_from)  # fails early and clearly when it is not there
     init_ray(a.address, a.workers * a.cpus_per_worker)
     ray_data_quiet()
-    from lamda import ray_train as R
-    ds = R.finetune_dataset(tok, a.seq_len, a.labelled, a.research, a.dialogs, a.seed)
+    from lamda import ray_data as RD
+    ds = RD.finetune_dataset(tok, a.seq_len, a.labelled, a.research, a.dialogs, a.seed)
     model = model.replace(max_seq_len=max(model.max_seq_len, a.seq_len))
     return run(a, model, tok, ds, "finetune", init_from=a.init_from)
 

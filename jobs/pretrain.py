@@ -43,15 +43,15 @@ def main(argv=None):
     tok = load_tokenizer(a.tokenizer)
     init_ray(a.address, a.workers * a.cpus_per_worker)
     ray_data_quiet()
-    from lamda import ray_train as R
+    from lamda import ray_data as RD
     model = ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                   max_seq_len=max(a.seq_len, PRESETS[a.preset].max_seq_len))
     if a.tokens:
         mixture = {"document": 1 - a.dialog_fraction, "dialog": a.dialog_fraction}
-        sources = R.token_sources(a.tokens, tok)
+        sources = RD.token_sources(a.tokens, tok)
         return run(a, model, tok, None, "pretrain", tokens=a.tokens,
                    mixture={k: mixture[k] for k in sources if mixture[k] > 0})
-    ds = R.pretraining_dataset(tok, a.documents, a.dialogs, a.seq_len, a.dialog_fraction, a.seed)
+    ds = RD.pretraining_dataset(tok, a.documents, a.dialogs, a.seq_len, a.dialog_fraction, a.seed)
     return run(a, model, tok, ds, "pretrain")
 
 

@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
     tok = load_tokenizer(a.tokenizer)
     init_ray(a.address, a.cpus)
     ray_data_quiet()
-    from lamda import ray_train as R
-    meta = R.tokenize_corpus(tok, {"document": a.documents, "dialog": a.dialogs}, a.out,
+    from lamda import ray_data as RD
+    meta = RD.tokenize_corpus(tok, {"document": a.documents, "dialog": a.dialogs}, a.out,
                              a.rows_per_file)
     print(json.dumps(meta))
     return meta

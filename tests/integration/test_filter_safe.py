@@ -57,7 +57,7 @@ def test_filter_keeps_exactly_the_turns_that_pass(ray_cluster, export, tok, tmp_
     examples = finetune_examples(tok, parse_dialog(rec), "dialog")
     assert len(examples) == 1 and sum(examples[0].loss_mask) == len(tok.encode(rec["turns"][-1]["text"])) + 1
 
-    from lamda.ray_train import finetune_dataset
+    from lamda.ray_data import finetune_dataset
     packed = finetune_dataset(tok, 64, dialogs=[str(out)]).take_all()  # jobs.finetune reads it
     assert sum(int(r["segments"].max()) for r in packed) == len(records)  # one packed example each
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from jobs import finetune, pretrain
+from lamda import ray_data as RD
 from lamda import ray_train as R
 from lamda.checkpoint import export_checkpoint, load_export, save_export
 from lamda.data import SAMPLE_DIR
@@ -136,9 +137,9 @@ def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1):
                      tokenizer=tok, parallel=R.ParallelConfig(tp=tp), checkpoint_every=10,
                      eval_every=10, export_to=export,
                      crash_at_step=15 if marker else None, crash_marker=marker and str(marker))
-    ds = R.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
+    ds = RD.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
-    train, evaluation = R.split_eval(ds, 0.05)
+    train, evaluation = RD.split_eval(ds, 0.05)
     if blocks:  # blocks that finish out of order, as they do on a busy cluster
         train = train.repartition(blocks).map_batches(
             lambda b: time.sleep(random.random() * 0.05) or b, batch_format="numpy")
@@ -170,7 +171,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_clear_error(pret
                                                           max_nonfinite_steps=3, log_every=5),
                      tokenizer=tok, init_from=str(work / "poisoned"), checkpoint_every=100,
                      eval_every=0)
-    ds = R.pretraining_dataset(tok, [], [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
+    ds = RD.pretraining_dataset(tok, [], [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
     with pytest.raises(R.NonFiniteTraining, match="stopped at step 3: 3 steps in a row.*"
                                                   "none was written"):
         R.fit(spec, R.ClusterSpec(workers=2, storage_path=str(work / "runs"), run_name="nan",
@@ -222,8 +223,8 @@ def test_training_reads_s3_data(ray_cluster, tok, bucket, s3_server):
     s3 = loc.client()
     s3.upload_file(str(SAMPLE_DIR / "dialogs.jsonl"), "lamda", "data/dialogs.jsonl")
     uri = f"s3://lamda/data/dialogs.jsonl?endpoint_override={s3_server}&scheme=http"
-    ds = R.pretraining_dataset(tok, [], [uri], SEQ, 0.5)
-    local = R.pretraining_dataset(tok, [], [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
+    ds = RD.pretraining_dataset(tok, [], [uri], SEQ, 0.5)
+    local = RD.pretraining_dataset(tok, [], [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
     assert ds.count() == local.count() > 0
 
 
