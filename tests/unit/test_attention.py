@@ -34,6 +34,17 @@ def test_bucket_matches_t5_everywhere():
     assert got16 == [t5_reference(r, 16, 64) for r in rel.tolist()]
 
 
+def test_bucket_matches_hf_transformers_t5():
+    """Against the reference implementation itself: T5Attention in HF transformers (a dev
+    dependency), unidirectional as in a decoder."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+    rel = torch.arange(-5000, 50)
+    for buckets, distance in ((32, 128), (16, 64), (32, 1024)):
+        ref = T5Attention._relative_position_bucket(rel, bidirectional=False,
+                                                    num_buckets=buckets, max_distance=distance)
+        assert torch.equal(relative_position_bucket(rel, buckets, distance), ref)
+
+
 def test_bucket_is_monotone_and_in_range():
     b = relative_position_bucket(-torch.arange(0, 5000))
     assert b.min() == 0 and b.max() == 31
