@@ -35,12 +35,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +93,9 @@ class RunSpec:
     tokens: str | None = None  # a tokenised corpus (jobs.tokenize), read by each rank itself
     mixture: dict[str, float] | None = None  # with `tokens`: each source's share of the rows
     async_checkpoint: bool = True  # upload checkpoints while training goes on (after the first)
-    crash_at_step: int | None = None  # testing: the last rank exits abruptly once at this step...
-    crash_marker: str | None = None  # ...and records it in this file, so the restart continues
+    # called by every worker after each step with (step, rank, world size); must pickle (a test's
+    # fault injection: tests/integration/conftest.py KillWorker)
+    after_step: Callable[[int, int, int], None] | None = None
 
 
 class NonFiniteTraining(RuntimeError):
@@ -377,10 +378,8 @@ def train_worker(config: dict) -> None:
                     f"{state.skipped} skipped in all). The last checkpoint is intact: "
                     + (f"step {saved}." if saved else "none was written.")
                     + " Lower the learning rate, check the data or resume from an earlier checkpoint.")
-        if spec.crash_at_step == state.step and rank == world - 1 and spec.crash_marker \
-                and not os.path.exists(spec.crash_marker):
-            Path(spec.crash_marker).write_text(str(state.step))
-            os._exit(1)  # an abrupt death: no cleanup, no report
+        if spec.after_step is not None:
+            spec.after_step(state.step, rank, world)
 
         last = state.step == tc.steps
         do_ckpt = last or state.step % spec.checkpoint_every == 0

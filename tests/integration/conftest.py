@@ -5,9 +5,29 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """A RunSpec.after_step hook: the last worker dies abruptly (no cleanup, no report) at `step`,
+    once: it records the death in `marker`, so the restarted group trains on."""
+
+    step: int
+    marker: str
+
+    def __call__(self, step: int, rank: int, world: int) -> None:
+        if step == self.step and rank == world - 1 and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(step))
+            os._exit(1)
+
+
+# sent to the Ray Train workers by value: they need not import this test package
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def free_port() -> int:

@@ -84,3 +84,27 @@ def test_ratings_export_to_s3(bucket, tmp_path):
     body = s3.get_object(Bucket="art", Key="labelled/ratings.jsonl")["Body"].read().decode()
     (rec,) = [parse_labelled(json.loads(x)) for x in body.splitlines()]
     assert rec.response == "hello" and rec.ratings["sensible"] == (1,)
+
+
+def test_a_tokenised_corpus_is_read_from_s3(bucket, tmp_path):
+    """Training workers read a tokenised corpus's windows straight from s3://."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lamda import token_stream as TS
+    s3, q = bucket
+    ids = [[i * 100 + t for t in range(12)] for i in range(20)]
+    pq.write_table(pa.table({"ids": pa.array(ids, type=pa.list_(pa.uint16()))}),
+                   tmp_path / "0.parquet", row_group_size=5)
+    s3.upload_file(str(tmp_path / "0.parquet"), "art", "tokens/dialog/0.parquet")
+    s3.put_object(Bucket="art", Key="tokens/tokens.json", Body=json.dumps(
+        {"dtype": "uint16", "vocab_size": 4096, "sources": {"dialog": {"records": 20}}}).encode())
+    uri = f"s3://art/tokens{q}"
+    assert TS.read_meta(uri)["sources"] == {"dialog": {"records": 20}}
+    (tmp_path / "local" / "dialog").mkdir(parents=True)
+    (tmp_path / "0.parquet").rename(tmp_path / "local" / "dialog" / "0.parquet")
+    remote, local = (iter(TS.SourceStream(u, "dialog", 7, 0, 1)) for u in (uri, str(tmp_path / "local")))
+    got, want = (np.stack([next(it) for _ in range(28)]) for it in (remote, local))  # one epoch
+    assert np.array_equal(got, want)  # the same rows in the same order as from local disk
+    assert sorted(set(got[:, 0] // 100)) == list(range(20))  # every record's first row

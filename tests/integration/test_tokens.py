@@ -12,6 +12,7 @@ from jobs import tokenize
 from lamda import data as D
 from lamda import ray_train as R
 from lamda.data import SAMPLE_DIR
+from tests.integration.conftest import KillWorker
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,7 @@ def mixed_run(tok, corpus_dir, storage, name, marker=None):
                                          warmup_steps=3, log_every=5),
                      tokenizer=tok, checkpoint_every=10, eval_every=10,
                      tokens=str(corpus_dir / "tokens"), mixture={"document": 0.5, "dialog": 0.5},
-                     crash_at_step=15 if marker else None, crash_marker=marker and str(marker))
+                     after_step=KillWorker(15, str(marker)) if marker else None)
     return R.fit(spec, R.ClusterSpec(workers=2, storage_path=storage, run_name=name,
                                      max_failures=1))
 

@@ -17,6 +17,7 @@ from lamda import ray_train as R
 from lamda.checkpoint import export_checkpoint, load_export, save_export
 from lamda.data import SAMPLE_DIR
 from lamda.storage import S3Location
+from tests.integration.conftest import KillWorker
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +137,7 @@ def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1):
                                          warmup_steps=3, log_every=5),
                      tokenizer=tok, parallel=R.ParallelConfig(tp=tp), checkpoint_every=10,
                      eval_every=10, export_to=export,
-                     crash_at_step=15 if marker else None, crash_marker=marker and str(marker))
+                     after_step=KillWorker(15, str(marker)) if marker else None)
     ds = RD.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
     train, evaluation = RD.split_eval(ds, 0.05)
