@@ -55,6 +55,8 @@ print(json.dumps({"rows": rows, "rows_per_s": rows / dt, "arrow_peak_mib": arrow
 
 
 def write_corpus(d: Path, copies: int) -> dict[str, str]:
+    """The bundled documents and dialogs `copies` times over, each copy numbered (in titles and
+    first turns), as JSONL files in `d`; their paths by name (also tests/integration/test_tokens)."""
     from lamda.data import SAMPLE_DIR
     paths = {}
     for name in ("documents", "dialogs"):

@@ -13,14 +13,12 @@ import pytest
 import torch
 
 from jobs import export_ratings, finetune
-from lamda.checkpoint import load_export, save_export
+from lamda.checkpoint import load_export
 from lamda.conversations import ConversationStore
-from lamda.data import SAMPLE_DIR, Turn, read_jsonl
+from lamda.data import Turn
 from lamda.rank import score_responses
 from lamda.ratings import REPLY, key_id
-from lamda.tools.retrieval import Retriever
-from tests.integration.conftest import free_port
-from tests.integration.test_serve import AUTH, KEY, deploy, post, research_trained_model
+from tests.integration.test_serve import AUTH, KEY, post, start_app
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -30,15 +28,8 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 def server(ray_cluster, tmp_path_factory, tok, research_records):
     from ray import serve
     work = tmp_path_factory.mktemp("console")
-    model = research_trained_model(tok, research_records)
-    save_export(work / "export", model.state_dict(), model.cfg, tok)
-    Retriever(work / "index.sqlite").add(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"))
-    (work / "api_keys").write_text("")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(serve, work)
-    yield {"url": f"http://127.0.0.1:{port}", "work": work,
-           "store": ConversationStore(work / "conversations.sqlite")}
+    url = start_app(work, tok, research_records)
+    yield {"url": url, "work": work, "store": ConversationStore(work / "conversations.sqlite")}
     serve.shutdown()
 
 

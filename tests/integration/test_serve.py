@@ -68,18 +68,25 @@ def research_trained_model(tok, records, steps=60):
     return model.eval()
 
 
+def start_app(work, tok, research_records, api_keys: str = "") -> str:
+    """The chat app on a free loopback port, with a briefly research-trained model, the bundled
+    documents as its index and `api_keys` as its keys file (besides KEY); returns its URL."""
+    from ray import serve
+    model = research_trained_model(tok, research_records)
+    save_export(work / "export", model.state_dict(), model.cfg, tok)
+    Retriever(work / "index.sqlite").add(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"))
+    (work / "api_keys").write_text(api_keys)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy(serve, work)
+    return f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def server(ray_cluster, tmp_path_factory, tok, research_records):
     from ray import serve
     work = tmp_path_factory.mktemp("serve")
-    model = research_trained_model(tok, research_records)
-    save_export(work / "export", model.state_dict(), model.cfg, tok)
-    Retriever(work / "index.sqlite").add(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"))
-    (work / "api_keys").write_text("# a second key\nother-key\n")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(serve, work)
-    url = f"http://127.0.0.1:{port}"
+    url = start_app(work, tok, research_records, "# a second key\nother-key\n")
     yield {"url": url, "work": work, "serve": serve}
     serve.shutdown()
 

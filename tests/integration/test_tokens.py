@@ -8,6 +8,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
+from bench.token_stream import write_corpus
 from jobs import tokenize
 from lamda import data as D
 from lamda import ray_train as R
@@ -24,20 +25,10 @@ def corpus(ray_cluster, tmp_path_factory, tok):
     """The bundled documents and dialogs 100 times over (each copy numbered), tokenised."""
     d = tmp_path_factory.mktemp("corpus")
     tok.save(d / "tokenizer.model")
-    for name in ("documents", "dialogs"):
-        lines = (SAMPLE_DIR / f"{name}.jsonl").read_text().splitlines()
-        with open(d / f"{name}.jsonl", "w") as f:
-            for i in range(COPIES):
-                for line in lines:
-                    rec = json.loads(line)
-                    if name == "documents":
-                        rec["title"] = f"{rec['title']} ({i})"
-                    else:
-                        rec["turns"][0]["text"] = f"({i}) {rec['turns'][0]['text']}"
-                    f.write(json.dumps(rec) + "\n")
+    paths = write_corpus(d, COPIES)
     meta = tokenize.main(["--tokenizer", str(d / "tokenizer.model"), "--out", str(d / "tokens"),
-                          "--documents", str(d / "documents.jsonl"),
-                          "--dialogs", str(d / "dialogs.jsonl"), "--rows-per-file", "500"])
+                          "--documents", paths["documents"], "--dialogs", paths["dialogs"],
+                          "--rows-per-file", "500"])
     return d, meta
 
 
