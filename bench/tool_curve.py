@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lamda import data as D  # noqa: E402
 from lamda import eval as E  # noqa: E402
-from lamda.turn import ChatConfig, ChatModel, local_turn  # noqa: E402
 from lamda.config import ModelConfig  # noqa: E402
 from lamda.decode import SamplingConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402
@@ -34,6 +33,7 @@ from lamda.tool_data import read_questions  # noqa: E402
 from lamda.tools import Toolset  # noqa: E402
 from lamda.tools.retrieval import Retriever  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
+from lamda.turn import ChatConfig, ChatModel, local_turn  # noqa: E402
 
 
 def examples(tok: Tokenizer, data: Path) -> list[D.Example]:

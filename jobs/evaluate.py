@@ -24,7 +24,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from lamda import eval as E
-from lamda.turn import ChatConfig, ChatModel, local_turn
 from lamda.checkpoint import load_export
 from lamda.data import SAMPLE_DIR, Turn, aggregate_ratings, read_jsonl, response_prompt
 from lamda.decode import SamplingConfig, best_by_likelihood, generate
@@ -32,6 +31,7 @@ from lamda.rank import ATTRIBUTES, score_responses
 from lamda.tool_data import Question, read_questions
 from lamda.tools import Toolset
 from lamda.tools.retrieval import Retriever
+from lamda.turn import ChatConfig, ChatModel, local_turn
 
 GROUNDING = ("groundedness", "citation_accuracy", "accuracy")
 

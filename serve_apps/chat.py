@@ -31,11 +31,11 @@ from ray.serve.exceptions import RequestCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from lamda.turn import Answer, ChatConfig, chat_turn
 from lamda.conversations import ConversationStore, NotFound, StoreUnavailable
 from lamda.data import Turn
 from lamda.ratings import REPLY, Rating, key_id
 from lamda.roles import load_roles
+from lamda.turn import Answer, ChatConfig, chat_turn
 from serve_apps.api import (ID_PATTERN, MAX_BODY_BYTES, ChatCompletionRequest, ChatRequest,
                             RatingRequest, documented, error)
 from serve_apps.deployments import from_user_config
@@ -152,8 +152,10 @@ async def count(request: Request, call_next):
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         path = request.url.path
-        route = (path.strip("/").replace("v1/chat/", "") or "console" if path in ROUTES else
-                 "conversations" if path.startswith("/conversations/") else "other")
+        if path in ROUTES:
+            route = path.strip("/").replace("v1/chat/", "") or "console"
+        else:
+            route = "conversations" if path.startswith("/conversations/") else "other"
         metrics.requests.inc(1, {"route": route, "status": str(response.status_code)})
     return response
 

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from lamda.turn import ChatConfig, ChatModel, chat_turn, local_turn
 from lamda.config import ModelConfig
 from lamda.data import Turn, research_example, research_prompt
 from lamda.decode import GraphStep, SamplingConfig
@@ -11,6 +10,7 @@ from lamda.model import build_model
 from lamda.rank import RankConfig, Ranked, Scored
 from lamda.research import research_loop, route
 from lamda.roles import load_roles, parse_role
+from lamda.turn import ChatConfig, ChatModel, chat_turn, local_turn
 
 CONTEXT = [Turn("user", "How tall is Mount Everest?")]
 URL = "https://example.org/kb/mountains/mount-everest"
