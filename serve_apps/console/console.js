@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { conversation: null, busy: false };
+const state = { conversation: null, busy: false, key: null };
 
 // -- DOM helpers ---------------------------------------------------------------------------------
 
@@ -217,10 +217,12 @@ async function send(event) {
 
 function init() {
   $("rater").value = localStorage.getItem("lamda.rater") || "";
-  $("key").value = sessionStorage.getItem("lamda.key") || "";
+  $("key").value = state.key = sessionStorage.getItem("lamda.key") || "";
   $("rater").addEventListener("change", () => localStorage.setItem("lamda.rater", $("rater").value.trim()));
-  $("key").addEventListener("change", () => {
-    sessionStorage.setItem("lamda.key", $("key").value.trim());
+  $("key").addEventListener("change", () => {  // a new key: reload what it may see (once)
+    if ($("key").value.trim() === state.key) return;
+    state.key = $("key").value.trim();
+    sessionStorage.setItem("lamda.key", state.key);
     loadRoles();
     if (state.conversation) openConversation(state.conversation);
   });

@@ -110,6 +110,7 @@ def test_chat_and_rate_in_a_real_browser(server, browser, tmp_path):
                            ".dispatchEvent(new Event('change'))")
     wait(browser, lambda d: "lamda-everest" in [o.text for o in d.find_elements(By.CSS_SELECTOR, "#role option")])
     browser.find_element(By.CSS_SELECTOR, "#role option[value='lamda-everest']").click()
+    assert browser.execute_script("return document.getElementById('role').value") == "lamda-everest"
     browser.find_element(By.ID, "message").send_keys("How tall is Mount Everest?")
     browser.find_element(By.ID, "send-button").click()
     reply = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".turn.lamda"))[0]
