@@ -21,9 +21,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from lamda.conversations import ConversationStore
+from lamda.conversations import ConversationStore, rated_text
 from lamda.data import Turn
-from lamda.ratings import REPLY, context_of, labelled_records
+from lamda.ratings import context_of, labelled_records
 from lamda.storage import S3Location, is_s3
 
 
@@ -42,14 +42,14 @@ def export(store: ConversationStore, min_raters: int = 1, max_context_turns: int
     """The store's ratings as labelled records (lamda.ratings.labelled_records)."""
     ratings = store.ratings()
     responses = {}
-    for cid in sorted({r.conversation_id for r in ratings}):
+    for cid in sorted({r.conversation_id for r in ratings}):  # each conversation read once
         turns = store.conversation(cid)
-        for r in (r for r in ratings if r.conversation_id == cid):
-            t = turns[r.turn]
-            text = t["text"] if r.candidate == REPLY else t["trace"]["candidates"][r.candidate]["text"]
-            context = context_of([Turn(u["speaker"], u["text"]) for u in turns], r.turn,
-                                 max_context_turns)
-            responses[(cid, r.turn, r.candidate)] = (context, text)
+        history = [Turn(t["speaker"], t["text"]) for t in turns]
+        for turn, candidate in {(r.turn, r.candidate) for r in ratings if r.conversation_id == cid}:
+            t = turns[turn]
+            responses[(cid, turn, candidate)] = (
+                context_of(history, turn, max_context_turns),
+                rated_text(t["text"], t["trace"], candidate))
     return labelled_records(ratings, responses, min_raters)
 
 

@@ -1,5 +1,6 @@
-"""Multi-turn conversations by id, with each reply's trace and people's ratings of it, in SQLite (the embedded default, one node) or PostgreSQL (a
-cluster: every Chat replica on every node continues any conversation).
+"""Multi-turn conversations by id, with each reply's trace and people's ratings of it, in SQLite
+(the embedded default, one node) or PostgreSQL (a cluster: every Chat replica on every node
+continues any conversation).
 
     ConversationStore("runs/serve/conversations.sqlite")
     ConversationStore("postgresql://lamda@db.internal:5432/lamda?sslmode=require")
@@ -110,13 +111,13 @@ class ConversationStore:
         """Store a rating of a reply, or of one of its candidates; returns it with its id and
         time. NotFound when the conversation has no such LaMDA turn or candidate."""
         rated = dataclasses.replace(r, id=uuid.uuid4().hex, created=time.time())
-        level = SSI_LEVELS.index(r.ssi)
+        votes = r.votes()  # the SSI cascade as three 0/1 columns
 
         def write(execute):
             response_text(execute, r.conversation_id, r.turn, r.candidate)  # it exists
             execute(INSERT_RATING, (
                 rated.id, r.conversation_id, r.turn, r.candidate, r.rater, r.key_id,
-                int(level >= 1), int(level >= 2), int(level >= 3), int(r.safe),
+                votes["sensible"], votes["specific"], votes["interesting"], int(r.safe),
                 None if r.grounded is None else int(r.grounded),
                 None if r.helpful is None else int(r.helpful), r.note, rated.created))
 
@@ -144,13 +145,18 @@ def response_text(execute, conversation_id: str, turn: int, candidate: int) -> s
     rows = execute(TURN, (conversation_id, turn))
     if not rows or rows[0][0] != "lamda":
         raise NotFound(f"conversation {conversation_id!r} has no LaMDA turn {turn}")
+    trace = execute(TRACE, (conversation_id, turn)) if candidate != REPLY else []
+    return rated_text(rows[0][1], json.loads(trace[0][0]) if trace else None, candidate,
+                      f"turn {turn} of conversation {conversation_id!r}")
+
+
+def rated_text(reply: str, trace: dict | None, candidate: int, where: str = "the turn") -> str:
+    """The reply, or its candidate number `candidate` from the turn's trace (NotFound if none)."""
     if candidate == REPLY:
-        return rows[0][1]
-    trace = execute(TRACE, (conversation_id, turn))
-    candidates = json.loads(trace[0][0]).get("candidates", []) if trace else []
+        return reply
+    candidates = (trace or {}).get("candidates", [])
     if not 0 <= candidate < len(candidates):
-        raise NotFound(f"turn {turn} of conversation {conversation_id!r} has no candidate "
-                       f"{candidate} ({len(candidates)} kept)")
+        raise NotFound(f"{where} has no candidate {candidate} ({len(candidates)} kept)")
     return candidates[candidate]["text"]
 
 
