@@ -9,9 +9,9 @@ layer is little GPU work: these times include the CPU's launch overhead, so comp
   sdpa        the reference backend: materialised bias, SDPA (no fused kernel takes the bias)
   flex        the FlexAttention backend (lamda.attention.flex); `flex:bwd_BLOCK_M1=64,...` sets
               its kernel_options
-  flex_alltable  flex with score_mod reading the whole (H, T) bias row (NEAR_TABLE off)
+  flex_alltable  flex with score_mod reading the whole (H, T) bias row (near_table off)
   band        the band backend (lamda.attention.band): Triton band + FlashAttention far part;
-              `band:fwd=8.2,dq=4.1.512` sets launch settings (attention_band.configure)
+              `band:fwd=8.2,dq=4.1.512` sets launch settings (AttentionKernels.launch)
   band_cudnn  the same with cuDNN's fused attention for the far part
   cudnn_band  a probe: cuDNN's fused attention with the bias passed as a constant tensor, plus the
               same band gradient as flex
@@ -34,19 +34,20 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.timing import median_ms  # noqa: E402
-from bench.train_step import parse_options, profile_step  # noqa: E402
-from lamda.attention import band as attention_band, flex as attention_flex  # noqa: E402
+from bench.train_step import profile_step  # noqa: E402
+from lamda.attention import flex as attention_flex  # noqa: E402
 from lamda.attention import RelativeBias, distance_bias, get_backend  # noqa: E402
-from lamda.attention.flex import _BiasGradOnBand  # noqa: E402
+from lamda.attention.flex import _BiasGradOnBand, bias_grad_kernel  # noqa: E402
+from lamda.config import AttentionKernels  # noqa: E402
 
 BUCKETS, MAX_DISTANCE = 32, 128
 
 
-def backend_variant(name):
+def backend_variant(name, kernels):
     def attend(q, k, v, table):
         pos = torch.arange(q.shape[2], device=q.device)
         bias = RelativeBias(table, pos, pos, None, BUCKETS, MAX_DISTANCE, self_attention=True)
-        be = get_backend(name)
+        be = get_backend(name, kernels=kernels)
         return be.attend(q, k, v, be.prepare(bias, q.dtype), 0.0)
     return attend
 
@@ -60,33 +61,33 @@ def cudnn_band(q, k, v, table):
         q, k, v, dense, True, 0.0, True, False, scale=1.0)[:2]
     lse = lse.reshape(q.shape[:3]).float()
     return _BiasGradOnBand.apply(out, dist_bias, q.detach(), k.detach(), v.detach(), lse,
-                                 MAX_DISTANCE)
+                                 MAX_DISTANCE, bias_grad_kernel(AttentionKernels()))
 
 
 def nobias(q, k, v, table):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0) + 0 * table.sum()
 
 
-VARIANTS = {"sdpa": backend_variant("sdpa"), "flex": backend_variant("flex"),
-            "band": backend_variant("band"), "band_cudnn": backend_variant("band"),
-            "flex_torchband": backend_variant("flex"), "flex_alltable": backend_variant("flex"),
-            "cudnn_band": cudnn_band, "nobias": nobias}
+# variant -> the backend it runs; the others are plain functions
+BACKENDS = {"sdpa": "sdpa", "flex": "flex", "band": "band", "band_cudnn": "band",
+            "flex_torchband": "flex", "flex_alltable": "flex"}
+PROBES = {"cudnn_band": cudnn_band, "nobias": nobias}
 KERNEL_BAND_GRADIENT = attention_flex.band_gradient
-DEFAULT_LAUNCH = dict(attention_band.LAUNCH)
 
 
 def variant(name: str):
-    """The function for `name`, with the band backend's settings it asks for."""
+    """The function for `name`, with the kernel settings it asks for."""
     base, _, opts = name.partition(":")
-    attention_band.FAR_KERNEL = "cudnn" if base == "band_cudnn" else "flash"
-    attention_band.LAUNCH.update(DEFAULT_LAUNCH)
-    attention_flex.KERNEL_OPTIONS = parse_options(opts) if opts and base.startswith("flex") else None
-    if not base.startswith("flex"):
-        attention_band.configure(opts)
-    attention_flex.NEAR_TABLE = base != "flex_alltable"
+    if base in PROBES:
+        return PROBES[base]
+    if base.startswith("flex"):
+        kernels = AttentionKernels(flex_options=opts or None, near_table=base != "flex_alltable")
+    else:
+        kernels = AttentionKernels(far="cudnn" if base == "band_cudnn" else "flash", launch=opts)
+    # a probe of the torch bias gradient: the one module function a bench replaces
     attention_flex.band_gradient = partial(KERNEL_BAND_GRADIENT,
                                            use_kernel=False if base == "flex_torchband" else None)
-    return VARIANTS[base]
+    return backend_variant(BACKENDS[base], kernels)
 
 
 def run(fn, q, k, v, table, dout):
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
     q, k, v, dout = (torch.randn(shape, device="cuda", generator=g) for _ in range(4))
     q = q * a.head_dim ** -0.5 * 2
     table = torch.randn(BUCKETS, a.heads, device="cuda", generator=g)
-    ref = run(VARIANTS["sdpa"], *(x.double() for x in (q, k, v)), table.double(), dout.double())
+    ref = run(variant("sdpa"), *(x.double() for x in (q, k, v)), table.double(), dout.double())
     qb, kb, vb = (x.bfloat16() for x in (q, k, v))
     for name in a.variants.split(";"):
         res = {"bench": "attention", "variant": name, "device": torch.cuda.get_device_name(),

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from bench.timing import median_ms  # noqa: E402
 from lamda.attention import band as attention_band  # noqa: E402
+from lamda.config import DEFAULT_LAUNCH  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -37,17 +38,22 @@ def main(argv=None) -> None:
     q, k, v, dout = (torch.randn(B, H, T, D, device=a.device, generator=g).to(dtype)
                      for _ in range(4))
     near = torch.randn(H, a.window, device=a.device, generator=g)
-    out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0)
+    out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0, [*DEFAULT_LAUNCH["fwd"]])
+
+    def bias_grad(kernel: str, launch: list[int]):
+        return lambda: attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0, kernel,
+                                                     launch)
+
+    def dq(launch: list[int]):
+        return lambda: attention_band.band_attention_bwd(
+            q, k, v, out, lse, dout, near, 1.0, None, None, None, launch, [*DEFAULT_LAUNCH["dkdv"]])
+
+    numbers = lambda setting: [int(x) for x in setting.split(".")]  # noqa: E731
     specs = lambda arg: filter(None, arg.split(";"))  # noqa: E731
-    runs = [("bias_grad", spec, lambda: attention_band.band_bias_grad(
-                q, k, v, out, lse, dout, near, 1.0)) for spec in specs(a.bias_grad)]
-    runs += [("dq", spec, lambda: attention_band.band_attention_bwd(
-                q, k, v, out, lse, dout, near, 1.0, None, None, None)) for spec in specs(a.dq)]
+    runs = [("bias_grad", spec, bias_grad(spec.split(":")[0], numbers(spec.split(":")[1])))
+            for spec in specs(a.bias_grad)]
+    runs += [("dq", spec, dq(numbers(spec))) for spec in specs(a.dq)]
     for what, spec, fn in runs:
-        kernel, _, setting = spec.rpartition(":")
-        attention_band.BIAS_GRAD_KERNEL = kernel or "rows"
-        key = "dq" if what == "dq" else {"rows": "bias_grad", "tiles": "bias_grad_tiles"}[kernel]
-        attention_band.configure(f"{key}={setting}")
         name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (interpreter)"
         row = {"bench": "band_kernels", "device": name,
                "shape": [B, H, T, D], what: spec}

@@ -25,10 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from lamda.attention import band as attention_band, flex as attention_flex  # noqa: E402
 from lamda.accounting import hardware, mfu  # noqa: E402
 from lamda.attention.backends import register  # noqa: E402
-from lamda.config import PRESETS, ModelConfig  # noqa: E402
+from lamda.config import PRESETS, AttentionKernels, ModelConfig  # noqa: E402
 from lamda.model import build_model, lm_loss  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
 
@@ -54,7 +53,8 @@ def sync(device: str) -> None:
 def run(a) -> dict:
     torch.manual_seed(0)
     cuda = a.device.startswith("cuda")
-    cfg = ModelConfig.from_name(a.preset, max_seq_len=a.seq_len, attn_backend=a.attn_backend)
+    cfg = ModelConfig.from_name(a.preset, max_seq_len=a.seq_len, attn_backend=a.attn_backend,
+                                attn_kernels=a.kernels)
     model = build_model(cfg, device=a.device)
     if a.dtype == "bf16":
         model = model.to(torch.bfloat16)
@@ -65,7 +65,7 @@ def run(a) -> dict:
     opt = build_optimizer(model, tcfg)
     loss_fn = torch.compile(lm_loss) if a.compile else lm_loss
     data = torch.randint(0, cfg.vocab_size, (a.batch_size, a.seq_len + 1), device=a.device)
-    batch = (data[:, :-1], data[:, 1:])
+    batch = (data[:, :-1], data[:, 1:], None, None)  # inputs, targets, loss mask, segments
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -109,15 +109,6 @@ def profile_step(fn, device: str, top: int = 15) -> None:
     print(json.dumps({"profile_total_ms": round(total, 2), "top": rows}), flush=True)
 
 
-def parse_options(spec: str) -> dict:
-    """"A=true,B=64" -> {"A": True, "B": 64}."""
-    options = {}
-    for item in filter(None, spec.split(",")):
-        key, value = item.split("=")
-        options[key] = value == "true" if value in ("true", "false") else int(value)
-    return options
-
-
 def free(device: str) -> None:
     """Drop compiled graphs and cached blocks between measurements."""
     torch._dynamo.reset()
@@ -138,24 +129,21 @@ def main(argv=None) -> None:
     p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, band, nobias")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one more step")
     p.add_argument("--band-launch", default="", help="Triton launch settings, e.g. dq=4.1.2048")
-    p.add_argument("--bias-grad-kernel", default=attention_band.BIAS_GRAD_KERNEL,
+    p.add_argument("--bias-grad-kernel", default=AttentionKernels.bias_grad,
                    choices=["rows", "tiles"], help="the flex backend's bias-gradient kernel")
     p.add_argument("--flex-options", default=None, help="FlexAttention kernel_options, e.g. "
                    "ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64 ('': its own; default: the library's)")
-    p.add_argument("--flex-table", default="near" if attention_flex.NEAR_TABLE else "all",
+    p.add_argument("--flex-table", default="near" if AttentionKernels.near_table else "all",
                    choices=["near", "all"], help="score_mod reads (H, W+1) or (H, T)")
     p.add_argument("--flex-autotune", action="store_true",
                    help="Inductor autotunes FlexAttention's block sizes (matmuls stay cuBLAS); "
                    "its AUTOTUNE tables go to stderr")
     a = p.parse_args(argv)
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
+    a.kernels = AttentionKernels(flex_options=a.flex_options, near_table=a.flex_table == "near",
+                                 bias_grad=a.bias_grad_kernel, launch=a.band_launch)
     if a.device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls
-    attention_band.configure(a.band_launch)
-    attention_band.BIAS_GRAD_KERNEL = a.bias_grad_kernel
-    if a.flex_options is not None:
-        attention_flex.KERNEL_OPTIONS = parse_options(a.flex_options)
-    attention_flex.NEAR_TABLE = a.flex_table == "near"
     if a.flex_autotune:
         import torch._inductor.config as inductor
         inductor.max_autotune, inductor.max_autotune_gemm_backends = True, "ATEN"

@@ -4,7 +4,76 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# Launch settings of the band kernels (lamda.attention.band) per kernel: (num_warps, num_stages),
+# for the dq kernels also the number of programs to aim for (fewer: more batch rows summed per
+# program); "bias_grad" is the dq kernel without dq. All are the fastest of those measured on an
+# H200 (bench/RESULTS.md); more stages than these run out of shared memory or run slower.
+DEFAULT_LAUNCH = {"fwd": (4, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
+                  "bias_grad_tiles": (4, 2, 1024)}
+# FlexAttention's backward block sizes for head size 128 on Hopper (sm90): Inductor's autotuning
+# chose these over its default (64, 128, 128, 64, 3 stages, 8 warps) on an H200 (bench/RESULTS.md).
+SM90_D128 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
+             "bwd_num_stages": 3, "bwd_num_warps": 4}
+
+
+@dataclass(frozen=True)
+class AttentionKernels:
+    """How the CUDA attention kernels run (lamda.attention.flex and .band). Part of ModelConfig, so
+    the settings reach Ray Train workers and are saved with checkpoints; they change speed only,
+    never results. Settings are strings so they travel as flags and JSON as they are."""
+
+    flex_options: str | None = None  # FlexAttention kernel_options "name=value,..."; "": its own
+    #                                  choice; None: SM90_D128 where it applies (d_kv 128, Hopper)
+    near_table: bool = True  # flex reads the bias by distance 0..W (every farther one shares W's
+    #                          value); False: the whole row 0..T-1 (same values, more memory)
+    bias_grad: str = "tiles"  # flex's bias-gradient Triton kernel: "tiles" (one per key tile, the
+    #                           faster on an H200) or "rows" (band's dq kernel without dq)
+    far: str = "flash"  # band's far part: "flash" (FlashAttention) or "cudnn"
+    launch: str = ""  # band kernels' launch settings over DEFAULT_LAUNCH, "dq=4.1.2048,fwd=8.2"
+
+    def __post_init__(self):
+        if self.bias_grad not in ("tiles", "rows"):
+            raise ValueError(f"bias_grad must be 'tiles' or 'rows', not {self.bias_grad!r}")
+        if self.far not in ("flash", "cudnn"):
+            raise ValueError(f"far must be 'flash' or 'cudnn', not {self.far!r}")
+        self.flex_kernel_options()
+        self.launch_settings()
+
+    def flex_kernel_options(self) -> dict | None:
+        """flex_options as FlexAttention's kernel_options dict (None: not set)."""
+        if self.flex_options is None:
+            return None
+        return {key: value == "true" if value in ("true", "false") else _int(value, "flex_options")
+                for key, value in _pairs(self.flex_options, "flex_options")}
+
+    def launch_settings(self) -> dict[str, tuple[int, ...]]:
+        """DEFAULT_LAUNCH with `launch` applied."""
+        settings = dict(DEFAULT_LAUNCH)
+        for kernel, numbers in _pairs(self.launch, "launch"):
+            if kernel not in DEFAULT_LAUNCH or numbers.count(".") != len(DEFAULT_LAUNCH[kernel]) - 1:
+                shapes = ", ".join(f"{k}={'.'.join('N' * len(v))}" for k, v in DEFAULT_LAUNCH.items())
+                raise ValueError(f"launch: {kernel}={numbers} is not one of {shapes}")
+            settings[kernel] = tuple(_int(x, "launch") for x in numbers.split("."))
+        return settings
+
+
+def _pairs(spec: str, what: str) -> list[tuple[str, str]]:
+    """"a=1,b=2" -> [("a", "1"), ("b", "2")], or a ValueError naming `what`."""
+    pairs = []
+    for item in filter(None, spec.split(",")):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if not (key and eq and value):
+            raise ValueError(f"{what}: expected name=value items separated by commas, got {item!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def _int(text: str, what: str) -> int:
+    if not text.lstrip("-").isdigit():
+        raise ValueError(f"{what}: {text!r} is not an integer")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -23,6 +92,7 @@ class ModelConfig:
     dropout: float = 0.0  # residual and attention dropout (paper sizes: 0)
     norm_eps: float = 1e-6  # RMSNorm epsilon
     attn_backend: str = "auto"  # lamda.attention.BACKEND_NAMES: auto (flex on CUDA training), sdpa, flex, band
+    attn_kernels: AttentionKernels = field(default_factory=AttentionKernels)  # CUDA kernel settings
 
     def __post_init__(self):
         if self.rel_max_distance <= self.rel_buckets // 2:
@@ -76,6 +146,9 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        kernels = d.get("attn_kernels", {})
+        if isinstance(kernels, dict):
+            d = {**d, "attn_kernels": AttentionKernels(**kernels)}
         return cls(**d)
 
     def save(self, path) -> None:

@@ -97,7 +97,7 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, cfg.d_attn, bias=False)
         self.v = nn.Linear(cfg.d_model, cfg.d_attn, bias=False)
         self.o = nn.Linear(cfg.d_attn, cfg.d_model, bias=False)
-        self.backend = get_backend(cfg.attn_backend, cfg.dropout)
+        self.backend = get_backend(cfg.attn_backend, cfg.dropout, cfg.attn_kernels)
 
     def forward(self, x: Tensor, prepared_bias, cache: KVCache | None = None,
                 input_pos: Tensor | None = None) -> Tensor:
@@ -148,7 +148,7 @@ class LaMDA(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
-        self.backend = get_backend(cfg.attn_backend, cfg.dropout)
+        self.backend = get_backend(cfg.attn_backend, cfg.dropout, cfg.attn_kernels)
         self.init_weights()
 
     @torch.no_grad()

@@ -9,7 +9,9 @@ gradient separately; it is for causal self-attention on CUDA (training). `band`
 (lamda.attention.band) splits attention into a near band with the bias (Triton kernels) and a far
 part without it (FlashAttention); it is correct but slower than `flex` at T = 1024
 (bench/RESULTS.md). `auto`, the default, picks `flex` where it applies and `sdpa` everywhere else
-(CPU, KV-cache decoding, padding masks, packed rows, dropout).
+(CPU, KV-cache decoding, padding masks, packed rows, dropout). How the CUDA kernels run
+(block sizes, launch settings, which bias-gradient kernel) is an `AttentionKernels` of the model
+config, handed to the backend when it is made.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lamda.attention.bias import RelativeBias
+from lamda.config import AttentionKernels
 
 
 class AttentionBackend(Protocol):
@@ -46,10 +49,13 @@ class SDPABackend:
 class AutoBackend:
     """`flex` for causal self-attention without padding on CUDA, `sdpa` otherwise."""
 
+    def __init__(self, kernels: AttentionKernels):
+        self.kernels = kernels
+
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> tuple[AttentionBackend, object]:
         fast = (bias.table.is_cuda and bias.self_attention and bias.key_mask is None
                 and bias.segments is None)
-        backend = get_backend("flex" if fast else "sdpa")
+        backend = get_backend("flex" if fast else "sdpa", kernels=self.kernels)
         return backend, backend.prepare(bias, dtype)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared, dropout_p: float) -> Tensor:
@@ -57,26 +63,37 @@ class AutoBackend:
         return backend.attend(q, k, v, inner, dropout_p)
 
 
-# the CUDA backends, imported when first asked for: (module, class)
+# the CUDA backends, imported when first asked for: (module, class taking AttentionKernels)
 CUDA_BACKENDS = {"flex": ("lamda.attention.flex", "FlexBackend"),
                  "band": ("lamda.attention.band", "BandBackend")}
 BACKEND_NAMES = ("auto", "sdpa", *CUDA_BACKENDS)
-_made: dict[str, AttentionBackend] = {"sdpa": SDPABackend(), "auto": AutoBackend()}
+_registered: dict[str, AttentionBackend] = {}
+_made: dict[tuple[str, AttentionKernels], AttentionBackend] = {}
 
 
 def register(name: str, backend: AttentionBackend) -> None:
     """Another backend (e.g. a benchmark's), selectable by `name` like the built-in ones."""
-    _made[name] = backend
+    _registered[name] = backend
 
 
-def get_backend(name: str, dropout: float = 0.0) -> AttentionBackend:
-    """The backend called `name`; `auto` with attention dropout is `sdpa` (flex has no dropout)."""
-    if name not in _made and name not in CUDA_BACKENDS:
-        known = ", ".join(dict.fromkeys([*BACKEND_NAMES, *_made]))
+def get_backend(name: str, dropout: float = 0.0,
+                kernels: AttentionKernels = AttentionKernels()) -> AttentionBackend:
+    """The backend called `name`, made once per kernel settings; `auto` with attention dropout
+    is `sdpa` (flex has no dropout)."""
+    if name in _registered:
+        return _registered[name]
+    if name not in BACKEND_NAMES:
+        known = ", ".join([*BACKEND_NAMES, *_registered])
         raise ValueError(f"unknown attention backend {name!r}; available: {known}")
     if name == "auto" and dropout > 0:
         name = "sdpa"
-    if name not in _made:
-        module, cls = CUDA_BACKENDS[name]
-        _made[name] = getattr(importlib.import_module(module), cls)()
-    return _made[name]
+    key = (name, kernels)
+    if key not in _made:
+        if name == "sdpa":
+            _made[key] = SDPABackend()
+        elif name == "auto":
+            _made[key] = AutoBackend(kernels)
+        else:
+            module, cls = CUDA_BACKENDS[name]
+            _made[key] = getattr(importlib.import_module(module), cls)(kernels)
+    return _made[key]

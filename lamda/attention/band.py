@@ -27,11 +27,13 @@ this module's kernels for its bias gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from lamda.attention.bias import RelativeBias, distance_bias
+from lamda.config import AttentionKernels
 
 try:
     import triton
@@ -39,23 +41,21 @@ try:
 except ImportError:  # CPU-only installs: the backend reports itself unavailable
     triton = None
 
-# Launch settings per kernel: (num_warps, num_stages), for the dq kernels also the number of
-# programs to aim for (fewer: more batch rows summed per program); "bias_grad" is the dq kernel
-# without dq. All are the fastest of those measured on an H200 (bench/RESULTS.md); more stages
-# than these run out of shared memory or run slower.
-LAUNCH = {"fwd": (4, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
-          "bias_grad_tiles": (4, 2, 1024)}
-# The flex backend's bias gradient: "tiles", a kernel per key tile (_band_bias_grad_kernel; the
-# faster on an H200, bench/RESULTS.md), or "rows", the dq kernel without dq.
-BIAS_GRAD_KERNEL = "tiles"
-FAR_KERNEL = "flash"  # "flash" or "cudnn" on CUDA; CPU uses torch's CPU flash kernel
 
 
-def configure(spec: str) -> None:
-    """Sets LAUNCH from e.g. "dq=4.1.2048,fwd=8.2" (kernel=numbers separated by dots)."""
-    for item in filter(None, spec.split(",")):
-        kernel, numbers = item.split("=")
-        LAUNCH[kernel] = tuple(int(x) for x in numbers.split("."))
+class BandSettings(NamedTuple):
+    """The band backend's kernel settings, taken once from the model's AttentionKernels (plain
+    constants, so a compiled model sees them as such)."""
+
+    far: str  # the far part's kernel: "flash" or "cudnn" (CPU: torch's CPU flash kernel)
+    fwd: tuple[int, ...]  # (num_warps, num_stages) of the forward kernel
+    dq: tuple[int, ...]  # (num_warps, num_stages, programs) of the dq kernel
+    dkdv: tuple[int, ...]  # (num_warps, num_stages) of the dk + dv kernel
+
+    @classmethod
+    def of(cls, kernels: AttentionKernels) -> "BandSettings":
+        launch = kernels.launch_settings()
+        return cls(kernels.far, launch["fwd"], launch["dq"], launch["dkdv"])
 
 
 def supports(head_dim: int, window: int) -> bool:
@@ -263,10 +263,11 @@ def _check(q: Tensor, W: int) -> None:
 
 
 @torch.library.custom_op("lamda::band_attention_fwd", mutates_args=())
-def band_attention_fwd(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor,
-                       scale: float) -> tuple[Tensor, Tensor]:
+def band_attention_fwd(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor, scale: float,
+                       launch: list[int]) -> tuple[Tensor, Tensor]:
     """The band part: each query over its W nearest keys (itself included) with bias
-    near_bias (H, W) by distance -> (out (B, H, T, D), lse (B, H, T) float32)."""
+    near_bias (H, W) by distance -> (out (B, H, T, D), lse (B, H, T) float32). `launch`:
+    (num_warps, num_stages)."""
     B, H, T, D = q.shape
     W = near_bias.shape[1]
     _check(q, W)
@@ -274,7 +275,7 @@ def band_attention_fwd(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor,
     out = torch.empty_like(q)
     lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     BM = W // 2
-    warps, stages = LAUNCH["fwd"]
+    warps, stages = launch
     _band_fwd_kernel[(triton.cdiv(T, BM), B * H)](
         q, k, v, near_bias.contiguous(), out, lse, *_bht(q), *_bht(k), *_bht(v), *_bht(out),
         H, T, scale, W=W, BM=BM, D=D, num_warps=warps, num_stages=stages)
@@ -282,18 +283,19 @@ def band_attention_fwd(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor,
 
 
 @band_attention_fwd.register_fake
-def _(q, k, v, near_bias, scale):
+def _(q, k, v, near_bias, scale, launch):
     (q,) = _last_dim_contiguous(q)
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-def _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, compute_dq):
-    """Runs the dq kernel -> (dq or None, delta (B, H, T), dnb (H, W))."""
+def _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, compute_dq, launch):
+    """Runs the dq kernel with launch (num_warps, num_stages, programs) -> (dq or None,
+    delta (B, H, T), dnb (H, W))."""
     B, H, T, D = q.shape
     W = near_bias.shape[1]
     BM = W // 2
     nblocks = triton.cdiv(T, BM)
-    warps, stages, programs = LAUNCH["dq" if compute_dq else "bias_grad"]
+    warps, stages, programs = launch
     splits, b_per_prog = _batch_splits(B, programs, nblocks * H)
     dq = torch.empty_like(q) if compute_dq else q.new_empty(0)
     delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
@@ -316,13 +318,13 @@ def _batch_splits(B: int, programs: int, per_split: int) -> tuple[int, int]:
     return -(-B // b_per_prog), b_per_prog
 
 
-def _bias_grad_tiles(q, k, v, out, lse, dout, near_bias, scale) -> Tensor:
-    """dL/d near_bias (H, W) by _band_bias_grad_kernel."""
+def _bias_grad_tiles(q, k, v, out, lse, dout, near_bias, scale, launch) -> Tensor:
+    """dL/d near_bias (H, W) by _band_bias_grad_kernel, launch (num_warps, num_stages, programs)."""
     B, H, T, D = q.shape
     W = near_bias.shape[1]
     BM = W // 2
     nblocks = triton.cdiv(T, BM)
-    warps, stages, programs = LAUNCH["bias_grad_tiles"]
+    warps, stages, programs = launch
     splits, b_per_prog = _batch_splits(B, programs, nblocks * H * 3)
     tiles = torch.empty(H, nblocks, splits, 3, BM, BM, device=q.device, dtype=torch.float32)
     _band_bias_grad_kernel[(nblocks, H, 3 * splits)](
@@ -346,18 +348,19 @@ def _diagonal_sums(tiles: Tensor, W: int) -> Tensor:
 @torch.library.custom_op("lamda::band_attention_bwd", mutates_args=())
 def band_attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
                        near_bias: Tensor, scale: float, dq_far: Tensor | None,
-                       dk_far: Tensor | None, dv_far: Tensor | None
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       dk_far: Tensor | None, dv_far: Tensor | None, dq_launch: list[int],
+                       dkdv_launch: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of the band part given the *merged* out and lse, plus the far part's gradients
-    (for queries W.. and keys ..T-W, None when T <= W) -> (dq, dk, dv, d near_bias)."""
+    (for queries W.. and keys ..T-W, None when T <= W) -> (dq, dk, dv, d near_bias). Launch
+    settings as in BandSettings."""
     B, H, T, D = q.shape
     W = near_bias.shape[1]
     q, k, v, out, dout = _last_dim_contiguous(q, k, v, out, dout)
-    dq, delta, dnb = _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, True)
+    dq, delta, dnb = _band_dq(q, k, v, out, lse, dout, near_bias, scale, dq_far, True, dq_launch)
     dk, dv = torch.empty_like(k), torch.empty_like(k)  # the kernel stores both with dk's strides
     has_far = dk_far is not None
     fk, fv = (dk_far, dv_far) if has_far else (k, k)
-    warps, stages = LAUNCH["dkdv"]
+    warps, stages = dkdv_launch
     BM = W // 2
     _band_dkdv_kernel[(triton.cdiv(T, BM), B * H)](
         q, k, v, dout, lse, delta, near_bias.contiguous(), dk, dv, fk, fv,
@@ -367,7 +370,7 @@ def band_attention_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
 
 
 @band_attention_bwd.register_fake
-def _(q, k, v, out, lse, dout, near_bias, scale, dq_far, dk_far, dv_far):
+def _(q, k, v, out, lse, dout, near_bias, scale, dq_far, dk_far, dv_far, dq_launch, dkdv_launch):
     q, k = _last_dim_contiguous(q, k)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(k),
             torch.empty_like(near_bias))
@@ -375,30 +378,33 @@ def _(q, k, v, out, lse, dout, near_bias, scale, dq_far, dk_far, dv_far):
 
 @torch.library.custom_op("lamda::band_bias_grad", mutates_args=())
 def band_bias_grad(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
-                   near_bias: Tensor, scale: float) -> Tensor:
+                   near_bias: Tensor, scale: float, kernel: str, launch: list[int]) -> Tensor:
     """Only dL/d near_bias (H, W) of causal attention whose keys at distance d < W carry
-    near_bias[:, d] (the flex backend's bias gradient; out and lse are the full attention's)."""
+    near_bias[:, d] (the flex backend's bias gradient; out and lse are the full attention's),
+    by `kernel` "tiles" or "rows" (AttentionKernels.bias_grad) with launch (num_warps,
+    num_stages, programs)."""
     _check(q, near_bias.shape[1])
     q, k, v, out, dout = _last_dim_contiguous(q, k, v, out, dout)
-    if BIAS_GRAD_KERNEL == "tiles":
-        return _bias_grad_tiles(q, k, v, out, lse, dout, near_bias, scale)
-    return _band_dq(q, k, v, out, lse, dout, near_bias, scale, None, False)[2]
+    if kernel == "tiles":
+        return _bias_grad_tiles(q, k, v, out, lse, dout, near_bias, scale, launch)
+    return _band_dq(q, k, v, out, lse, dout, near_bias, scale, None, False, launch)[2]
 
 
 @band_bias_grad.register_fake
-def _(q, k, v, out, lse, dout, near_bias, scale):
+def _(q, k, v, out, lse, dout, near_bias, scale, kernel, launch):
     return torch.empty_like(near_bias)
 
 
 # ---- the far part: plain causal attention of queries W.. over keys ..T-W ----
 
-def _far_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor, tuple]:
-    """-> (out, lse (B, H, T'), what the backward needs)."""
+def _far_forward(q: Tensor, k: Tensor, v: Tensor, scale: float, far: str
+                 ) -> tuple[Tensor, Tensor, tuple]:
+    """By the `far` kernel ("flash" or "cudnn") -> (out, lse (B, H, T'), what the backward needs)."""
     if not q.is_cuda:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, True, scale=scale)
         return out, lse, ()
-    if FAR_KERNEL == "cudnn":
+    if far == "cudnn":
         out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_cudnn_attention(
             q, k, v, None, True, 0.0, True, False, scale=scale)
         return out, lse.view(q.shape[:3]), (cq, ck, mq, mk, seed, offset)
@@ -407,12 +413,12 @@ def _far_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor,
     return out, lse, (cq, ck, mq, mk, seed, offset)
 
 
-def _far_backward(dout, q, k, v, out, lse, saved, scale):
+def _far_backward(dout, q, k, v, out, lse, saved, scale, far):
     if not q.is_cuda:
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout, q, k, v, out, lse, 0.0, True, scale=scale)
     cq, ck, mq, mk, seed, offset = saved
-    if FAR_KERNEL == "cudnn":
+    if far == "cudnn":
         return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
             dout, q, k, v, out, lse[..., None], seed, offset, None, cq, ck, mq, mk, 0.0, True,
             scale=scale)
@@ -430,19 +436,20 @@ def _merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> tuple[
 
 class _BandPlusFar(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, near_bias, scale):
+    def forward(ctx, q, k, v, near_bias, scale, settings):
         T, W = q.shape[2], near_bias.shape[1]
-        out, lse = band_attention_fwd(q, k, v, near_bias, scale)
+        out, lse = band_attention_fwd(q, k, v, near_bias, scale, list(settings.fwd))
         saved = ()
         if T > W:
-            out_f, lse_f, saved = _far_forward(q[:, :, W:], k[:, :, :T - W], v[:, :, :T - W], scale)
+            out_f, lse_f, saved = _far_forward(q[:, :, W:], k[:, :, :T - W], v[:, :, :T - W], scale,
+                                               settings.far)
             tail, lse_tail = _merge(out[:, :, W:], lse[:, :, W:], out_f, lse_f)
             out = torch.cat([out[:, :, :W], tail], dim=2)
             lse = torch.cat([lse[:, :, :W], lse_tail], dim=2)
         ctx.save_for_backward(q, k, v, out, lse, near_bias,
                               *[s for s in saved if isinstance(s, Tensor)])
         ctx.far = [s if not isinstance(s, Tensor) else "tensor" for s in saved]
-        ctx.scale = scale
+        ctx.scale, ctx.settings = scale, settings
         return out
 
     @staticmethod
@@ -453,15 +460,18 @@ class _BandPlusFar(torch.autograd.Function):
         far = (None, None, None)
         if T > W:
             far = _far_backward(dout[:, :, W:], q[:, :, W:], k[:, :, :T - W], v[:, :, :T - W],
-                                out[:, :, W:], lse[:, :, W:].contiguous(), saved, ctx.scale)
-        dq, dk, dv, dnb = band_attention_bwd(q, k, v, out, lse, dout, near_bias, ctx.scale, *far)
-        return dq, dk, dv, dnb, None
+                                out[:, :, W:], lse[:, :, W:].contiguous(), saved, ctx.scale,
+                                ctx.settings.far)
+        dq, dk, dv, dnb = band_attention_bwd(q, k, v, out, lse, dout, near_bias, ctx.scale, *far,
+                                             list(ctx.settings.dq), list(ctx.settings.dkdv))
+        return dq, dk, dv, dnb, None, None
 
 
-def band_attention(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor, scale: float = 1.0) -> Tensor:
+def band_attention(q: Tensor, k: Tensor, v: Tensor, near_bias: Tensor, scale: float = 1.0,
+                   settings: BandSettings = BandSettings.of(AttentionKernels())) -> Tensor:
     """Causal attention, q k v (B, H, T, D), where keys at distance d < W carry near_bias[:, d]
     (H, W) and farther keys carry nothing -> (B, H, T, D)."""
-    return _BandPlusFar.apply(q, k, v, near_bias.float(), scale)
+    return _BandPlusFar.apply(q, k, v, near_bias.float(), scale, settings)
 
 
 def near_bias(bias: RelativeBias) -> Tensor:
@@ -479,6 +489,9 @@ class BandPrepared:
 class BandBackend:
     """Causal self-attention only (no KV cache, no padding mask, no dropout)."""
 
+    def __init__(self, kernels: AttentionKernels = AttentionKernels()):
+        self.settings = BandSettings.of(kernels)
+
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> BandPrepared:
         if not bias.self_attention or bias.key_mask is not None or bias.segments is not None:
             raise ValueError("the band backend does causal self-attention without padding masks; "
@@ -489,5 +502,5 @@ class BandBackend:
                dropout_p: float) -> Tensor:
         if dropout_p > 0:
             raise ValueError("the band backend has no attention dropout; use 'sdpa'")
-        return band_attention(q, k, v, prepared.near_bias)
+        return band_attention(q, k, v, prepared.near_bias, settings=self.settings)
 

@@ -30,21 +30,11 @@ from torch.nn.attention.flex_attention import (AuxRequest, BlockMask, create_blo
 
 from lamda.attention import band as attention_band
 from lamda.attention.bias import RelativeBias, distance_bias
+from lamda.config import SM90_D128, AttentionKernels
 
 # Compiled once, lazily on first call; inside an already compiled model it is inlined.
 _flex_compiled = torch.compile(flex_attention, dynamic=False)
 _block_masks: dict[tuple[int, str], BlockMask] = {}
-# FlexAttention's kernel_options for the CUDA kernel (block sizes, warps, ...; {}: its own choice;
-# None: SM90_D128 where it applies). bench/train_step.py --flex-options tries others.
-KERNEL_OPTIONS: dict | None = None
-# Backward block sizes for head size 128 on Hopper (sm90): Inductor's autotuning chose these over
-# its default (64, 128, 128, 64, 3 stages, 8 warps) on an H200 (bench/RESULTS.md).
-SM90_D128 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
-             "bwd_num_stages": 3, "bwd_num_warps": 4}
-# The bias table by distance holds distances 0..W (every farther one shares W's value, and the
-# score_mod reads it clamped: all far keys read one address) instead of 0..T-1; same values.
-# bench/train_step.py --flex-table.
-NEAR_TABLE = True
 
 
 def _causal(b, h, q_idx, kv_idx):
@@ -119,28 +109,37 @@ class _BiasGradOnBand(torch.autograd.Function):
     docstring); the kernel itself returns gradients for q, k and v only."""
 
     @staticmethod
-    def forward(ctx, out, dist_bias, q, k, v, lse, window):
+    def forward(ctx, out, dist_bias, q, k, v, lse, window, kernel):
         ctx.save_for_backward(q, k, v, out, lse, dist_bias)
-        ctx.window = window
+        ctx.window, ctx.kernel = window, kernel
         return out.view_as(out)
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, dist_bias = ctx.saved_tensors
-        g = band_gradient(q, k, v, out, lse, dout, dist_bias, ctx.window)
-        return dout, g.to(dist_bias.dtype), None, None, None, None, None
+        g = band_gradient(q, k, v, out, lse, dout, dist_bias, ctx.window, ctx.kernel)
+        return dout, g.to(dist_bias.dtype), None, None, None, None, None, None
 
 
-def band_gradient(q, k, v, out, lse, dout, dist_bias, window, use_kernel=None):
+def bias_grad_kernel(kernels: AttentionKernels) -> tuple[str, tuple[int, ...]]:
+    """(kernel name, its launch settings) for band_bias_grad, from the model's kernel settings."""
+    launch = kernels.launch_settings()
+    return kernels.bias_grad, launch["bias_grad_tiles" if kernels.bias_grad == "tiles" else "bias_grad"]
+
+
+def band_gradient(q, k, v, out, lse, dout, dist_bias, window,
+                  kernel: tuple[str, tuple[int, ...]] | None = None, use_kernel=None):
     """bias_grad_by_distance, by the Triton kernel of lamda.attention.band where it applies
-    (by default on CUDA)."""
+    (by default on CUDA); `kernel` as from bias_grad_kernel (default: the default settings')."""
     T, W = dist_bias.shape[1], window
     if use_kernel is None:
         use_kernel = q.is_cuda and attention_band.supports(q.shape[-1], W)
     if not use_kernel:
         return bias_grad_by_distance(q, k, v, out, lse, dout, dist_bias, window)
+    name, launch = kernel or bias_grad_kernel(AttentionKernels())
     near = F.pad(dist_bias[:, :W], (0, W - min(W, T)))  # (H, W); distances >= T never occur
-    return spread_band(attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0), T)
+    g = attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0, name, list(launch))
+    return spread_band(g, T)
 
 
 @torch._dynamo.assume_constant_result
@@ -148,17 +147,18 @@ def _hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
-def kernel_options(head_dim: int) -> dict:
-    """FlexAttention's kernel_options on CUDA (KERNEL_OPTIONS)."""
-    if KERNEL_OPTIONS is not None:
-        return KERNEL_OPTIONS
+def kernel_options(head_dim: int, chosen: dict | None) -> dict:
+    """FlexAttention's kernel_options on CUDA: those `chosen` (AttentionKernels.flex_options), or
+    SM90_D128 where it applies."""
+    if chosen is not None:
+        return chosen
     return SM90_D128 if head_dim == 128 and _hopper() else {}
 
 
-def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask
-                  ) -> tuple[Tensor, Tensor]:
+def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask: BlockMask,
+                  options: dict | None = None) -> tuple[Tensor, Tensor]:
     """Causal attention with the constant per-distance bias (H, C) read in-kernel, distances
-    beyond C - 1 reading column C - 1 -> (out, lse)."""
+    beyond C - 1 reading column C - 1 -> (out, lse). `options`: as kernel_options takes them."""
     last = dist_bias.shape[1] - 1
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -166,7 +166,7 @@ def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask
         return score + dist_bias[h, torch.clamp(q_idx - kv_idx, 0, last)]
 
     if q.is_cuda:
-        kernel, options = _flex_compiled, kernel_options(q.shape[-1]) or None
+        kernel, options = _flex_compiled, kernel_options(q.shape[-1], options) or None
     else:  # CPU: eager, forward only
         kernel, options = flex_attention, None
     out, aux = kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
@@ -176,7 +176,7 @@ def flex_with_lse(q: Tensor, k: Tensor, v: Tensor, dist_bias: Tensor, block_mask
 
 @dataclass
 class FlexPrepared:
-    dist_bias: Tensor  # (H, min(T, W + 1)) float32 bias per distance (NEAR_TABLE; else (H, T)),
+    dist_bias: Tensor  # (H, min(T, W + 1)) float32 bias per distance (near_table; else (H, T)),
     #                    differentiable w.r.t. the table
     block_mask: BlockMask  # causal T x T
     window: int  # distances >= window share one bias value (max_distance)
@@ -185,12 +185,17 @@ class FlexPrepared:
 class FlexBackend:
     """Causal self-attention only (no KV cache, no padding mask, no dropout)."""
 
+    def __init__(self, kernels: AttentionKernels = AttentionKernels()):
+        self.near_table = kernels.near_table
+        self.options = kernels.flex_kernel_options()
+        self.bias_grad = bias_grad_kernel(kernels)
+
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> FlexPrepared:
         if not bias.self_attention or bias.key_mask is not None or bias.segments is not None:
             raise ValueError("the flex backend does causal self-attention without padding masks; "
                              "use 'sdpa' or 'auto' with a KV cache, key_mask or packed rows")
         T, W = bias.q_pos.shape[-1], bias.max_distance
-        columns = min(T, W + 1) if NEAR_TABLE else T
+        columns = min(T, W + 1) if self.near_table else T
         return FlexPrepared(distance_bias(bias.table, columns, bias.num_buckets, W),
                             causal_block_mask(T, bias.table.device), W)
 
@@ -198,7 +203,8 @@ class FlexBackend:
                dropout_p: float) -> Tensor:
         if dropout_p > 0:
             raise ValueError("the flex backend has no attention dropout; use 'sdpa'")
-        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask)
+        out, lse = flex_with_lse(q, k, v, prepared.dist_bias.detach(), prepared.block_mask,
+                                 self.options)
         return _BiasGradOnBand.apply(out, prepared.dist_bias, q.detach(), k.detach(), v.detach(),
-                                     lse.detach(), prepared.window)
+                                     lse.detach(), prepared.window, self.bias_grad)
 

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from bench.decode import BenchTokenizer
-from lamda.attention import band as attention_band
 from lamda.attention import RelativeBias, get_backend
-from lamda.config import ModelConfig
+from lamda.config import AttentionKernels, ModelConfig
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate
 from lamda.model import build_model
 from lamda.rank import score_generation
@@ -17,13 +16,13 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def attention_grads(backend, q, k, v, table, dout, dtype):
+def attention_grads(backend, q, k, v, table, dout, dtype, kernels=AttentionKernels()):
     q, k, v = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))
     table = table.detach().clone().requires_grad_()
     T = q.shape[2]
     pos = torch.arange(T, device=q.device)
     bias = RelativeBias(table, pos, pos, None, 32, 128, self_attention=True)
-    be = get_backend(backend)
+    be = get_backend(backend, kernels=kernels)
     out = be.attend(q, k, v, be.prepare(bias, dtype), 0.0)
     out.backward(dout.to(dtype))
     return out, q.grad, k.grad, v.grad, table.grad
@@ -31,10 +30,9 @@ def attention_grads(backend, q, k, v, table, dout, dtype):
 
 @pytest.mark.parametrize("backend", ["flex:rows", "flex:tiles", "band"])
 @pytest.mark.parametrize("T,D", [(1024, 128), (300, 64)])
-def test_fast_backend_matches_float64_reference(backend, T, D, monkeypatch):
-    backend, _, bias_grad_kernel = backend.partition(":")  # flex's bias-gradient kernel
-    if bias_grad_kernel:
-        monkeypatch.setattr(attention_band, "BIAS_GRAD_KERNEL", bias_grad_kernel)
+def test_fast_backend_matches_float64_reference(backend, T, D):
+    backend, _, bias_grad = backend.partition(":")  # flex's bias-gradient kernel
+    kernels = AttentionKernels(bias_grad=bias_grad or "tiles")
     g = torch.Generator(device="cuda").manual_seed(T)
     B, H = 2, 4
     q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", generator=g) for _ in range(4))
@@ -42,7 +40,7 @@ def test_fast_backend_matches_float64_reference(backend, T, D, monkeypatch):
     table = torch.randn(32, H, device="cuda", generator=g)
     ref = attention_grads("sdpa", q, k, v, table, dout, torch.float64)
     sdpa = attention_grads("sdpa", q, k, v, table, dout, torch.bfloat16)
-    fast = attention_grads(backend, q, k, v, table, dout, torch.bfloat16)
+    fast = attention_grads(backend, q, k, v, table, dout, torch.bfloat16, kernels)
     for name, r, s, f in zip(["out", "dq", "dk", "dv", "dtable"], ref, sdpa, fast):
         assert torch.isfinite(f).all(), name
         err_s, err_f = rel_err(s, r), rel_err(f, r)

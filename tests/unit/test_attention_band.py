@@ -9,7 +9,7 @@ pytest.importorskip("triton")
 from lamda.attention import band as attention_band  # noqa: E402
 from lamda.attention import RelativeBias, distance_bias  # noqa: E402
 from lamda.attention.flex import band_gradient  # noqa: E402
-from lamda.config import ModelConfig  # noqa: E402
+from lamda.config import DEFAULT_LAUNCH, AttentionKernels, ModelConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402
 from tests.unit.test_attention_flex import reference_attention  # noqa: E402
 
@@ -71,18 +71,17 @@ def test_band_attention_half_precision_and_strided_inputs():
 @pytest.mark.parametrize("near_table", [True, False])
 @pytest.mark.parametrize("kernel", ["rows", "tiles"])
 @pytest.mark.parametrize("T", [20, 100])
-def test_kernel_bias_gradient_equals_the_torch_band_gradient(T, kernel, near_table, monkeypatch):
+def test_kernel_bias_gradient_equals_the_torch_band_gradient(T, kernel, near_table):
     """The flex backend's bias gradient on CUDA (either Triton kernel) against its torch
     version, for a bias table by distance over 0..W (the flex backend's) or 0..T-1."""
-    monkeypatch.setattr(attention_band, "BIAS_GRAD_KERNEL", kernel)
     # T 20: one program sums both batch rows; T 100: one row per program
-    monkeypatch.setitem(attention_band.LAUNCH, "bias_grad_tiles", (4, 2, 1 if T == 20 else 10**4))
+    launch = (4, 2, 1 if T == 20 else 10**4) if kernel == "tiles" else DEFAULT_LAUNCH["bias_grad"]
     (q, k, v, dout), table = inputs(T, 7)
     out, lse = (x.float() for x in reference(*(x.double() for x in (q, k, v, table))))
     columns = min(T, W + 1) if near_table else T
     dist = distance_bias(table, columns, BUCKETS, W)
     want = band_gradient(q, k, v, out, lse, dout, dist, W, use_kernel=False)
-    got = band_gradient(q, k, v, out, lse, dout, dist, W, use_kernel=True)
+    got = band_gradient(q, k, v, out, lse, dout, dist, W, (kernel, launch), use_kernel=True)
     assert got.shape == want.shape == (H, columns)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -90,10 +89,15 @@ def test_kernel_bias_gradient_equals_the_torch_band_gradient(T, kernel, near_tab
 def test_custom_ops_fake_kernels_agree():
     (q, k, v, dout), table = inputs(70, 3)
     near = torch.randn(H, W)
-    torch.library.opcheck(attention_band.band_attention_fwd, (q, k, v, near, 1.0))
-    out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0)
+    settings = attention_band.BandSettings.of(AttentionKernels())
+    torch.library.opcheck(attention_band.band_attention_fwd, (q, k, v, near, 1.0, [*settings.fwd]))
+    out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0, [*settings.fwd])
     torch.library.opcheck(attention_band.band_attention_bwd,
-                          (q, k, v, out, lse, dout, near, 1.0, None, None, None))
+                          (q, k, v, out, lse, dout, near, 1.0, None, None, None,
+                           [*settings.dq], [*settings.dkdv]))
+    torch.library.opcheck(attention_band.band_bias_grad,
+                          (q, k, v, out, lse, dout, near, 1.0, "tiles",
+                           [*DEFAULT_LAUNCH["bias_grad_tiles"]]))
 
 
 def test_compiled_model_gradients_through_the_band_backend():
@@ -115,4 +119,4 @@ def test_unsupported_shapes_are_refused_clearly():
     assert not attention_band.supports(64, 16)
     with pytest.raises(ValueError, match="power-of-two head size"):
         attention_band.band_attention_fwd(torch.randn(1, 1, 8, 24), torch.randn(1, 1, 8, 24),
-                                          torch.randn(1, 1, 8, 24), torch.randn(1, 32), 1.0)
+                                          torch.randn(1, 1, 8, 24), torch.randn(1, 32), 1.0, [4, 2])

@@ -7,7 +7,7 @@ import torch
 from lamda.attention import flex as attention_flex
 from lamda.attention import RelativeBias, get_backend, relative_position_bucket
 from lamda.attention.flex import bias_grad_by_distance, distance_bias
-from lamda.config import ModelConfig
+from lamda.config import SM90_D128, AttentionKernels, ModelConfig
 from lamda.model import build_model
 
 
@@ -47,7 +47,7 @@ def test_band_gradient_equals_autograd(T, num_buckets, max_distance):
 def test_model_gradients_through_the_flex_backend(monkeypatch):
     """The whole model with `flex` (kernel replaced by a plain differentiable one that, like the
     real kernel, sees the bias as a constant) has the same gradients as with `sdpa`."""
-    def kernel(q, k, v, dist_bias, block_mask):
+    def kernel(q, k, v, dist_bias, block_mask, options):
         T = q.shape[2]
         pos = torch.arange(T)
         dist = (pos[:, None] - pos[None]).clamp(0, dist_bias.shape[1] - 1)
@@ -71,14 +71,19 @@ def test_model_gradients_through_the_flex_backend(monkeypatch):
 
 @pytest.mark.parametrize("near_table", [True, False])
 @pytest.mark.parametrize("max_distance", [16, 128])  # far keys read the clamped column / none
-def test_real_flex_forward_matches_sdpa(monkeypatch, near_table, max_distance):
-    monkeypatch.setattr(attention_flex, "NEAR_TABLE", near_table)
+def test_real_flex_forward_matches_sdpa(near_table, max_distance):
     torch.manual_seed(0)
     cfg = ModelConfig.from_name("debug", rel_max_distance=max_distance, rel_buckets=8)
     ref = build_model(cfg.replace(attn_backend="sdpa")).eval()
-    flex = build_model(cfg.replace(attn_backend="flex")).eval()
+    flex = build_model(cfg.replace(attn_backend="flex",
+                                   attn_kernels=AttentionKernels(near_table=near_table))).eval()
+    T = 100
+    pos = torch.arange(T)
+    bias = RelativeBias(flex.rel_bias.weight, pos, pos, None, 8, max_distance, self_attention=True)
+    columns = min(T, max_distance + 1) if near_table else T  # the kernel setting reached the backend
+    assert flex.backend.prepare(bias, torch.float32).dist_bias.shape[1] == columns
     flex.load_state_dict(ref.state_dict())
-    tokens = torch.randint(0, cfg.vocab_size, (2, 100))
+    tokens = torch.randint(0, cfg.vocab_size, (2, T))
     with torch.no_grad():
         assert torch.allclose(flex(tokens), ref(tokens), atol=1e-4)
 
@@ -101,9 +106,11 @@ def test_flex_refuses_what_it_cannot_do():
 
 
 def test_kernel_options_apply_the_tuned_blocks_only_where_measured(monkeypatch):
-    assert attention_flex.kernel_options(128) == {}  # no CUDA here: FlexAttention's own choice
+    assert attention_flex.kernel_options(128, None) == {}  # no CUDA: FlexAttention's own choice
     monkeypatch.setattr(attention_flex, "_hopper", lambda: True)
-    assert attention_flex.kernel_options(128) == attention_flex.SM90_D128
-    assert attention_flex.kernel_options(64) == {}
-    monkeypatch.setattr(attention_flex, "KERNEL_OPTIONS", {"bwd_num_warps": 8})
-    assert attention_flex.kernel_options(128) == {"bwd_num_warps": 8}
+    assert attention_flex.kernel_options(128, None) == SM90_D128
+    assert attention_flex.kernel_options(64, None) == {}
+    chosen = get_backend("flex", kernels=AttentionKernels(flex_options="bwd_num_warps=8")).options
+    assert attention_flex.kernel_options(128, chosen) == {"bwd_num_warps": 8}
+    assert attention_flex.kernel_options(128, get_backend("flex", kernels=AttentionKernels(
+        flex_options="")).options) == {}

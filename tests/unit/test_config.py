@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lamda.config import PRESETS, ModelConfig
+from lamda.config import DEFAULT_LAUNCH, PRESETS, AttentionKernels, ModelConfig
 from lamda.model import build_model
 
 
@@ -47,6 +47,28 @@ def test_config_round_trips_through_json(tmp_path):
     assert ModelConfig.load(tmp_path / "config.json") == c
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({**c.to_dict(), "bogus": 1})
+
+
+def test_kernel_settings_travel_with_the_config(tmp_path):
+    kernels = AttentionKernels(flex_options="bwd_num_warps=8,ROWS_GUARANTEED_SAFE=true",
+                               near_table=False, bias_grad="rows", far="cudnn", launch="dq=4.1.2048")
+    c = ModelConfig.from_name("tiny", attn_kernels=kernels)
+    c.save(tmp_path / "config.json")  # as checkpoints and exported models save it
+    assert ModelConfig.load(tmp_path / "config.json").attn_kernels == kernels
+    assert kernels.flex_kernel_options() == {"bwd_num_warps": 8, "ROWS_GUARANTEED_SAFE": True}
+    assert kernels.launch_settings() == {**DEFAULT_LAUNCH, "dq": (4, 1, 2048)}
+    old = {k: v for k, v in c.to_dict().items() if k != "attn_kernels"}  # saved before the field
+    assert ModelConfig.from_dict(old).attn_kernels == AttentionKernels()
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"bias_grad": "fast"}, "bias_grad must be"), ({"far": "xformers"}, "far must be"),
+    ({"launch": "dq=4.1"}, r"dq=N\.N\.N"), ({"launch": "warp=4.1"}, "is not one of"),
+    ({"launch": "dq=4.x.1"}, "not an integer"), ({"flex_options": "BLOCK_M"}, "name=value"),
+])
+def test_bad_kernel_settings_are_refused_when_made(bad, match):
+    with pytest.raises(ValueError, match=match):
+        AttentionKernels(**bad)
 
 
 def test_overrides():
