@@ -1,80 +1,47 @@
-"""Flags and set-up shared by the training jobs."""
+"""Settings and set-up shared by the jobs."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from lamda.parallel import ParallelConfig
+from lamda.ray_train import ClusterSpec
 from lamda.storage import fetch_file, join
 from lamda.tokenizer import Tokenizer
 from lamda.training import TrainConfig
 
 
-def add_training_flags(p: argparse.ArgumentParser, *, steps: int, lr: float) -> None:
-    g = p.add_argument_group("cluster")
-    g.add_argument("--address", default=None,
-                   help="Ray address; default: the cluster of `ray job submit` (RAY_ADDRESS), "
-                        "else a local Ray started for this job")
-    g.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU workers (gloo)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0)
-    g.add_argument("--storage-path", default="runs/ray",
-                   help="checkpoints: a directory or s3://bucket/prefix[?endpoint_override=HOST:PORT&scheme=http]")
-    g.add_argument("--run-name", required=True, help="re-running with the same name resumes")
-    g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
-    g.add_argument("--export", default=None,
-                   help="where to write the safetensors export (default: <storage>/<run>/export)")
-    g.add_argument("--export-shard-mb", type=float, default=2048,
-                   help="at most this many MB per export file (the export is sharded)")
-    t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=steps)
-    t.add_argument("--batch-size", type=int, default=8, help="sequences per worker per micro-batch")
-    t.add_argument("--seq-len", type=int, default=256)
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=float, default=lr)
-    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: steps / 10)")
-    t.add_argument("--checkpoint-every", type=int, default=50)
-    t.add_argument("--sync-checkpoints", action="store_true",
-                   help="wait for every checkpoint's upload (default: upload while training)")
-    t.add_argument("--eval-every", type=int, default=50,
-                   help="0: no evaluation (and no rows held out for it)")
-    t.add_argument("--eval-fraction", type=float, default=0.05, help="rows held out for evaluation")
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--compile", action="store_true", help="torch.compile each block")
-    t.add_argument("--activation-checkpointing", action="store_true")
-    t.add_argument("--tp", type=int, default=1,
-                   help="tensor-parallel degree (heads and FFN split over this many workers of a "
-                        "node; FSDP over the rest: a 2-D mesh)")
-    t.add_argument("--peak-tflops", type=float, default=None,
-                   help="per device, for MFU (default: known GPUs by name)")
-    t.add_argument("--watts", type=float, default=None,
-                   help="per device, for modelled energy where NVML has no energy counter")
+@dataclass(frozen=True, kw_only=True)
+class TrainJob:
+    """Where a training job runs and how it trains: the flags jobs.pretrain and jobs.finetune share."""
 
+    run_name: str  # re-running with the same name resumes
+    address: str | None = None  # Ray address; default: the cluster of `ray job submit` (RAY_ADDRESS),
+    #                             else a local Ray started for this job
+    cluster: ClusterSpec = field(default=ClusterSpec(), metadata={"skip": ("run_name",)})
+    train: TrainConfig = field(default=TrainConfig(), metadata={"skip": ("dialog_fraction",)})
+    parallel: ParallelConfig = field(default=ParallelConfig(), metadata={"skip": ("fsdp", "bf16")})
+    export: str | None = None  # where to write the safetensors export (default: <storage>/<run>/export)
+    export_shard_mb: float = 2048  # at most this many MB per export file (the export is sharded)
+    checkpoint_every: int = 50  # steps between checkpoints (the last step always checkpoints)
+    sync_checkpoints: bool = False  # wait for every checkpoint's upload (default: upload while training)
+    eval_every: int = 50  # steps between evaluation losses (0: none, and no rows held out for it)
+    eval_fraction: float = 0.05  # rows held out for evaluation
+    peak_tflops: float | None = None  # per device, for MFU (default: known GPUs by name)
+    watts: float | None = None  # per device, for modelled energy where NVML has no energy counter
 
-def train_config(a) -> TrainConfig:
-    return TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
-                       grad_accum=a.grad_accum, lr=a.lr,
-                       warmup_steps=a.warmup if a.warmup is not None else max(1, a.steps // 10),
-                       log_every=a.log_every, seed=a.seed,
-                       dialog_fraction=getattr(a, "dialog_fraction", 0.5))
-
-
-def parallel_config(a) -> ParallelConfig:
-    return ParallelConfig(tp=a.tp, activation_checkpointing=a.activation_checkpointing,
-                          compile=a.compile, bf16=a.gpus_per_worker > 0)
-
-
-def export_path(a) -> str:
-    return a.export or join(a.storage_path if "://" in a.storage_path
-                            else os.path.abspath(a.storage_path), a.run_name, "export")
+    def export_path(self) -> str:
+        storage = self.cluster.storage_path
+        return self.export or join(storage if "://" in storage else os.path.abspath(storage),
+                                   self.run_name, "export")
 
 
 def load_tokenizer(uri: str) -> Tokenizer:
@@ -148,27 +115,27 @@ class TrainProgress:
         self.bar.close()
 
 
-def run(a, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
-        tokens: str | None = None, mixture: dict[str, float] | None = None):
-    """Hold out the evaluation rows, then train on Ray Train as the flags say; returns the Result.
+def train(job: TrainJob, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
+          tokens: str | None = None, mixture: dict[str, float] | None = None):
+    """Hold out the evaluation rows, then train on Ray Train as `job` says; returns the Result.
     With `tokens` (a tokenised corpus, no `ds`), the sources are mixed as `mixture` says."""
     from lamda import ray_data as RD
     from lamda import ray_train as R
-    held_out = a.eval_fraction if a.eval_every and ds is not None else 0.0  # no rows unused
-    train, evaluation = RD.split_eval(ds, held_out, a.seed) if ds is not None else (None, None)
-    spec = R.RunSpec(model=model, train=train_config(a), tokenizer=tok, parallel=parallel_config(a),
-                     init_from=init_from, export_to=export_path(a),
-                     export_shard_bytes=int(a.export_shard_mb * 2**20),
-                     async_checkpoint=not a.sync_checkpoints,
-                     checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
-                     peak_flops=a.peak_tflops and a.peak_tflops * 1e12, watts=a.watts, stage=stage,
-                     tokens=tokens, mixture=mixture)
-    cluster = R.ClusterSpec(workers=a.workers, gpus_per_worker=a.gpus_per_worker,
-                            cpus_per_worker=a.cpus_per_worker, storage_path=a.storage_path,
-                            run_name=a.run_name, max_failures=a.max_failures)
-    progress = TrainProgress(stage, a.steps)
+    held_out = job.eval_fraction if job.eval_every and ds is not None else 0.0  # no rows unused
+    train_rows, evaluation = RD.split_eval(ds, held_out, job.train.seed) if ds is not None \
+        else (None, None)
+    parallel = dataclasses.replace(job.parallel, bf16=job.cluster.gpus_per_worker > 0)
+    spec = R.RunSpec(model=model, train=job.train, tokenizer=tok, parallel=parallel,
+                     init_from=init_from, export_to=job.export_path(),
+                     export_shard_bytes=int(job.export_shard_mb * 2**20),
+                     async_checkpoint=not job.sync_checkpoints,
+                     checkpoint_every=job.checkpoint_every, eval_every=job.eval_every,
+                     peak_flops=job.peak_tflops and job.peak_tflops * 1e12, watts=job.watts,
+                     stage=stage, tokens=tokens, mixture=mixture)
+    cluster = dataclasses.replace(job.cluster, run_name=job.run_name)
+    progress = TrainProgress(stage, job.train.steps)
     try:
-        result = R.fit(spec, cluster, train, evaluation, on_report=progress)
+        result = R.fit(spec, cluster, train_rows, evaluation, on_report=progress)
     finally:
         progress.close()
     print(f"done: step {result.metrics['step']}, loss {result.metrics['loss']:.4f}, "

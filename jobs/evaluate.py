@@ -17,11 +17,13 @@ paper's rules and reported apart. Nothing here is the model grading its own repl
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.flags import parse
 
 from lamda import eval as E
 from lamda.checkpoint import load_export
@@ -145,37 +147,33 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", type=Path, required=True, help="exports to evaluate")
-    p.add_argument("--questions", type=Path, required=True,
-                   help="held-out questions with known answers (jobs.tool_data writes heldout.jsonl)")
-    p.add_argument("--per-kind", type=int, default=None, help="evaluate the first N of each kind")
-    p.add_argument("--labelled", type=Path, default=SAMPLE_DIR / "labelled_eval.jsonl",
-                   help="held-out rater-labelled responses for the discriminators")
-    p.add_argument("--index", type=Path, default=None, help="retrieval index for the research loop")
-    p.add_argument("--ratings", type=Path, default=None, help="human ratings (JSONL or CSV)")
-    p.add_argument("--candidates", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    return p
+@dataclass(frozen=True, kw_only=True)
+class EvalJob:
+    """The flags of jobs.evaluate."""
+
+    models: tuple[Path, ...]  # exports to evaluate
+    questions: Path  # held-out questions with known answers (jobs.tool_data writes heldout.jsonl)
+    out: Path  # directory for report.json and the charts
+    per_kind: int | None = None  # evaluate the first N questions of each kind (default: all)
+    labelled: Path = SAMPLE_DIR / "labelled_eval.jsonl"  # held-out rater-labelled responses for
+    #                                                      the discriminators
+    index: Path | None = None  # retrieval index for the research loop
+    ratings: Path | None = None  # human ratings (JSONL or CSV)
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=48, seed=0)
 
 
-def main(argv=None) -> dict:
-    a = parser().parse_args(argv)
-    questions = sample_questions(read_questions(a.questions), a.per_kind)
-    toolset = Toolset(retriever=Retriever(a.index) if a.index else None).warm_up()
-    sampling = SamplingConfig(num_candidates=a.candidates, max_new_tokens=a.max_new_tokens, seed=a.seed)
-    report = {"questions": len(questions), "question_file": str(a.questions),
+def run(job: EvalJob) -> dict:
+    questions = sample_questions(read_questions(job.questions), job.per_kind)
+    toolset = Toolset(retriever=Retriever(job.index) if job.index else None).warm_up()
+    report = {"questions": len(questions), "question_file": str(job.questions),
               "note": "graded against known answers and their sources; no self-assessment",
               "variants": {}, "discriminators": {}}
-    for path in a.models:
+    for path in job.models:
         modes = [False] if stage_of(path) == "pretrain" else [False, True]
         for research in modes:
             name = f"{path.name}{' + research' if research else ''}"
             t0 = time.perf_counter()
-            answers = answer_all(path, questions, research, toolset, sampling)
+            answers = answer_all(path, questions, research, toolset, job.sampling)
             graded = [x.pop("graded") for x in answers]
             report["variants"][name] = {
                 "model": str(path), "stage": stage_of(path), "research": research,
@@ -183,17 +181,21 @@ def main(argv=None) -> dict:
                 "examples": answers}
             print(f"[evaluate] {name}: {len(questions)} questions in {time.perf_counter() - t0:.1f}s",
                   flush=True)
-        if stage_of(path) != "pretrain" and a.labelled.exists():
-            report["discriminators"][path.name] = discriminators(path, a.labelled)
-    if a.ratings:
-        human = [E.aggregate(r) for r in E.read_ratings(a.ratings).values()]
+        if stage_of(path) != "pretrain" and job.labelled.exists():
+            report["discriminators"][path.name] = discriminators(path, job.labelled)
+    if job.ratings:
+        human = [E.aggregate(r) for r in E.read_ratings(job.ratings).values()]
         report["human"] = {"responses": len(human), "metrics": E.metrics(human)}
-    a.out.mkdir(parents=True, exist_ok=True)
-    report["charts"] = [str(c) for c in charts(report, a.out)]
-    (a.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    job.out.mkdir(parents=True, exist_ok=True)
+    report["charts"] = [str(c) for c in charts(report, job.out)]
+    (job.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(table(report))
-    print(f"report: {a.out / 'report.json'}; charts: {', '.join(report['charts'])}")
+    print(f"report: {job.out / 'report.json'}; charts: {', '.join(report['charts'])}")
     return report
+
+
+def main(argv=None) -> dict:
+    return run(parse(EvalJob, argv, __doc__))
 
 
 if __name__ == "__main__":

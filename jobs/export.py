@@ -8,19 +8,28 @@ Runs in one process (no Ray needed); training jobs also export at their end.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
+from jobs.flags import parse
 from lamda.checkpoint import export_checkpoint
 
 
-def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (local or s3://)")
-    p.add_argument("--out", required=True, help="export destination (local or s3://)")
-    a = p.parse_args(argv)
-    out = export_checkpoint(a.checkpoint, a.out)
-    print(f"exported {a.checkpoint} -> {out}")
+@dataclass(frozen=True, kw_only=True)
+class ExportJob:
+    """The flags of jobs.export."""
+
+    checkpoint: str  # checkpoint directory (local or s3://)
+    out: str  # export destination (local or s3://)
+
+
+def run(job: ExportJob) -> str:
+    out = export_checkpoint(job.checkpoint, job.out)
+    print(f"exported {job.checkpoint} -> {out}")
     return out
+
+
+def main(argv=None) -> str:
+    return run(parse(ExportJob, argv, __doc__))
 
 
 if __name__ == "__main__":

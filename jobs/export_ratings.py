@@ -15,11 +15,13 @@ aggregate to by the paper's rules (lamda.data.aggregate_ratings; jobs.finetune a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.flags import parse
 
 from lamda.conversations import ConversationStore, rated_text
 from lamda.data import Turn
@@ -27,15 +29,15 @@ from lamda.ratings import context_of, labelled_records
 from lamda.storage import S3Location, is_s3
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--conversations", default="runs/serve/conversations.sqlite",
-                   help="the chat service's store: a SQLite file or a postgresql:// URL")
-    p.add_argument("--out", required=True, help="labelled JSONL file (local or s3://)")
-    p.add_argument("--min-raters", type=int, default=1,
-                   help="export only responses rated by at least this many raters (paper: 3 to 5)")
-    p.add_argument("--max-context-turns", type=int, default=64, help="turns of context kept")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class ExportRatingsJob:
+    """The flags of jobs.export_ratings."""
+
+    out: str  # labelled JSONL file (local or s3://)
+    conversations: str = "runs/serve/conversations.sqlite"  # the chat service's store: a SQLite
+    #                                                         file or a postgresql:// URL
+    min_raters: int = 1  # export only responses rated by at least this many raters (paper: 3 to 5)
+    max_context_turns: int = 64  # turns of context kept
 
 
 def export(store: ConversationStore, min_raters: int = 1, max_context_turns: int = 64) -> list[dict]:
@@ -67,17 +69,20 @@ def write_jsonl(records: list[dict], out: str) -> None:
     os.replace(tmp, out)
 
 
-def main(argv=None) -> dict:
-    a = parser().parse_args(argv)
-    store = ConversationStore(a.conversations)
+def run(job: ExportRatingsJob) -> dict:
+    store = ConversationStore(job.conversations)
     try:
-        records = export(store, a.min_raters, a.max_context_turns)
+        records = export(store, job.min_raters, job.max_context_turns)
     finally:
         store.close()
-    write_jsonl(records, a.out)
+    write_jsonl(records, job.out)
     votes = sum(r["raters"] for r in records)
-    print(f"export_ratings: {len(records)} rated responses ({votes} raters' votes) -> {a.out}")
-    return {"responses": len(records), "votes": votes, "out": a.out}
+    print(f"export_ratings: {len(records)} rated responses ({votes} raters' votes) -> {job.out}")
+    return {"responses": len(records), "votes": votes, "out": job.out}
+
+
+def main(argv=None) -> dict:
+    return run(parse(ExportRatingsJob, argv, __doc__))
 
 
 if __name__ == "__main__":

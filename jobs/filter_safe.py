@@ -12,47 +12,45 @@ its scores), which `jobs.finetune --dialogs OUT` trains on (loss on the kept tur
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 
 from jobs.common import init_ray, ray_data_quiet
+from jobs.flags import parse
 from lamda.checkpoint import read_export_header
 from lamda.data import ATTRIBUTES
 from lamda.safety_filter import FilterConfig, TurnScorer
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="export of a fine-tuned model (local or s3://)")
-    p.add_argument("--dialogs", nargs="+", required=True, help="dialog files (JSONL/Parquet, local or s3://)")
-    p.add_argument("--out", required=True, help="output directory (local or s3://)")
-    p.add_argument("--max-unsafe", type=float, default=0.5, help="keep turns with P(unsafe) below this")
-    p.add_argument("--min-quality", type=float, default=0.0, help="and 3S+Sp+I at least this (0..5)")
-    p.add_argument("--top-fraction", type=float, default=1.0,
-                   help="and among this best fraction of the safe turns (paper: 800K of 2.5M)")
-    p.add_argument("--actors", type=int, default=1, help="scoring actors")
-    p.add_argument("--batch-size", type=int, default=64, help="dialogs per actor call")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--address", default=None, help="Ray address (default: job's cluster or local)")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class FilterJob:
+    """The flags of jobs.filter_safe."""
+
+    model: str  # export of a fine-tuned model (local or s3://)
+    dialogs: tuple[str, ...]  # dialog files (JSONL/Parquet, local or s3://)
+    out: str  # output directory (local or s3://)
+    filter: FilterConfig = FilterConfig()
+    actors: int = 1  # scoring actors
+    batch_size: int = 64  # dialogs per actor call
+    cpus_per_actor: float = 1.0  # logical CPUs per scoring actor
+    gpus_per_actor: float = 0.0  # GPUs per scoring actor (0: score on CPU)
+    address: str | None = None  # Ray address (default: the job's cluster or a local Ray)
 
 
-def main(argv=None) -> dict:
-    a = parser().parse_args(argv)
-    read_export_header(a.model)  # a clear error now rather than inside every actor
-    cfg = FilterConfig(a.max_unsafe, a.min_quality, a.top_fraction)
-    init_ray(a.address, a.actors * a.cpus_per_actor)
+def run(job: FilterJob) -> dict:
+    cfg = job.filter
+    read_export_header(job.model)  # a clear error now rather than inside every actor
+    init_ray(job.address, job.actors * job.cpus_per_actor)
     ray_data_quiet()
     import ray.data
     from ray.data.expressions import col
     from lamda.ray_data import read_records
-    scored = read_records(a.dialogs).map_batches(
-        TurnScorer, fn_constructor_kwargs={"export": a.model,
-                                           "device": "cuda" if a.gpus_per_actor else "cpu"},
-        batch_size=a.batch_size, compute=ray.data.ActorPoolStrategy(size=a.actors),
-        num_cpus=a.cpus_per_actor,
-        num_gpus=a.gpus_per_actor or None).materialize()
+    scored = read_records(list(job.dialogs)).map_batches(
+        TurnScorer, fn_constructor_kwargs={"export": job.model,
+                                           "device": "cuda" if job.gpus_per_actor else "cpu"},
+        batch_size=job.batch_size, compute=ray.data.ActorPoolStrategy(size=job.actors),
+        num_cpus=job.cpus_per_actor,
+        num_gpus=job.gpus_per_actor or None).materialize()
     n_in = scored.count()
     kept = scored.filter(expr=(col("unsafe") < cfg.max_unsafe)  # FilterConfig.passes
                          & (col("quality") >= cfg.min_quality))
@@ -62,11 +60,15 @@ def main(argv=None) -> dict:
     kept = kept.materialize()
     n_out = kept.count()
     kept.map(lambda r: json.loads(r["dialog"]) | {"scores": {k: r[k] for k in (
-        *ATTRIBUTES, "quality")}}).write_json(a.out)
-    counts = {"turns_in": n_in, "passed_thresholds": n_pass, "kept": n_out, "out": a.out}
+        *ATTRIBUTES, "quality")}}).write_json(job.out)
+    counts = {"turns_in": n_in, "passed_thresholds": n_pass, "kept": n_out, "out": job.out}
     print(f"filter_safe: {n_in} LaMDA turns scored, {n_pass} pass the thresholds, {n_out} kept "
-          f"-> {a.out}")
+          f"-> {job.out}")
     return counts
+
+
+def main(argv=None) -> dict:
+    return run(parse(FilterJob, argv, __doc__))
 
 
 if __name__ == "__main__":

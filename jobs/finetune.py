@@ -13,36 +13,44 @@ labelled responses rated sensible and safe, and for the last (LaMDA) turn of eac
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-from jobs.common import add_training_flags, init_ray, ray_data_quiet, run
+from jobs.common import TrainJob, init_ray, ray_data_quiet, train
+from jobs.flags import parse
 from lamda.checkpoint import read_export_header
 from lamda.data import SAMPLE_DIR
+from lamda.training import TrainConfig
+
+TRAIN = TrainConfig(steps=100, lr=5e-4)  # fine-tuning's defaults
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init-from", required=True, help="export of the pre-trained model (local or s3://)")
-    p.add_argument("--labelled", nargs="*", default=[str(SAMPLE_DIR / "labelled.jsonl")],
-                   help="labelled responses with rater votes (JSONL or Parquet)")
-    p.add_argument("--research", nargs="*", default=[],
-                   help="research transcripts (e.g. jobs.tool_data's research.jsonl)")
-    p.add_argument("--dialogs", nargs="*", default=[],
-                   help="dialog records whose last, LaMDA turn is a generative target "
-                        "(e.g. jobs.filter_safe's output directory)")
-    add_training_flags(p, steps=100, lr=5e-4)
-    return p
+@dataclass(frozen=True, kw_only=True)
+class FinetuneJob(TrainJob):
+    """The flags of jobs.finetune."""
+
+    init_from: str  # export of the pre-trained model (local or s3://)
+    labelled: tuple[str, ...] = (str(SAMPLE_DIR / "labelled.jsonl"),)  # labelled responses with
+    #                                                 rater votes (JSONL or Parquet)
+    research: tuple[str, ...] = ()  # research transcripts (e.g. jobs.tool_data's research.jsonl)
+    dialogs: tuple[str, ...] = ()  # dialog records whose last, LaMDA turn is a generative target
+    #                                (e.g. jobs.filter_safe's output directory)
+    train: TrainConfig = TRAIN
+
+
+def run(job: FinetuneJob):
+    model, tok = read_export_header(job.init_from)  # fails early and clearly when it is not there
+    init_ray(job.address, job.cluster.workers * job.cluster.cpus_per_worker)
+    ray_data_quiet()
+    from lamda import ray_data as RD
+    seq_len = job.train.seq_len
+    ds = RD.finetune_dataset(tok, seq_len, list(job.labelled), list(job.research),
+                             list(job.dialogs), job.train.seed)
+    model = model.replace(max_seq_len=max(model.max_seq_len, seq_len))
+    return train(job, model, tok, ds, "finetune", init_from=job.init_from)
 
 
 def main(argv=None):
-    a = parser().parse_args(argv)
-    model, tok = read_export_header(a.init_from)  # fails early and clearly when it is not there
-    init_ray(a.address, a.workers * a.cpus_per_worker)
-    ray_data_quiet()
-    from lamda import ray_data as RD
-    ds = RD.finetune_dataset(tok, a.seq_len, a.labelled, a.research, a.dialogs, a.seed)
-    model = model.replace(max_seq_len=max(model.max_seq_len, a.seq_len))
-    return run(a, model, tok, ds, "finetune", init_from=a.init_from)
+    return run(parse(FinetuneJob, argv, __doc__))
 
 
 if __name__ == "__main__":

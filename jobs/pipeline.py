@@ -13,19 +13,22 @@ from their latest checkpoint (delete the workdir to start over). Runs on the Ray
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs import evaluate, filter_safe, finetune, pretrain, tool_data
 from jobs.common import init_ray, shutdown_ray
+from jobs.flags import parse
 from jobs.train_tokenizer import train_tokenizer
 from lamda import eval as E
 from lamda.config import PRESETS
 from lamda.data import SAMPLE_DIR
+from lamda.ray_train import ClusterSpec
+from lamda.safety_filter import FilterConfig
 from lamda.tool_data import read_questions
 from lamda.tools import retrieval
 
@@ -35,35 +38,31 @@ from lamda.tools import retrieval
 PRETRAIN_STEPS, FINETUNE_STEPS, SAFE_FINETUNE_STEPS = 20, 250, 30
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("runs/local"), help="outputs of every stage")
-    p.add_argument("--data-dir", type=Path, default=SAMPLE_DIR, help="corpus (bundled sample)")
-    p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size")
-    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
-    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
-    p.add_argument("--safe-finetune-steps", type=int, default=SAFE_FINETUNE_STEPS)
-    p.add_argument("--finetune-lr", type=float, default=2e-3,
-                   help="peak learning rate of both fine-tunings (tiny learns tool use at 2e-3)")
-    p.add_argument("--top-fraction", type=float, default=0.5, help="safe-data filtering keeps this")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per worker (fine-tuning packs "
-                   "several examples into a row)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--tool-data-fraction", type=float, default=1.0,
-                   help="scale of the tool-use training split (1: about 9,000 transcripts)")
-    p.add_argument("--eval-per-kind", type=int, default=4,
-                   help="held-out questions of each kind in the evaluation stage")
-    p.add_argument("--check-per-kind", type=int, default=20,
-                   help="held-out questions of each kind sent to the served app (with --serve)")
-    p.add_argument("--serve", action="store_true", help="finish by deploying the chat app")
-    p.add_argument("--block", action="store_true", help="with --serve: keep serving until Ctrl-C")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port of the chat app (127.0.0.1)")
-    p.add_argument("--address", default=None, help="Ray address (default: job's cluster or local)")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class PipelineJob:
+    """The flags of jobs.pipeline."""
+
+    workdir: Path = Path("runs/local")  # outputs of every stage
+    data_dir: Path = SAMPLE_DIR  # corpus (the bundled sample)
+    preset: str = field(default="tiny", metadata={"choices": list(PRESETS)})  # model size
+    vocab_size: int = 4096  # tokenizer vocabulary
+    workers: int = 2  # Ray Train workers (and safe-data filtering actors)
+    gpus_per_worker: float = 0.0  # 0: CPU workers
+    cpus_per_worker: float = 1.0  # logical CPUs per worker
+    pretrain_steps: int = PRETRAIN_STEPS  # pre-training steps
+    finetune_steps: int = FINETUNE_STEPS  # fine-tuning steps
+    safe_finetune_steps: int = SAFE_FINETUNE_STEPS  # steps of the fine-tuning on safe data
+    finetune_lr: float = 2e-3  # peak learning rate of both fine-tunings (tiny learns tool use at 2e-3)
+    top_fraction: float = 0.5  # safe-data filtering keeps this
+    batch_size: int = 8  # rows per worker (fine-tuning packs several examples into a row)
+    seq_len: int = 256  # tokens per row
+    tool_data_fraction: float = 1.0  # scale of the tool-use training split (1: about 9,000 transcripts)
+    eval_per_kind: int = 4  # held-out questions of each kind in the evaluation stage
+    check_per_kind: int = 20  # held-out questions of each kind sent to the served app (with --serve)
+    serve: bool = False  # finish by deploying the chat app
+    block: bool = False  # with --serve: keep serving until Ctrl-C
+    port: int = 8000  # HTTP port of the chat app (127.0.0.1)
+    address: str | None = None  # Ray address (default: the job's cluster or a local Ray)
 
 
 def deploy(work: Path, port: int) -> str:
@@ -81,7 +80,7 @@ def deploy(work: Path, port: int) -> str:
 
 def build_index(index: Path, data: Path) -> None:
     """The retrieval index: the bundled documents and Debian's dict-elements."""
-    retrieval.main(["--db", str(index), "--jsonl", str(data / "documents.jsonl"), "--dictd", "elements"])
+    retrieval.build_index(index, [data / "documents.jsonl"], ["elements"])
 
 
 def complete(out: Path, build) -> None:
@@ -139,11 +138,14 @@ def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    a = parser().parse_args(argv)
+    run(parse(PipelineJob, argv, __doc__))
+
+
+def run(job: PipelineJob) -> None:
     own_ray = False
     try:
-        own_ray = init_ray(a.address, a.workers * a.cpus_per_worker)
-        run_stages(a)
+        own_ray = init_ray(job.address, job.workers * job.cpus_per_worker)
+        run_stages(job)
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages are kept and training resumes from its last "
               "checkpoint; run again to continue", flush=True)
@@ -152,69 +154,76 @@ def main(argv=None) -> None:
         raise SystemExit(130) from None
 
 
-def run_stages(a) -> None:
+def run_stages(job: PipelineJob) -> None:
     """Every stage in turn; with --serve --block, serves until Ctrl-C (KeyboardInterrupt)."""
-    work, data = a.workdir.resolve(), a.data_dir
-    train = ["--storage-path", str(work / "ray"), "--workers", str(a.workers),
-             "--gpus-per-worker", str(a.gpus_per_worker), "--cpus-per-worker", str(a.cpus_per_worker),
-             "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len)]
+    work, data = job.workdir.resolve(), job.data_dir
     tok, pre, ft, safe, ft2, index = (work / "tokenizer.model", work / "pretrained",
                                       work / "finetuned", work / "safe_dialogs",
                                       work / "finetuned_safe", work / "index.sqlite")
     tools = work / "data"  # research.jsonl, dialogs.jsonl, drills.jsonl, heldout.jsonl
-    finetune_data = ["--labelled", str(data / "labelled.jsonl"), "--research",
-                     str(tools / "research.jsonl"), "--lr", str(a.finetune_lr)]
+    cluster = ClusterSpec(workers=job.workers, gpus_per_worker=job.gpus_per_worker,
+                          cpus_per_worker=job.cpus_per_worker, storage_path=str(work / "ray"))
+    rows = {"batch_size": job.batch_size, "seq_len": job.seq_len}
+    pretraining = pretrain.PretrainJob(
+        run_name="pretrain", preset=job.preset, tokenizer=str(tok), export=str(pre), cluster=cluster,
+        documents=(str(tools / "documents.jsonl"),), dialogs=(str(data / "dialogs.jsonl"),),
+        train=replace(pretrain.TRAIN, steps=job.pretrain_steps, **rows))
+    generated = (str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"))
+
+    def finetuning(name: str, init_from: Path, dialogs: tuple[str, ...], steps: int, export: Path):
+        return finetune.FinetuneJob(
+            run_name=name, init_from=str(init_from), export=str(export), cluster=cluster,
+            labelled=(str(data / "labelled.jsonl"),), research=(str(tools / "research.jsonl"),),
+            dialogs=dialogs, train=replace(finetune.TRAIN, steps=steps, lr=job.finetune_lr, **rows))
+
+    def filtering(out: Path):
+        return filter_safe.FilterJob(
+            model=str(ft), dialogs=(str(data / "dialogs.jsonl"),), out=str(out),
+            filter=FilterConfig(top_fraction=job.top_fraction), actors=max(1, job.workers),
+            cpus_per_actor=job.cpus_per_worker, gpus_per_actor=job.gpus_per_worker)
+
     stages = [
         ("retrieval index", index, lambda: complete(index, lambda tmp: build_index(tmp, data))),
         ("tool-use data (real tools) and held-out questions", tools / "heldout.jsonl",
-         lambda: tool_data.main(["--index", str(index), "--out", str(tools),
-                                 "--doc-questions", str(data / "doc_questions.jsonl"),
-                                 "--documents", str(data / "documents.jsonl"),
-                                 "--fraction", str(a.tool_data_fraction)])),
+         lambda: tool_data.run(tool_data.ToolDataJob(
+             index=index, out=tools, doc_questions=data / "doc_questions.jsonl",
+             documents=data / "documents.jsonl", fraction=job.tool_data_fraction))),
         ("tokenizer", tok, lambda: train_tokenizer(
             [tools / "documents.jsonl"], [data / "dialogs.jsonl", tools / "dialogs.jsonl"],
-            a.vocab_size, tok, research=[tools / "research.jsonl"], index=index)),
-        ("pre-training", pre / "manifest.json", lambda: pretrain.main([
-            "--run-name", "pretrain", "--preset", a.preset, "--tokenizer", str(tok),
-            "--documents", str(tools / "documents.jsonl"), "--dialogs", str(data / "dialogs.jsonl"),
-            "--steps", str(a.pretrain_steps), "--export", str(pre), *train])),
-        ("fine-tuning", ft / "manifest.json", lambda: finetune.main([
-            "--run-name", "finetune", "--init-from", str(pre), *finetune_data,
-            "--dialogs", str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"),
-            "--steps", str(a.finetune_steps), "--export", str(ft), *train])),
-        ("safe-data filtering", safe, lambda: complete(safe, lambda tmp: filter_safe.main([
-            "--model", str(ft), "--dialogs", str(data / "dialogs.jsonl"), "--out", str(tmp),
-            "--top-fraction", str(a.top_fraction), "--actors", str(max(1, a.workers)),
-            "--cpus-per-actor", str(a.cpus_per_worker), "--gpus-per-actor", str(a.gpus_per_worker)]))),
-        ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.main([
-            "--run-name", "finetune-safe", "--init-from", str(ft), *finetune_data,
-            "--dialogs", str(safe), str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"),
-            "--steps", str(a.safe_finetune_steps), "--export", str(ft2), *train])),
-        ("evaluation on held-out questions", work / "eval" / "report.json", lambda: evaluate.main([
-            "--models", str(pre), str(ft2), "--questions", str(tools / "heldout.jsonl"),
-            "--index", str(index), "--per-kind", str(a.eval_per_kind), "--candidates", "8",
-            "--out", str(work / "eval")])),
+            job.vocab_size, tok, research=[tools / "research.jsonl"], index=index)),
+        ("pre-training", pre / "manifest.json", lambda: pretrain.run(pretraining)),
+        ("fine-tuning", ft / "manifest.json", lambda: finetune.run(finetuning(
+            "finetune", pre, generated, job.finetune_steps, ft))),
+        ("safe-data filtering", safe,
+         lambda: complete(safe, lambda tmp: filter_safe.run(filtering(tmp)))),
+        ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.run(finetuning(
+            "finetune-safe", ft, (str(safe), *generated), job.safe_finetune_steps, ft2))),
+        ("evaluation on held-out questions", work / "eval" / "report.json",
+         lambda: evaluate.run(evaluate.EvalJob(
+             models=(pre, ft2), questions=tools / "heldout.jsonl", index=index,
+             per_kind=job.eval_per_kind, out=work / "eval",
+             sampling=replace(evaluate.EvalJob.sampling, num_candidates=8)))),
     ]
-    total = len(stages) + a.serve
+    total = len(stages) + job.serve
     start = time.perf_counter()
-    for i, (name, done_marker, run) in enumerate(stages, 1):
+    for i, (name, done_marker, build) in enumerate(stages, 1):
         print(f"[{i}/{total}] {name}", flush=True)
         if done_marker.exists():
             print(f"  exists: {done_marker}")
         else:
             t0 = time.perf_counter()
-            run()
+            build()
             print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    if a.serve:
+    if job.serve:
         print(f"[{total}/{total}] chat server", flush=True)
-        url = deploy(work, a.port)
+        url = deploy(work, job.port)
         print(f"  serving on {url} (OpenAI API at {url}/v1, docs at {url}/docs)")
-        served_check(url, tools / "heldout.jsonl", a.check_per_kind, work / "eval" / "served.json")
+        served_check(url, tools / "heldout.jsonl", job.check_per_kind, work / "eval" / "served.json")
         body = {"message": "What is 135+7721?", "model": "lamda"}
         print(f"  try: curl -s {url}/chat -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
         print("  chat in a terminal: .venv/bin/python -m serve_apps.client --model lamda --trace")
     print(f"pipeline done in {time.perf_counter() - start:.0f} s: {ft2}", flush=True)
-    if a.serve and a.block:
+    if job.serve and job.block:
         print("serving until Ctrl-C", flush=True)
         while True:
             time.sleep(3600)

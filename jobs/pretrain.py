@@ -12,47 +12,59 @@ exported as safetensors + config + tokenizer (--export).
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 
-from jobs.common import add_training_flags, init_ray, load_tokenizer, ray_data_quiet, run
-from lamda.config import PRESETS, ModelConfig
+from jobs.common import TrainJob, init_ray, load_tokenizer, ray_data_quiet, train
+from jobs.flags import parse
+from lamda.attention import BACKEND_NAMES
+from lamda.config import PRESETS, AttentionKernels, ModelConfig
 from lamda.data import SAMPLE_DIR
+from lamda.training import TrainConfig
+
+TRAIN = TrainConfig(steps=200, lr=2e-3)  # pre-training's defaults
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.model (local or s3://)")
-    p.add_argument("--documents", nargs="*", default=[str(SAMPLE_DIR / "documents.jsonl")],
-                   help="document files (JSONL or Parquet, local or s3://)")
-    p.add_argument("--dialogs", nargs="*", default=[str(SAMPLE_DIR / "dialogs.jsonl")],
-                   help="dialog files (JSONL or Parquet, local or s3://)")
-    p.add_argument("--tokens", default=None,
-                   help="a corpus tokenised by jobs.tokenize (local or s3://), read by each "
-                        "worker a window of records at a time: nothing materialised, no global "
-                        "shuffle (then --documents/--dialogs are not read; the evaluation rows "
-                        "are each source's last window)")
-    p.add_argument("--dialog-fraction", type=float, default=0.5,
-                   help="share of dialog sequences in the mixture (paper: 0.5)")
-    add_training_flags(p, steps=200, lr=2e-3)
-    return p
+@dataclass(frozen=True, kw_only=True)
+class PretrainJob(TrainJob):
+    """The flags of jobs.pretrain."""
+
+    tokenizer: str  # tokenizer.model (local or s3://)
+    preset: str = field(default="tiny", metadata={"choices": list(PRESETS)})  # model size
+    documents: tuple[str, ...] = (str(SAMPLE_DIR / "documents.jsonl"),)  # document files (JSONL
+    #                                                   or Parquet, local or s3://)
+    dialogs: tuple[str, ...] = (str(SAMPLE_DIR / "dialogs.jsonl"),)  # dialog files (JSONL or
+    #                                               Parquet, local or s3://)
+    tokens: str | None = None  # a corpus tokenised by jobs.tokenize (local or s3://), read by each
+    #                            worker a window of records at a time: nothing materialised, no
+    #                            global shuffle (then --documents/--dialogs are not read; the
+    #                            evaluation rows are each source's last window)
+    attn_backend: str = field(default="auto", metadata={"choices": BACKEND_NAMES})  # attention
+    #                                                                 backend (lamda.attention)
+    attn_kernels: AttentionKernels = AttentionKernels()
+    train: TrainConfig = TRAIN
+
+
+def run(job: PretrainJob):
+    tok = load_tokenizer(job.tokenizer)
+    init_ray(job.address, job.cluster.workers * job.cluster.cpus_per_worker)
+    ray_data_quiet()
+    from lamda import ray_data as RD
+    seq_len, fraction = job.train.seq_len, job.train.dialog_fraction
+    model = ModelConfig.from_name(job.preset, vocab_size=tok.vocab_size,
+                                  max_seq_len=max(seq_len, PRESETS[job.preset].max_seq_len),
+                                  attn_backend=job.attn_backend, attn_kernels=job.attn_kernels)
+    if job.tokens:
+        mixture = {"document": 1 - fraction, "dialog": fraction}
+        sources = RD.token_sources(job.tokens, tok)
+        return train(job, model, tok, None, "pretrain", tokens=job.tokens,
+                     mixture={k: mixture[k] for k in sources if mixture[k] > 0})
+    ds = RD.pretraining_dataset(tok, list(job.documents), list(job.dialogs), seq_len, fraction,
+                                job.train.seed)
+    return train(job, model, tok, ds, "pretrain")
 
 
 def main(argv=None):
-    a = parser().parse_args(argv)
-    tok = load_tokenizer(a.tokenizer)
-    init_ray(a.address, a.workers * a.cpus_per_worker)
-    ray_data_quiet()
-    from lamda import ray_data as RD
-    model = ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
-                                  max_seq_len=max(a.seq_len, PRESETS[a.preset].max_seq_len))
-    if a.tokens:
-        mixture = {"document": 1 - a.dialog_fraction, "dialog": a.dialog_fraction}
-        sources = RD.token_sources(a.tokens, tok)
-        return run(a, model, tok, None, "pretrain", tokens=a.tokens,
-                   mixture={k: mixture[k] for k in sources if mixture[k] > 0})
-    ds = RD.pretraining_dataset(tok, a.documents, a.dialogs, a.seq_len, a.dialog_fraction, a.seed)
-    return run(a, model, tok, ds, "pretrain")
+    return run(parse(PretrainJob, argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -13,36 +13,41 @@ source). Local or s3://.
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 
 from jobs.common import init_ray, load_tokenizer, ray_data_quiet
+from jobs.flags import parse
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer.model (local or s3://)")
-    p.add_argument("--documents", nargs="*", default=[], help="JSONL or Parquet, local or s3://")
-    p.add_argument("--dialogs", nargs="*", default=[], help="JSONL or Parquet, local or s3://")
-    p.add_argument("--out", required=True, help="a directory (local or s3://)")
-    p.add_argument("--rows-per-file", type=int, default=20_000, help="records per Parquet file")
-    p.add_argument("--address", default=None, help="a Ray cluster (default: start one here)")
-    p.add_argument("--cpus", type=float, default=2, help="CPUs of a Ray started here")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class TokenizeJob:
+    """The flags of jobs.tokenize."""
+
+    tokenizer: str  # tokenizer.model (local or s3://)
+    out: str  # a directory (local or s3://)
+    documents: tuple[str, ...] = ()  # document files: JSONL or Parquet, local or s3://
+    dialogs: tuple[str, ...] = ()  # dialog files: JSONL or Parquet, local or s3://
+    rows_per_file: int = 20_000  # records per Parquet file
+    address: str | None = None  # a Ray cluster (default: start one here)
+    cpus: float = 2  # CPUs of a Ray started here
+
+
+def run(job: TokenizeJob) -> dict:
+    if not (job.documents or job.dialogs):
+        raise SystemExit("give --documents and/or --dialogs")
+    tok = load_tokenizer(job.tokenizer)
+    init_ray(job.address, job.cpus)
+    ray_data_quiet()
+    from lamda import ray_data as RD
+    meta = RD.tokenize_corpus(tok, {"document": list(job.documents), "dialog": list(job.dialogs)},
+                              job.out, job.rows_per_file)
+    print(json.dumps(meta))
+    return meta
 
 
 def main(argv=None) -> dict:
-    a = parser().parse_args(argv)
-    if not (a.documents or a.dialogs):
-        raise SystemExit("give --documents and/or --dialogs")
-    tok = load_tokenizer(a.tokenizer)
-    init_ray(a.address, a.cpus)
-    ray_data_quiet()
-    from lamda import ray_data as RD
-    meta = RD.tokenize_corpus(tok, {"document": a.documents, "dialog": a.dialogs}, a.out,
-                             a.rows_per_file)
-    print(json.dumps(meta))
-    return meta
+    return run(parse(TokenizeJob, argv, __doc__))
 
 
 if __name__ == "__main__":

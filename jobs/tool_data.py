@@ -19,12 +19,14 @@ Files (deterministic for the same index, dictionaries and seed):
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.flags import parse
 
 from lamda import tool_data as TD
 from lamda.data import SAMPLE_DIR
@@ -92,25 +94,28 @@ def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: in
     return counts
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", type=Path, required=True, help="retrieval index (lamda.tools.retrieval)")
-    p.add_argument("--out", type=Path, required=True, help="directory for the five files")
-    p.add_argument("--doc-questions", type=Path, default=SAMPLE_DIR / "doc_questions.jsonl")
-    p.add_argument("--documents", type=Path, default=SAMPLE_DIR / "documents.jsonl",
-                   help="the corpus whose training split documents.jsonl gets")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generative", type=int, default=1500,
-                   help="research questions also written as generative dialogs")
-    p.add_argument("--fraction", type=float, default=1.0, help="scale of the training split")
-    p.add_argument("--drills", type=int, default=2000, help="copy drills")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class ToolDataJob:
+    """The flags of jobs.tool_data."""
+
+    index: Path  # retrieval index (lamda.tools.retrieval)
+    out: Path  # directory for the five files
+    doc_questions: Path = SAMPLE_DIR / "doc_questions.jsonl"  # questions on the documents
+    documents: Path = SAMPLE_DIR / "documents.jsonl"  # the corpus whose training split
+    #                                                   documents.jsonl gets
+    seed: int = 0  # which questions, operands and words; the same seed writes the same files
+    generative: int = 1500  # research questions also written as generative dialogs
+    fraction: float = 1.0  # scale of the training split
+    drills: int = 2000  # copy drills
+
+
+def run(job: ToolDataJob) -> dict:
+    return build(job.index, job.out, job.doc_questions, job.documents, job.seed, job.generative,
+                 job.fraction, job.drills)
 
 
 def main(argv=None) -> dict:
-    a = parser().parse_args(argv)
-    return build(a.index, a.out, a.doc_questions, a.documents, a.seed, a.generative, a.fraction,
-                 a.drills)
+    return run(parse(ToolDataJob, argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.flags import parse
 
 from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
 from lamda.tokenizer import Tokenizer
@@ -28,25 +30,23 @@ def train_tokenizer(documents: list[Path], dialogs: list[Path], vocab_size: int,
     return tok
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--documents", type=Path, nargs="+", default=[SAMPLE_DIR / "documents.jsonl"],
-                   help="JSONL files of documents")
-    p.add_argument("--dialogs", type=Path, nargs="+", default=[SAMPLE_DIR / "dialogs.jsonl"],
-                   help="JSONL files of dialogs")
-    p.add_argument("--research", type=Path, nargs="*", default=[],
-                   help="JSONL files of research transcripts (e.g. jobs.tool_data's research.jsonl)")
-    p.add_argument("--index", type=Path, default=None,
-                   help="retrieval index whose URL prefixes become single pieces")
-    p.add_argument("--vocab-size", type=int, default=4096,
-                   help="vocabulary size (paper: 32000; 4096 suits the bundled corpus)")
-    p.add_argument("--out", type=Path, required=True, help="where to write tokenizer.model")
-    return p
+@dataclass(frozen=True, kw_only=True)
+class TokenizerJob:
+    """The flags of jobs.train_tokenizer."""
+
+    out: Path  # where to write tokenizer.model
+    documents: tuple[Path, ...] = (SAMPLE_DIR / "documents.jsonl",)  # JSONL files of documents
+    dialogs: tuple[Path, ...] = (SAMPLE_DIR / "dialogs.jsonl",)  # JSONL files of dialogs
+    research: tuple[Path, ...] = ()  # JSONL files of research transcripts (e.g. jobs.tool_data's
+    #                                  research.jsonl)
+    index: Path | None = None  # retrieval index whose URL prefixes become single pieces
+    vocab_size: int = 4096  # vocabulary size (paper: 32000; 4096 suits the bundled corpus)
 
 
 def main(argv=None) -> None:
-    a = parser().parse_args(argv)
-    train_tokenizer(a.documents, a.dialogs, a.vocab_size, a.out, a.research, a.index)
+    job = parse(TokenizerJob, argv, __doc__)
+    train_tokenizer(list(job.documents), list(job.dialogs), job.vocab_size, job.out,
+                    list(job.research), job.index)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ from lamda.tokenizer import Tokenizer
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How the candidates of sample-and-rank are drawn (the paper, "Decoding")."""
+
     num_candidates: int = 16  # candidates per prompt (paper: 16)
     top_k: int = 40  # sample among the k most likely tokens (paper: 40)
-    temperature: float = 1.0  # paper: no temperature (1.0); 0: greedy
-    max_new_tokens: int = 64  # including the final <eot>
-    seed: int | None = None  # None: nondeterministic
+    temperature: float = 1.0  # softmax temperature (paper: none, i.e. 1.0); 0: greedy
+    max_new_tokens: int = 64  # longest candidate in tokens, the final <eot> included
+    seed: int | None = None  # sampling seed (none: nondeterministic)
     length_alpha: float = 1.0  # exponent of the length normalisation in Candidate.score
     top_p: float = 1.0  # nucleus: the fewest top-k tokens holding this probability (1: all)
     stop: tuple[str, ...] = ()  # a candidate ends before the first of these strings

@@ -33,6 +33,8 @@ from lamda.model import LaMDA
 
 @dataclass(frozen=True)
 class ParallelConfig:
+    """How the model is split and run across the ranks."""
+
     fsdp: bool = True  # shard parameters, gradients and optimizer state across ranks
     tp: int = 1  # tensor-parallel degree: each block split over this many ranks (of one node)
     activation_checkpointing: bool = False  # recompute each block's activations in backward

@@ -21,9 +21,12 @@ from lamda.rank import ATTRIBUTES, score_responses
 
 @dataclass(frozen=True)
 class FilterConfig:
+    """Which scored turns the safe-data filter keeps (the paper, "Safety" fine-tuning)."""
+
     max_unsafe: float = 0.5  # keep a turn only if P(unsafe) is below this
     min_quality: float = 0.0  # ... and 3 P(sensible) + P(specific) + P(interesting) is at least this
     top_fraction: float = 1.0  # ... and it is among this best fraction of the safe turns by quality
+    #                            (the paper kept 800K of 2.5M turns)
 
     def passes(self, unsafe: float, quality: float) -> bool:
         """The per-turn thresholds (top_fraction needs all turns; the job applies it)."""

@@ -16,21 +16,23 @@ from lamda.model import LaMDA, lm_loss
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The optimisation: steps, batch, learning-rate schedule, AdamW."""
+
     steps: int = 100  # optimizer steps
     batch_size: int = 8  # sequences per micro-batch (per worker)
     seq_len: int = 256  # tokens per sequence
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 10  # linear warm-up
+    warmup_steps: int | None = None  # linear warm-up (None: a tenth of the steps, at least 1)
     weight_decay: float = 0.1  # AdamW, on matrices only
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's moment decay rates
     grad_clip: float = 1.0  # max global gradient norm (0: off)
-    bias_lr_scale: float = 100.0  # learning-rate multiplier of the relative-bias table (see below)
+    bias_lr_scale: float = 100.0  # learning-rate multiplier of the relative-bias table (build_optimizer)
     dialog_fraction: float = 0.5  # share of dialog tokens in pre-training (paper: 50%)
     log_every: int = 10  # steps between log lines
     max_nonfinite_steps: int = 5  # consecutive skipped (non-finite) steps before the run stops
-    seed: int = 0
+    seed: int = 0  # initial weights, data order, evaluation split
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -63,9 +65,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -211,16 +211,21 @@ def main(argv=None) -> None:
     p.add_argument("--dictd", nargs="*", default=[],
                    help="dictd databases by name (e.g. elements foldoc) or .index path")
     a = p.parse_args(argv)
-    Path(a.db).parent.mkdir(parents=True, exist_ok=True)
-    r = Retriever(a.db)
-    for path in a.jsonl:
+    build_index(a.db, a.jsonl, a.dictd)
+
+
+def build_index(db, jsonl=(), dictd=()) -> None:
+    """Add JSONL document files and dictd databases (by name or .index path) to the index `db`."""
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    r = Retriever(db)
+    for path in jsonl:
         print(f"{path}: {r.add(read_jsonl(path, 'document'))} documents")
-    for name in a.dictd:
-        index = Path(name) if name.endswith(".index") else find_database(name)
+    for name in dictd:
+        index = Path(name) if str(name).endswith(".index") else find_database(name)
         if index is None:
             raise SystemExit(f"dictd database {name!r} not found (install dict-{name}?)")
         print(f"{index}: {r.add(dictd_documents(DictDatabase(index)))} entries")
-    print(f"{a.db}: {r.count()} documents")
+    print(f"{db}: {r.count()} documents")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def test_evaluate_job_writes_report_and_charts(tok, tmp_path, tool_index):
     ratings.write_text(json.dumps({"id": "x", "ratings": {"sensible": [1, 1, 1, 1, 0]}}) + "\n")
     report = evaluate.main(["--models", str(tmp_path / "pt"), str(tmp_path / "ft"),
                             "--questions", str(questions), "--per-kind", "1", "--index", str(tool_index),
-                            "--candidates", "2", "--max-new-tokens", "6", "--ratings", str(ratings),
+                            "--num-candidates", "2", "--max-new-tokens", "6", "--ratings", str(ratings),
                             "--out", str(tmp_path / "eval")])
     assert set(report["variants"]) == {"pt", "ft", "ft + research"} and report["questions"] == 3
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
