@@ -16,14 +16,14 @@ import ray.data
 
 from lamda import data as D
 from lamda import token_stream as TS
-from lamda.storage import join, upload_dir
+from lamda.storage import filesystem, join, upload_dir
 from lamda.tokenizer import Tokenizer
 
 
 def _read(path: str) -> ray.data.Dataset:
     """Rows {"record": JSON string, "source": path} from JSONL or Parquet, local or s3://."""
-    fs, fs_path = _filesystem(path)
-    if _is_parquet(fs or pyarrow.fs.LocalFileSystem(), fs_path):
+    fs, fs_path = filesystem(path)
+    if _is_parquet(fs, fs_path):
         ds = ray.data.read_parquet(fs_path, filesystem=fs)
         return ds.map_batches(lambda df: {"record": np.array([json.dumps(_plain(r)) for r in
                                                               df.to_dict("records")], dtype=object),
@@ -135,7 +135,7 @@ def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
             return pa.table({"ids": pa.array(ids, type=pa.list_(dtype)),
                              "n": pa.array([len(i) for i in ids], type=pa.int64())})
 
-        fs, dest = _filesystem(join(out, kind))
+        fs, dest = filesystem(join(out, kind))
         ds.map_batches(encode, batch_size=512, batch_format="numpy").write_parquet(
             dest, filesystem=fs, min_rows_per_file=rows_per_file,
             row_group_size=min(rows_per_file, TS.WINDOW_RECORDS))
@@ -158,11 +158,6 @@ def token_sources(path: str, tok: Tokenizer) -> list[str]:
         raise ValueError(f"{path} was tokenised with a vocabulary of {meta['vocab_size']}, the "
                          f"tokenizer has {tok.vocab_size}")
     return sorted(meta["sources"])
-
-
-def _filesystem(path: str):
-    """(pyarrow filesystem or None for local, path within it)."""
-    return pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
 
 
 def split_eval(ds: ray.data.Dataset, fraction: float, seed: int = 0):

@@ -57,6 +57,15 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
+def filesystem(path: str):
+    """(pyarrow filesystem, path within it) for a local path or a URI (s3://...), as Ray Data's
+    readers and writers take them."""
+    import pyarrow.fs
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
 def upload_dir(local: str | os.PathLike, uri: str, last: tuple[str, ...] = ()) -> None:
     """Upload every file under `local` to the s3:// `uri` prefix; the files named in `last` go
     after all others (a reader that waits for them sees a complete upload)."""

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow.fs
 import pyarrow.parquet as pq
 
+from lamda.storage import filesystem
+
 META = "tokens.json"  # written last by jobs.tokenize: dtype, vocabulary, counts per source
 WINDOW_RECORDS = 1024  # records per row group written by jobs.tokenize
 
@@ -29,13 +31,6 @@ class Window:
     file: str  # a Parquet file of one source (path within `filesystem`)
     row_group: int
     records: int
-
-
-def filesystem(path: str):
-    """(pyarrow filesystem, path within it) for a local path or a URI (s3://...)."""
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
 
 
 def read_meta(path: str) -> dict:

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lamda import token_stream as TS
+from lamda.storage import filesystem
 
 SEQ = 7  # rows of 8 tokens
 
@@ -41,7 +42,7 @@ def epoch_rows(corpus, world, epoch=0, **kw):
 def test_windows_are_row_groups_and_every_row_is_read_once_per_epoch(corpus):
     ws = TS.windows(corpus, "dialog")
     assert len(ws) == 12 and {w.records for w in ws} == {5}
-    whole = np.concatenate([TS.window_rows(TS.filesystem(corpus)[0], w, SEQ) for w in ws])
+    whole = np.concatenate([TS.window_rows(filesystem(corpus)[0], w, SEQ) for w in ws])
     assert whole.shape == (12 * 7, 8)  # 60 tokens per window: 7 rows, 4 tokens dropped
     for world in (1, 2, 3):
         per_rank = epoch_rows(corpus, world)
