@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from bench.timing import median_ms  # noqa: E402
 from lamda.attention import band as attention_band  # noqa: E402
+from lamda.attention.bias_grad import band_bias_grad  # noqa: E402
 from lamda.config import DEFAULT_LAUNCH  # noqa: E402
 
 
@@ -41,8 +42,7 @@ def main(argv=None) -> None:
     out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0, [*DEFAULT_LAUNCH["fwd"]])
 
     def bias_grad(kernel: str, launch: list[int]):
-        return lambda: attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0, kernel,
-                                                     launch)
+        return lambda: band_bias_grad(q, k, v, out, lse, dout, near, 1.0, kernel, launch)
 
     def dq(launch: list[int]):
         return lambda: attention_band.band_attention_bwd(

@@ -11,9 +11,9 @@ from two facts:
    D_i = dO_i . O_i, so sum_j dS_ij = D_i - D_i = 0.
 
 So dL/dbias[d] = sum_i dS[i, i-d] is needed only on the band d < W, and all farther distances
-together get minus the band's total. On CUDA one Triton kernel of lamda.attention.band computes
-the band (per block of W/2 queries its three nearest key tiles, dS summed elementwise over the
-batch, no atomics); `bias_grad_by_distance` is the same in plain torch ops (CPU, and the
+together get minus the band's total. On CUDA one Triton kernel of lamda.attention.bias_grad
+computes the band (per block of W/2 queries its three nearest key tiles, dS summed elementwise
+over the batch, no atomics); `bias_grad_by_distance` is the same in plain torch ops (CPU, and the
 reference): two small matmuls per block of W queries against its 2W nearest keys
 (bench/RESULTS.md has both measured).
 """
@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import (AuxRequest, BlockMask, create_block_mask,
                                                flex_attention)
 
-from lamda.attention import band as attention_band
+from lamda.attention import bias_grad
 from lamda.attention.bias import RelativeBias, distance_bias
 from lamda.config import SM90_D128, AttentionKernels
 
@@ -123,22 +123,22 @@ class _BiasGradOnBand(torch.autograd.Function):
 
 def bias_grad_kernel(kernels: AttentionKernels) -> tuple[str, tuple[int, ...]]:
     """(kernel name, its launch settings) for band_bias_grad, from the model's kernel settings."""
-    launch = kernels.launch_settings()
-    return kernels.bias_grad, launch["bias_grad_tiles" if kernels.bias_grad == "tiles" else "bias_grad"]
+    kernel = "bias_grad_tiles" if kernels.bias_grad == "tiles" else "bias_grad"  # DEFAULT_LAUNCH
+    return kernels.bias_grad, kernels.launch_settings()[kernel]
 
 
 def band_gradient(q, k, v, out, lse, dout, dist_bias, window,
                   kernel: tuple[str, tuple[int, ...]] | None = None, use_kernel=None):
-    """bias_grad_by_distance, by the Triton kernel of lamda.attention.band where it applies
+    """bias_grad_by_distance, by the Triton kernel of lamda.attention.bias_grad where it applies
     (by default on CUDA); `kernel` as from bias_grad_kernel (default: the default settings')."""
     T, W = dist_bias.shape[1], window
     if use_kernel is None:
-        use_kernel = q.is_cuda and attention_band.supports(q.shape[-1], W)
+        use_kernel = q.is_cuda and bias_grad.supports(q.shape[-1], W)
     if not use_kernel:
         return bias_grad_by_distance(q, k, v, out, lse, dout, dist_bias, window)
     name, launch = kernel or bias_grad_kernel(AttentionKernels())
     near = F.pad(dist_bias[:, :W], (0, W - min(W, T)))  # (H, W); distances >= T never occur
-    g = attention_band.band_bias_grad(q, k, v, out, lse, dout, near, 1.0, name, list(launch))
+    g = bias_grad.band_bias_grad(q, k, v, out, lse, dout, near, 1.0, name, list(launch))
     return spread_band(g, T)
 
 
