@@ -13,7 +13,7 @@ labelled responses rated sensible and safe, and for the last (LaMDA) turn of eac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobs.common import TrainJob, init_ray, ray_data_quiet, train
 from jobs.flags import parse
@@ -34,7 +34,7 @@ class FinetuneJob(TrainJob):
     research: tuple[str, ...] = ()  # research transcripts (e.g. jobs.tool_data's research.jsonl)
     dialogs: tuple[str, ...] = ()  # dialog records whose last, LaMDA turn is a generative target
     #                                (e.g. jobs.filter_safe's output directory)
-    train: TrainConfig = TRAIN
+    train: TrainConfig = field(default=TRAIN, metadata={"skip": ("dialog_fraction",)})  # no mixture
 
 
 def run(job: FinetuneJob):

@@ -52,17 +52,17 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def _unwrap(hint) -> tuple[Any, bool]:
-    """(type, optional) of `X | None` or `X`."""
+def _unwrap(hint) -> Any:
+    """X of `X | None` or `X`."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
-        return inner, True
-    return hint, False
+        return inner
+    return hint
 
 
 def _flag_kwargs(hint, default, required: bool, metadata) -> dict:
-    kind, optional = _unwrap(hint)
+    kind = _unwrap(hint)
     kw: dict = {k: metadata[k] for k in ("choices", "metavar") if k in metadata}
     origin = typing.get_origin(kind)
     if kind is bool:
@@ -95,11 +95,8 @@ def add_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, d
         kw = _flag_kwargs(hints[f.name], value, required, f.metadata)
         if "action" not in kw and "choices" not in kw:
             kw.setdefault("metavar", f.name.upper())
-        if required and kw.get("nargs") not in ("+",):
-            kw["required"] = True
-        p.add_argument("--" + f.name.replace("_", "-"), dest=prefix + f.name,
-                       default=None if required else value,
-                       help=helps.get(f.name), **kw)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=prefix + f.name, required=required,
+                       default=None if required else value, help=helps.get(f.name), **kw)
 
 
 def _field_default(f: dataclasses.Field):
@@ -124,7 +121,7 @@ def from_flags(cls: type[C], values: dict, default: C | None = None, prefix: str
             kwargs[f.name] = from_flags(hints[f.name], values,
                                         None if inner is dataclasses.MISSING else inner, key + ".")
         elif key in values:
-            tuple_field = typing.get_origin(_unwrap(hints[f.name])[0]) is tuple
+            tuple_field = typing.get_origin(_unwrap(hints[f.name])) is tuple
             kwargs[f.name] = tuple(values[key]) if tuple_field and values[key] is not None \
                 else values[key]
     return dataclasses.replace(default, **kwargs) if default is not None else cls(**kwargs)

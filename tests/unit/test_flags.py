@@ -60,6 +60,7 @@ def test_every_field_of_a_config_is_a_flag_with_its_comment_as_help():
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name.replace('_', '-')}" in help_text
     assert "--fsdp" not in help_text and "--bf16" not in help_text  # skipped: set by the job
+    assert "--dialog-fraction" not in parser(finetune.FinetuneJob, None).format_help()
     assert field_help(TrainConfig)["grad_clip"] == "max global gradient norm (0: off)"
     assert "paper: 50%" in help_text  # a % in a comment is text, not a format
 
