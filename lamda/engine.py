@@ -5,9 +5,10 @@
     candidates = future.result().candidates
 
 A request's prompt is prefilled when it is admitted, at a step boundary, and its N candidate rows
-join the rows already decoding; a request leaves as soon as all its rows have ended. So a request
-arriving while others decode waits at most one step (plus its prefill), not for the whole batch,
-and a short reply is not held back by a long one. The loop runs in its own thread: callers (the
+join the rows already decoding; a row that ends gives up its slot at once, and a request leaves as
+soon as all its rows have ended. So a request arriving while others decode waits at most one step
+(plus its prefill), not for the whole batch, a short reply is not held back by a long one, and a
+candidate that ended early costs nothing while its siblings go on. The loop runs in its own thread: callers (the
 Sampler's event loop) never block on the model. `future.cancel()` frees a request's rows at the
 next step.
 
@@ -15,9 +16,9 @@ The rows share one KV cache whose columns are aligned at the decoding position: 
 is left-padded to the current column (or, when longer, every running row is padded on the left).
 The relative attention bias sees only distances between positions, so padding changes nothing a
 row attends to: a request decodes the same candidates alone or next to others (same seed). Each
-request keeps its own sampling settings and random stream (lamda.decode.RowSettings). A request
-that leaves frees its rows as slots that the next requests fill in place, so the cache is copied
-only when it grows, or is compacted once many slots stand free (or its leading columns are
+request keeps its own sampling settings and random stream (lamda.decode.RowSettings). A row that
+ends, or a request that leaves, frees slots that the next requests fill in place, so the cache is
+copied only when it grows, or is compacted once many slots stand free (or its leading columns are
 padding no row needs). Admission is bounded by `max_rows` and by `max_cache_tokens` (rows x cache
 columns); requests beyond wait, first come first served.
 
@@ -73,15 +74,23 @@ class _Request:
     first: Tensor | None  # (V,) additive mask of the first token, or None for text only
     future: Future
     rows: RowSettings | None = None
-    slots: Tensor | None = None  # (N,) its rows in the cache
+    slots: Tensor | None = None  # (M,) the cache rows of its M <= N candidates still decoding
+    cands: Tensor | None = None  # (M,) which candidate each of those rows is
     step: int = 0  # tokens drawn so far
     seconds: float = 0.0  # share of the device time so far
     reused: int = 0  # prompt positions taken from the prefix cache
-    out: list[Tensor] = field(default_factory=list)  # per step: (N,) tokens
+    out: list[Tensor] = field(default_factory=list)  # per step: (N,) tokens (pad once ended)
+    ended: dict[str, Tensor] = field(default_factory=dict)  # logprob, length, stopped: (N,) each,
+    #                                                         set as each candidate's row ends
 
     @property
     def n(self) -> int:
         return self.cfg.num_candidates
+
+    @property
+    def live(self) -> int:
+        """Rows still decoding."""
+        return 0 if self.slots is None else len(self.slots)
 
 
 class DecodeEngine:
@@ -96,6 +105,7 @@ class DecodeEngine:
         self._reset()
         self.prefixes = PrefixCache(cfg.prefix_cache_tokens)
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.row_steps = 0  # rows run through the model, summed over the steps (idle slots too)
         self.prompt_tokens = 0  # prompt positions admitted
         self.prefix_tokens = 0  # of those, taken from the prefix cache instead of prefilled
         self._closed = False
@@ -131,7 +141,7 @@ class DecodeEngine:
     @property
     def rows(self) -> int:
         """Candidate rows decoding now."""
-        return sum(r.n for r in self._running)
+        return sum(r.live for r in self._running)
 
     def close(self) -> None:
         self._closed = True
@@ -169,10 +179,10 @@ class DecodeEngine:
 
     @staticmethod
     def _share(requests: list[_Request], seconds: float) -> None:
-        """Device time spent on `requests` together, split among them by their rows."""
-        rows = sum(r.n for r in requests) or 1
+        """Device time spent on `requests` together, split among them by their live rows."""
+        rows = sum(r.live for r in requests) or 1
         for r in requests:
-            r.seconds += seconds * r.n / rows
+            r.seconds += seconds * r.live / rows
 
     def _fits(self, extra_rows: int, columns: int) -> bool:
         rows = self.rows + extra_rows
@@ -235,6 +245,10 @@ class DecodeEngine:
         at = 0
         for r in joining:
             r.slots = torch.tensor(slots[at:at + r.n], device=self.device)
+            r.cands = torch.arange(r.n, device=self.device)
+            r.ended = {"logprob": torch.zeros(r.n, device=self.device),
+                       "length": torch.zeros(r.n, dtype=torch.long, device=self.device),
+                       "stopped": torch.zeros(r.n, dtype=torch.bool, device=self.device)}
             at += r.n
         self._share(joining, time.perf_counter() - t0)
         self._running += joining
@@ -278,8 +292,8 @@ class DecodeEngine:
                 logits[r.slots] = self._logits[r.slots].float() + r.first
         K = max(r.rows.k for r in running)
         noise = torch.full((logits.shape[0], K), float("inf"), device=self.device)
-        for r in running:
-            noise[r.slots, :r.rows.k] = r.rows.noise()
+        for r in running:  # every candidate's draw, ended or not: the same stream alone or not
+            noise[r.slots, :r.rows.k] = r.rows.noise()[r.cands]
         nxt = sample_rows(logits, row["temperature"], row["top_k"], row["top_p"], noise)
         row["step"] += 1
         nxt = torch.where(row["limit"] == row["step"], self.tok.eot_id, nxt)
@@ -290,12 +304,15 @@ class DecodeEngine:
         row["done"] |= nxt == self.tok.eot_id
         row["next"] = nxt
         for r in running:
-            r.out.append(torch.where(live[r.slots], nxt[r.slots], self.tok.pad_id))
+            out = torch.full((r.n,), self.tok.pad_id, device=self.device)
+            out[r.cands] = torch.where(live[r.slots], nxt[r.slots], self.tok.pad_id)
+            r.out.append(out)
             if r.cfg.stop:
-                ended = r.rows.stopped(self.tok, torch.stack(r.out, 1), r.step,
-                                       (live & ~row["done"])[r.slots])
-                for i in ended:
-                    row["done"][r.slots[i]] = row["stopped"][r.slots[i]] = True
+                going = torch.zeros(r.n, dtype=torch.bool, device=self.device)
+                going[r.cands] = (live & ~row["done"])[r.slots]
+                for c in r.rows.stopped(self.tok, torch.stack(r.out, 1), r.step, going):
+                    slot = r.slots[r.cands == c]
+                    row["done"][slot] = row["stopped"][slot] = True
             r.step += 1
         self._share(running, time.perf_counter() - t0)
         self._leave()
@@ -310,24 +327,31 @@ class DecodeEngine:
             self._logits = decode_one_token(self.model, feed, pos, self._cache)
             self._col += 1
             self.steps += 1
+            self.row_steps += len(feed)
             self._share(self._running, time.perf_counter() - t0)
 
     def _leave(self) -> None:
-        """Requests whose rows all ended (or that were cancelled) leave; their slots are freed
-        (masked out, idle) and the cache is compacted when enough of it is free."""
+        """Rows that ended give up their slots (masked out, idle until reused); requests whose
+        rows all ended (or that were cancelled) leave; the cache is compacted when enough of it
+        is free."""
         row, stay = self._row, []
         for r in self._running:
-            if not r.future.cancelled() and not bool(row["done"][r.slots].all()):
+            cancelled = r.future.cancelled()
+            ends = torch.ones_like(r.slots, dtype=torch.bool) if cancelled else row["done"][r.slots]
+            if bool(ends.any()):
+                slots, cands = r.slots[ends], r.cands[ends]
+                for k, v in r.ended.items():
+                    v[cands] = row[k][slots]
+                row["done"][slots] = True
+                self._cache.key_mask[slots] = False
+                self._free += slots.tolist()
+                r.slots, r.cands = r.slots[~ends], r.cands[~ends]
+            if r.live:
                 stay.append(r)
-                continue
-            if not r.future.done():
-                slots = r.slots.tolist()
+            elif not r.future.done():
                 r.future.set_result(Decoded(make_candidates(
-                    self.tok, r.cfg, torch.stack(r.out, 1).tolist(), row["logprob"][slots].tolist(),
-                    row["length"][slots].tolist(), row["stopped"][slots].tolist()), r.seconds, r.reused))
-            row["done"][r.slots] = True
-            self._cache.key_mask[r.slots] = False
-            self._free += r.slots.tolist()
+                    self.tok, r.cfg, torch.stack(r.out, 1).tolist(), r.ended["logprob"].tolist(),
+                    r.ended["length"].tolist(), r.ended["stopped"].tolist()), r.seconds, r.reused))
         self._running = stay
         if not stay:
             return self._reset()
@@ -347,8 +371,8 @@ class DecodeEngine:
         self._row = {k: v.index_select(0, keep) for k, v in self._row.items()}
         at = 0
         for r in self._running:  # each request's rows, now consecutive in the order kept
-            r.slots = torch.arange(at, at + r.n, device=self.device)
-            at += r.n
+            r.slots = torch.arange(at, at + r.live, device=self.device)
+            at += r.live
         self._free = []
         first = self._leading_padding()
         if first:

@@ -79,6 +79,18 @@ def test_first_tokens_and_stop_strings_per_request(engine, model, tok):
         assert c.stopped and c.text == text[:text.find(text[2:4])]
 
 
+def test_rows_that_end_give_up_their_slots_while_their_siblings_decode(engine, model, tok):
+    cfg = SamplingConfig(num_candidates=8, max_new_tokens=40, seed=6)
+    p = prompt(tok, "Tell me a story")
+    want = alone(model, tok, p, cfg)
+    lengths = sorted(length for *_, length in want)
+    assert lengths[0] < lengths[-1]  # the fixture's model ends rows at different steps
+    assert key(engine.submit(p, cfg).result(timeout=60)) == want
+    assert engine.steps == lengths[-1] - 1  # the last token is drawn, not run through the model
+    # every row ran until it ended, plus a few idle slots before a compaction dropped them
+    assert sum(lengths) - 8 <= engine.row_steps < 8 * (lengths[-1] - 1)
+
+
 def test_a_cancelled_request_frees_its_rows(engine, model, tok):
     model.push = -10.0  # never ends by itself
     try:
