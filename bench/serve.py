@@ -1,7 +1,7 @@
 """Serving overhead and throughput on this machine. Prints JSON lines.
 
-    python bench/serve.py [--preset tiny] [--turns 10] [--research] [--clients 1 4 16 64]
-                          [--prefix-cache-tokens N]
+    python bench/serve.py [--preset tiny | --model EXPORT] [--turns 10] [--research]
+                          [--clients 1 4 16 64] [--prefix-cache-tokens N]
 
 1. The same turn (16 candidates x 32 tokens, ranking; same seed) through HTTP + Ray Serve vs the
    same calls in-process (the Sampler's continuous-batching engine, lamda.engine, and the Ranker's
@@ -13,7 +13,9 @@
 translator; random weights route at random, so the loop's length varies), else the work is fixed.
 Every request is a new conversation whose message begins with its own number, so no two
 requests share a prefix; within a turn the research steps reuse the context's cache
-(`--prefix-cache-tokens 0` turns that off). Random weights: the work, not the text, is measured.
+(`--prefix-cache-tokens 0` turns that off). Random weights: the work, not the text, is measured,
+and every candidate runs to the token limit; `--model` serves a trained export instead, whose
+candidates end where the model ends them.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ SAMPLING = {"num_candidates": 16, "max_new_tokens": 32, "seed": 0}
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", help="random weights of this size")
+    p.add_argument("--model", default=None, help="a trained export instead of random weights")
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--research", action="store_true", help="the research loop on")
@@ -55,7 +58,7 @@ def main(argv=None) -> None:
     from ray import serve
 
     from lamda.turn import ChatConfig, ChatModel, chat_turn
-    from lamda.checkpoint import save_export
+    from lamda.checkpoint import load_export, save_export
     from lamda.config import ModelConfig
     from lamda.data import SAMPLE_DIR, Turn, corpus_texts, read_jsonl
     from lamda.decode import SamplingConfig
@@ -68,11 +71,16 @@ def main(argv=None) -> None:
     from serve_apps.deployments import Ranker, Sampler, Toolset
 
     work = Path(tempfile.mkdtemp())
-    tok = Tokenizer.train(corpus_texts(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"),
-                                       read_jsonl(SAMPLE_DIR / "dialogs.jsonl", "dialog")), 4096)
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size)).eval()
-    save_export(work / "export", model.state_dict(), model.cfg, tok)
+    export = a.model or str(work / "export")
+    if a.model:
+        model, tok = load_export(a.model)
+        model.eval()
+    else:
+        tok = Tokenizer.train(corpus_texts(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"),
+                                           read_jsonl(SAMPLE_DIR / "dialogs.jsonl", "dialog")), 4096)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size)).eval()
+        save_export(export, model.state_dict(), model.cfg, tok)
     numbers = itertools.count()
 
     def message() -> str:
@@ -108,7 +116,6 @@ def main(argv=None) -> None:
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
     small = {"num_cpus": 0.25}
-    export = str(work / "export")
     threads = a.threads  # the replicas compute with as many threads as in-process
     concurrent = {"max_ongoing_requests": 128, "max_queued_requests": 256}
     serve.run(Chat.options(ray_actor_options=small, **concurrent,
@@ -129,7 +136,8 @@ def main(argv=None) -> None:
     remote()
     via_serve = [timed(remote) for _ in range(a.turns)]
     local_s, serve_s = statistics.median(in_process), statistics.median(via_serve)
-    common = {"preset": a.preset, "threads": a.threads, "research": a.research,
+    common = {"model": Path(a.model).name if a.model else a.preset, "threads": a.threads,
+              "research": a.research,
               "prefix_cache_tokens": engine.cfg.prefix_cache_tokens}
     print(json.dumps({"bench": "serve_overhead", **common, **SAMPLING,
                       "in_process_s": round(local_s, 4), "serve_http_s": round(serve_s, 4),

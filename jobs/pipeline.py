@@ -46,9 +46,8 @@ class PipelineJob:
     data_dir: Path = SAMPLE_DIR  # corpus (the bundled sample)
     preset: str = field(default="tiny", metadata={"choices": list(PRESETS)})  # model size
     vocab_size: int = 4096  # tokenizer vocabulary
-    workers: int = 2  # Ray Train workers (and safe-data filtering actors)
-    gpus_per_worker: float = 0.0  # 0: CPU workers
-    cpus_per_worker: float = 1.0  # logical CPUs per worker
+    cluster: ClusterSpec = field(default=ClusterSpec(),
+                                 metadata={"skip": ("storage_path", "run_name")})  # in the workdir
     pretrain_steps: int = PRETRAIN_STEPS  # pre-training steps
     finetune_steps: int = FINETUNE_STEPS  # fine-tuning steps
     safe_finetune_steps: int = SAFE_FINETUNE_STEPS  # steps of the fine-tuning on safe data
@@ -144,7 +143,7 @@ def main(argv=None) -> None:
 def run(job: PipelineJob) -> None:
     own_ray = False
     try:
-        own_ray = init_ray(job.address, job.workers * job.cpus_per_worker)
+        own_ray = init_ray(job.address, job.cluster.workers * job.cluster.cpus_per_worker)
         run_stages(job)
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages are kept and training resumes from its last "
@@ -161,8 +160,7 @@ def run_stages(job: PipelineJob) -> None:
                                       work / "finetuned", work / "safe_dialogs",
                                       work / "finetuned_safe", work / "index.sqlite")
     tools = work / "data"  # research.jsonl, dialogs.jsonl, drills.jsonl, heldout.jsonl
-    cluster = ClusterSpec(workers=job.workers, gpus_per_worker=job.gpus_per_worker,
-                          cpus_per_worker=job.cpus_per_worker, storage_path=str(work / "ray"))
+    cluster = replace(job.cluster, storage_path=str(work / "ray"))  # safe-data filtering's actors too
     rows = {"batch_size": job.batch_size, "seq_len": job.seq_len}
     pretraining = pretrain.PretrainJob(
         run_name="pretrain", preset=job.preset, tokenizer=str(tok), export=str(pre), cluster=cluster,
@@ -179,8 +177,8 @@ def run_stages(job: PipelineJob) -> None:
     def filtering(out: Path):
         return filter_safe.FilterJob(
             model=str(ft), dialogs=(str(data / "dialogs.jsonl"),), out=str(out),
-            filter=FilterConfig(top_fraction=job.top_fraction), actors=max(1, job.workers),
-            cpus_per_actor=job.cpus_per_worker, gpus_per_actor=job.gpus_per_worker)
+            filter=FilterConfig(top_fraction=job.top_fraction), actors=max(1, cluster.workers),
+            cpus_per_actor=cluster.cpus_per_worker, gpus_per_actor=cluster.gpus_per_worker)
 
     stages = [
         ("retrieval index", index, lambda: complete(index, lambda tmp: build_index(tmp, data))),

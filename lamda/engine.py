@@ -5,12 +5,12 @@
     candidates = future.result().candidates
 
 A request's prompt is prefilled when it is admitted, at a step boundary, and its N candidate rows
-join the rows already decoding; a row that ends gives up its slot at once, and a request leaves as
-soon as all its rows have ended. So a request arriving while others decode waits at most one step
-(plus its prefill), not for the whole batch, a short reply is not held back by a long one, and a
-candidate that ended early costs nothing while its siblings go on. The loop runs in its own thread: callers (the
-Sampler's event loop) never block on the model. `future.cancel()` frees a request's rows at the
-next step.
+join the rows already decoding; a row that ends gives up its slot at once, and a request leaves
+as soon as all its rows have ended. So a request arriving while others decode waits at most one
+step (plus its prefill), not for the whole batch; a short reply is not held back by a long one;
+and a candidate that ended early costs nothing while its siblings go on. The loop runs in its own
+thread: callers (the Sampler's event loop) never block on the model. `future.cancel()` frees a
+request's rows at the next step.
 
 The rows share one KV cache whose columns are aligned at the decoding position: a joining prompt
 is left-padded to the current column (or, when longer, every running row is padded on the left).
