@@ -5,12 +5,12 @@
     candidates = future.result().candidates
 
 A request's prompt is prefilled when it is admitted, at a step boundary, and its N candidate rows
-join the rows already decoding; a row that ends gives up its slot at once, and a request leaves
-as soon as all its rows have ended. So a request arriving while others decode waits at most one
-step (plus its prefill), not for the whole batch; a short reply is not held back by a long one;
-and a candidate that ended early costs nothing while its siblings go on. The loop runs in its own
-thread: callers (the Sampler's event loop) never block on the model. `future.cancel()` frees a
-request's rows at the next step.
+join the rows already decoding; a row that ends frees its slot at once (for a joining request to
+fill, or for the next compaction to drop), and a request leaves as soon as all its rows have
+ended. So a request arriving while others decode waits at most one step (plus its prefill), not
+for the whole batch, and a short reply is not held back by a long one, nor a running request's
+candidates by the ones that ended. The loop runs in its own thread: callers (the Sampler's event
+loop) never block on the model. `future.cancel()` frees a request's rows at the next step.
 
 The rows share one KV cache whose columns are aligned at the decoding position: a joining prompt
 is left-padded to the current column (or, when longer, every running row is padded on the left).
@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -79,9 +79,9 @@ class _Request:
     step: int = 0  # tokens drawn so far
     seconds: float = 0.0  # share of the device time so far
     reused: int = 0  # prompt positions taken from the prefix cache
-    out: list[Tensor] = field(default_factory=list)  # per step: (N,) tokens (pad once ended)
-    ended: dict[str, Tensor] = field(default_factory=dict)  # logprob, length, stopped: (N,) each,
-    #                                                         set as each candidate's row ends
+    out: Tensor | None = None  # (N, max_new_tokens) tokens drawn (pad after a row's end)
+    ended: dict[str, Tensor] | None = None  # logprob, length, stopped: (N,) each, set as each
+    #                                         candidate's row ends
 
     @property
     def n(self) -> int:
@@ -142,6 +142,11 @@ class DecodeEngine:
     def rows(self) -> int:
         """Candidate rows decoding now."""
         return sum(r.live for r in self._running)
+
+    @property
+    def requests(self) -> int:
+        """Requests decoding now."""
+        return len(self._running)
 
     def close(self) -> None:
         self._closed = True
@@ -246,6 +251,7 @@ class DecodeEngine:
         for r in joining:
             r.slots = torch.tensor(slots[at:at + r.n], device=self.device)
             r.cands = torch.arange(r.n, device=self.device)
+            r.out = torch.full((r.n, r.cfg.max_new_tokens), self.tok.pad_id, device=self.device)
             r.ended = {"logprob": torch.zeros(r.n, device=self.device),
                        "length": torch.zeros(r.n, dtype=torch.long, device=self.device),
                        "stopped": torch.zeros(r.n, dtype=torch.bool, device=self.device)}
@@ -303,14 +309,12 @@ class DecodeEngine:
         row["length"] += live.long()
         row["done"] |= nxt == self.tok.eot_id
         row["next"] = nxt
-        for r in running:
-            out = torch.full((r.n,), self.tok.pad_id, device=self.device)
-            out[r.cands] = torch.where(live[r.slots], nxt[r.slots], self.tok.pad_id)
-            r.out.append(out)
+        for r in running:  # every slot a request holds is live: its ended rows left at _leave
+            r.out[r.cands, r.step] = nxt[r.slots]
             if r.cfg.stop:
                 going = torch.zeros(r.n, dtype=torch.bool, device=self.device)
-                going[r.cands] = (live & ~row["done"])[r.slots]
-                for c in r.rows.stopped(self.tok, torch.stack(r.out, 1), r.step, going):
+                going[r.cands] = ~row["done"][r.slots]
+                for c in r.rows.stopped(self.tok, r.out, r.step, going):
                     slot = r.slots[r.cands == c]
                     row["done"][slot] = row["stopped"][slot] = True
             r.step += 1
@@ -336,21 +340,21 @@ class DecodeEngine:
         is free."""
         row, stay = self._row, []
         for r in self._running:
-            cancelled = r.future.cancelled()
-            ends = torch.ones_like(r.slots, dtype=torch.bool) if cancelled else row["done"][r.slots]
+            if r.future.cancelled():
+                row["done"][r.slots] = True
+                self._release(r.slots)
+                continue
+            ends = row["done"][r.slots]
             if bool(ends.any()):
-                slots, cands = r.slots[ends], r.cands[ends]
                 for k, v in r.ended.items():
-                    v[cands] = row[k][slots]
-                row["done"][slots] = True
-                self._cache.key_mask[slots] = False
-                self._free += slots.tolist()
+                    v[r.cands[ends]] = row[k][r.slots[ends]]
+                self._release(r.slots[ends])
                 r.slots, r.cands = r.slots[~ends], r.cands[~ends]
             if r.live:
                 stay.append(r)
             elif not r.future.done():
                 r.future.set_result(Decoded(make_candidates(
-                    self.tok, r.cfg, torch.stack(r.out, 1).tolist(), r.ended["logprob"].tolist(),
+                    self.tok, r.cfg, r.out.tolist(), r.ended["logprob"].tolist(),
                     r.ended["length"].tolist(), r.ended["stopped"].tolist()), r.seconds, r.reused))
         self._running = stay
         if not stay:
@@ -358,6 +362,11 @@ class DecodeEngine:
         free_rows = len(self._free) > self.cfg.slack * self._logits.shape[0] and not self._waiting
         if free_rows or self._leading_padding() > self.cfg.slack * self._col:
             self._compact()
+
+    def _release(self, slots: Tensor) -> None:
+        """Slots no row decodes in any more: masked out, idle on <eot> until reused."""
+        self._cache.key_mask[slots] = False
+        self._free += slots.tolist()
 
     def _leading_padding(self) -> int:
         """How many leading columns no row attends to (padding of rows that left)."""

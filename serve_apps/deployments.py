@@ -95,10 +95,11 @@ class Sampler(_ModelReplica):
 
     async def _decode(self, prompt: list[int], sampling: SamplingConfig,
                       first_tokens: list[int] | None = None) -> tuple[Decoded, int]:
-        """The engine's candidates for `prompt`, and the rows decoding when it was submitted; a
-        cancelled call (the client went away) cancels the request in the engine."""
-        rows = self.engine.rows
-        return await asyncio.wrap_future(self.engine.submit(prompt, sampling, first_tokens)), rows
+        """The engine's candidates for `prompt`, and the requests decoding when it was submitted;
+        a cancelled call (the client went away) cancels the request in the engine."""
+        running = self.engine.requests
+        return (await asyncio.wrap_future(self.engine.submit(prompt, sampling, first_tokens)),
+                running)
 
     def _energy_kwh(self, seconds: float) -> float:
         """The modelled energy of a request's share of the device time."""
@@ -110,10 +111,10 @@ class Sampler(_ModelReplica):
         t0 = time.perf_counter()
         sampling = dataclasses.replace(self.sampling, **settings)
         prompt = self.chat.response_prompt(context, sampling)
-        decoded, rows = await self._decode(prompt, sampling)
+        decoded, running = await self._decode(prompt, sampling)
         cands, flops, tokens = self.chat.sampled(prompt, decoded.candidates, decoded.reused)
-        return Sampled(flops, tokens, self._energy_kwh(decoded.seconds), cands,
-                       rows // sampling.num_candidates + 1, time.perf_counter() - t0)
+        return Sampled(flops, tokens, self._energy_kwh(decoded.seconds), cands, running + 1,
+                       time.perf_counter() - t0)
 
     async def research(self, context: list[Turn], draft: str, steps: list[ResearchStep],
                        settings: dict | None = None) -> Researched:

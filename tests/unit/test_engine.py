@@ -91,6 +91,20 @@ def test_rows_that_end_give_up_their_slots_while_their_siblings_decode(engine, m
     assert sum(lengths) - 8 <= engine.row_steps < 8 * (lengths[-1] - 1)
 
 
+def test_a_request_fills_the_slots_of_a_running_requests_ended_rows(engine, model, tok):
+    first = SamplingConfig(num_candidates=8, max_new_tokens=40, seed=6)  # as in the test above
+    then = SamplingConfig(num_candidates=3, max_new_tokens=40, seed=11)
+    a, b = prompt(tok, "Tell me a story"), prompt(tok, "And then?", 2)
+    fa = engine.submit(a, first)
+    deadline = time.monotonic() + 30
+    while engine.rows in (0, 8) and not fa.done() and time.monotonic() < deadline:
+        time.sleep(0.0005)  # until some of a's rows have ended
+    fb = engine.submit(b, then)
+    got = [key(f.result(timeout=60)) for f in (fa, fb)]
+    assert got == [alone(model, tok, a, first), alone(model, tok, b, then)]
+    assert engine.rows == 0 and engine.requests == 0
+
+
 def test_a_cancelled_request_frees_its_rows(engine, model, tok):
     model.push = -10.0  # never ends by itself
     try:
