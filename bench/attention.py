@@ -78,15 +78,16 @@ KERNEL_BAND_GRADIENT = attention_flex.band_gradient
 def variant(name: str):
     """The function for `name`, with the kernel settings it asks for."""
     base, _, opts = name.partition(":")
+    # a probe of the torch bias gradient: the one module function a bench replaces (reset for
+    # every other variant, the probes included: cudnn_band's backward calls it)
+    attention_flex.band_gradient = partial(KERNEL_BAND_GRADIENT,
+                                           use_kernel=False if base == "flex_torchband" else None)
     if base in PROBES:
         return PROBES[base]
     if base.startswith("flex"):
         kernels = AttentionKernels(flex_options=opts or None, near_table=base != "flex_alltable")
     else:
         kernels = AttentionKernels(far="cudnn" if base == "band_cudnn" else "flash", launch=opts)
-    # a probe of the torch bias gradient: the one module function a bench replaces
-    attention_flex.band_gradient = partial(KERNEL_BAND_GRADIENT,
-                                           use_kernel=False if base == "flex_torchband" else None)
     return backend_variant(BACKENDS[base], kernels)
 
 

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from bench.timing import median_ms  # noqa: E402
 from lamda.attention import band as attention_band  # noqa: E402
 from lamda.attention.bias_grad import band_bias_grad  # noqa: E402
-from lamda.config import DEFAULT_LAUNCH  # noqa: E402
+from lamda.config import BIAS_GRAD_LAUNCH, AttentionKernels  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -39,20 +39,24 @@ def main(argv=None) -> None:
     q, k, v, dout = (torch.randn(B, H, T, D, device=a.device, generator=g).to(dtype)
                      for _ in range(4))
     near = torch.randn(H, a.window, device=a.device, generator=g)
-    out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0, [*DEFAULT_LAUNCH["fwd"]])
+    band = attention_band.BandSettings.of(AttentionKernels())
+    out, lse = attention_band.band_attention_fwd(q, k, v, near, 1.0, [*band.fwd])
 
-    def bias_grad(kernel: str, launch: list[int]):
+    def bias_grad(spec: str):  # "kernel:warps.stages.programs" (no kernel: rows), checked
+        kernel, _, setting = spec.rpartition(":")
+        kernel = kernel or "rows"
+        launch = [*AttentionKernels(bias_grad=kernel, launch=f"{BIAS_GRAD_LAUNCH.get(kernel)}="
+                                    f"{setting}").bias_grad_launch()]
         return lambda: band_bias_grad(q, k, v, out, lse, dout, near, 1.0, kernel, launch)
 
-    def dq(launch: list[int]):
+    def dq(spec: str):  # "warps.stages.programs", checked
+        launch = [*AttentionKernels(launch=f"dq={spec}").launch_settings()["dq"]]
         return lambda: attention_band.band_attention_bwd(
-            q, k, v, out, lse, dout, near, 1.0, None, None, None, launch, [*DEFAULT_LAUNCH["dkdv"]])
+            q, k, v, out, lse, dout, near, 1.0, None, None, None, launch, [*band.dkdv])
 
-    numbers = lambda setting: [int(x) for x in setting.split(".")]  # noqa: E731
     specs = lambda arg: filter(None, arg.split(";"))  # noqa: E731
-    runs = [("bias_grad", spec, bias_grad(spec.split(":")[0], numbers(spec.split(":")[1])))
-            for spec in specs(a.bias_grad)]
-    runs += [("dq", spec, dq(numbers(spec))) for spec in specs(a.dq)]
+    runs = [("bias_grad", spec, bias_grad(spec)) for spec in specs(a.bias_grad)]
+    runs += [("dq", spec, dq(spec)) for spec in specs(a.dq)]
     for what, spec, fn in runs:
         name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu (interpreter)"
         row = {"bench": "band_kernels", "device": name,

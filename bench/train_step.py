@@ -15,6 +15,7 @@ GPU's peak from lamda.accounting (not reported on CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -84,7 +85,8 @@ def run(a) -> dict:
     name = torch.cuda.get_device_name() if cuda else "cpu"
     return {
         "bench": "train_step", "preset": a.preset, "device": name, "dtype": a.dtype,
-        "compile": a.compile, "attn_backend": a.attn_backend, "threads": torch.get_num_threads(),
+        "compile": a.compile, "attn_backend": a.attn_backend,
+        "attn_kernels": dataclasses.asdict(cfg.attn_kernels), "threads": torch.get_num_threads(),
         "params": cfg.num_params(non_embedding=False), "batch_size": a.batch_size,
         "seq_len": a.seq_len, "steps_timed": a.steps, "step_s": round(step_s, 5),
         "tokens_per_s": round(tokens / step_s, 1),

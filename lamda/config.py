@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 # H200 (bench/RESULTS.md); more stages than these run out of shared memory or run slower.
 DEFAULT_LAUNCH = {"fwd": (4, 2), "dq": (4, 1, 512), "bias_grad": (8, 1, 1024), "dkdv": (4, 2),
                   "bias_grad_tiles": (4, 2, 1024)}
+BIAS_GRAD_LAUNCH = {"tiles": "bias_grad_tiles", "rows": "bias_grad"}  # kernel -> its launch key
 # FlexAttention's backward block sizes for head size 128 on Hopper (sm90): Inductor's autotuning
 # chose these over its default (64, 128, 128, 64, 3 stages, 8 warps) on an H200 (bench/RESULTS.md).
 SM90_D128 = {"bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32,
@@ -34,7 +35,7 @@ class AttentionKernels:
     launch: str = ""  # band kernels' launch settings over DEFAULT_LAUNCH, "dq=4.1.2048,fwd=8.2"
 
     def __post_init__(self):
-        if self.bias_grad not in ("tiles", "rows"):
+        if self.bias_grad not in BIAS_GRAD_LAUNCH:
             raise ValueError(f"bias_grad must be 'tiles' or 'rows', not {self.bias_grad!r}")
         if self.far not in ("flash", "cudnn"):
             raise ValueError(f"far must be 'flash' or 'cudnn', not {self.far!r}")
@@ -47,6 +48,10 @@ class AttentionKernels:
             return None
         return {key: value == "true" if value in ("true", "false") else _int(value, "flex_options")
                 for key, value in _pairs(self.flex_options, "flex_options")}
+
+    def bias_grad_launch(self) -> tuple[int, ...]:
+        """The launch settings of the chosen bias-gradient kernel."""
+        return self.launch_settings()[BIAS_GRAD_LAUNCH[self.bias_grad]]
 
     def launch_settings(self) -> dict[str, tuple[int, ...]]:
         """DEFAULT_LAUNCH with `launch` applied."""
@@ -142,12 +147,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        _check_fields(cls, d)
         kernels = d.get("attn_kernels", {})
         if isinstance(kernels, dict):
+            _check_fields(AttentionKernels, kernels)
             d = {**d, "attn_kernels": AttentionKernels(**kernels)}
         return cls(**d)
 
@@ -159,6 +162,12 @@ class ModelConfig:
     def load(cls, path) -> "ModelConfig":
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def _check_fields(cls, d: dict) -> None:
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
 
 
 # The paper's sizes use heads x d_kv = 2 x d_model and d_ff = 8 x d_model (exact for 137B, inferred

@@ -51,11 +51,15 @@ class AutoBackend:
 
     def __init__(self, kernels: AttentionKernels):
         self.kernels = kernels
+        self.sdpa: AttentionBackend = get_backend("sdpa")
+        self.flex: AttentionBackend | None = None  # made on first use (imports the CUDA code)
 
     def prepare(self, bias: RelativeBias, dtype: torch.dtype) -> tuple[AttentionBackend, object]:
         fast = (bias.table.is_cuda and bias.self_attention and bias.key_mask is None
                 and bias.segments is None)
-        backend = get_backend("flex" if fast else "sdpa", kernels=self.kernels)
+        if fast and self.flex is None:
+            self.flex = get_backend("flex", kernels=self.kernels)
+        backend = self.flex if fast else self.sdpa
         return backend, backend.prepare(bias, dtype)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, prepared, dropout_p: float) -> Tensor:
@@ -68,7 +72,7 @@ CUDA_BACKENDS = {"flex": ("lamda.attention.flex", "FlexBackend"),
                  "band": ("lamda.attention.band", "BandBackend")}
 BACKEND_NAMES = ("auto", "sdpa", *CUDA_BACKENDS)
 _registered: dict[str, AttentionBackend] = {}
-_made: dict[tuple[str, AttentionKernels], AttentionBackend] = {}
+_made: dict[tuple[str, AttentionKernels | None], AttentionBackend] = {}
 
 
 def register(name: str, backend: AttentionBackend) -> None:
@@ -87,7 +91,7 @@ def get_backend(name: str, dropout: float = 0.0,
         raise ValueError(f"unknown attention backend {name!r}; available: {known}")
     if name == "auto" and dropout > 0:
         name = "sdpa"
-    key = (name, kernels)
+    key = (name, None if name == "sdpa" else kernels)  # sdpa runs no kernel of ours
     if key not in _made:
         if name == "sdpa":
             _made[key] = SDPABackend()

@@ -10,9 +10,10 @@ So with nb(d) = b(d) - b_far, attention with the bias equals attention where the
 distances d < W (the band) carry nb(d) and all farther keys carry nothing. The far part is then
 plain causal attention of queries W.. over keys ..T-W (a square causal mask, shifted by W), which
 the fastest fused kernel (FlashAttention) does at full speed. The band, W keys per query, is three
-small Triton kernels of this module (forward, dq + the bias gradient, dk + dv). Forward merges the
-two parts through their log-sum-exps; backward runs each part's backward with the merged output
-and log-sum-exp, which gives each part its exact share of the gradients (as ring attention does).
+small Triton kernels: the forward and dk + dv here, dq + the bias gradient from
+lamda.attention.bias_grad. Forward merges the two parts through their log-sum-exps; backward runs
+each part's backward with the merged output and log-sum-exp, which gives each part its exact share
+of the gradients (as ring attention does).
 
 The bias gradient comes with dq from lamda.attention.bias_grad's dq kernel (no atomics); autograd
 then gives b_far minus the band's total (softmax rows sum to zero).
@@ -37,7 +38,6 @@ from lamda.config import AttentionKernels
 
 if triton is not None:
     import triton.language as tl
-
 
 
 class BandSettings(NamedTuple):

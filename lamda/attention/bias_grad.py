@@ -147,7 +147,7 @@ def check_supported(q: Tensor, W: int) -> None:
     if triton is None:
         raise RuntimeError("the band kernels need Triton (it ships with CUDA PyTorch)")
     if not supports(q.shape[-1], W):
-        raise ValueError(f"band attention needs a power-of-two head size in 16..256 and "
+        raise ValueError(f"the band kernels need a power-of-two head size in 16..256 and "
                          f"max_distance a power of two >= 32; got {q.shape[-1]} and {W}")
 
 

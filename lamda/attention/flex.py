@@ -123,8 +123,7 @@ class _BiasGradOnBand(torch.autograd.Function):
 
 def bias_grad_kernel(kernels: AttentionKernels) -> tuple[str, tuple[int, ...]]:
     """(kernel name, its launch settings) for band_bias_grad, from the model's kernel settings."""
-    kernel = "bias_grad_tiles" if kernels.bias_grad == "tiles" else "bias_grad"  # DEFAULT_LAUNCH
-    return kernels.bias_grad, kernels.launch_settings()[kernel]
+    return kernels.bias_grad, kernels.bias_grad_launch()
 
 
 def band_gradient(q, k, v, out, lse, dout, dist_bias, window,

@@ -59,6 +59,8 @@ def test_kernel_settings_travel_with_the_config(tmp_path):
     assert kernels.launch_settings() == {**DEFAULT_LAUNCH, "dq": (4, 1, 2048)}
     old = {k: v for k, v in c.to_dict().items() if k != "attn_kernels"}  # saved before the field
     assert ModelConfig.from_dict(old).attn_kernels == AttentionKernels()
+    with pytest.raises(ValueError, match="unknown AttentionKernels fields"):
+        ModelConfig.from_dict({**c.to_dict(), "attn_kernels": {"warps": 8}})
 
 
 @pytest.mark.parametrize("bad,match", [
