@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     exs = examples(tok, a.data)
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                               max_seq_len=max(a.seq_len, 256)), device=a.device)
-    cfg = TrainConfig(steps=a.steps, lr=a.lr, warmup_steps=max(1, a.steps // 10), batch_size=a.batch)
+    cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch)  # warm-up: a tenth of the steps
     opt = build_optimizer(model, cfg)
     by_kind = defaultdict(list)
     for q in read_questions(a.data / "heldout.jsonl"):

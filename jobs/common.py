@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from lamda.cluster import ClusterSpec, storage_uri
 from lamda.parallel import ParallelConfig
-from lamda.ray_train import ClusterSpec
 from lamda.storage import fetch_file, join
 from lamda.tokenizer import Tokenizer
 from lamda.training import TrainConfig
@@ -27,7 +27,7 @@ class TrainJob:
     address: str | None = None  # Ray address; default: the cluster of `ray job submit` (RAY_ADDRESS),
     #                             else a local Ray started for this job
     cluster: ClusterSpec = field(default=ClusterSpec(), metadata={"skip": ("run_name",)})
-    train: TrainConfig = field(default=TrainConfig(), metadata={"skip": ("dialog_fraction",)})
+    train: TrainConfig  # each job gives its own defaults
     parallel: ParallelConfig = field(default=ParallelConfig(), metadata={"skip": ("fsdp", "bf16")})
     export: str | None = None  # where to write the safetensors export (default: <storage>/<run>/export)
     export_shard_mb: float = 2048  # at most this many MB per export file (the export is sharded)
@@ -39,9 +39,7 @@ class TrainJob:
     watts: float | None = None  # per device, for modelled energy where NVML has no energy counter
 
     def export_path(self) -> str:
-        storage = self.cluster.storage_path
-        return self.export or join(storage if "://" in storage else os.path.abspath(storage),
-                                   self.run_name, "export")
+        return self.export or join(storage_uri(self.cluster.storage_path), self.run_name, "export")
 
 
 def load_tokenizer(uri: str) -> Tokenizer:
@@ -122,8 +120,7 @@ def train(job: TrainJob, model, tok: Tokenizer, ds, stage: str, init_from: str |
     from lamda import ray_data as RD
     from lamda import ray_train as R
     held_out = job.eval_fraction if job.eval_every and ds is not None else 0.0  # no rows unused
-    train_rows, evaluation = RD.split_eval(ds, held_out, job.train.seed) if ds is not None \
-        else (None, None)
+    train_rows, evaluation = RD.split_eval(ds, held_out) if ds is not None else (None, None)
     parallel = dataclasses.replace(job.parallel, bf16=job.cluster.gpus_per_worker > 0)
     spec = R.RunSpec(model=model, train=job.train, tokenizer=tok, parallel=parallel,
                      init_from=init_from, export_to=job.export_path(),

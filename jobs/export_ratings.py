@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,14 @@ class ExportRatingsJob:
 def export(store: ConversationStore, min_raters: int = 1, max_context_turns: int = 64) -> list[dict]:
     """The store's ratings as labelled records (lamda.ratings.labelled_records)."""
     ratings = store.ratings()
+    rated = defaultdict(set)  # conversation -> its rated (turn, candidate) pairs
+    for r in ratings:
+        rated[r.conversation_id].add((r.turn, r.candidate))
     responses = {}
-    for cid in sorted({r.conversation_id for r in ratings}):  # each conversation read once
+    for cid in sorted(rated):  # each conversation read once
         turns = store.conversation(cid)
         history = [Turn(t["speaker"], t["text"]) for t in turns]
-        for turn, candidate in {(r.turn, r.candidate) for r in ratings if r.conversation_id == cid}:
+        for turn, candidate in rated[cid]:
             t = turns[turn]
             responses[(cid, turn, candidate)] = (
                 context_of(history, turn, max_context_turns),

@@ -45,7 +45,7 @@ def run(job: FilterJob) -> dict:
     import ray.data
     from ray.data.expressions import col
     from lamda.ray_data import read_records
-    scored = read_records(list(job.dialogs)).map_batches(
+    scored = read_records(job.dialogs).map_batches(
         TurnScorer, fn_constructor_kwargs={"export": job.model,
                                            "device": "cuda" if job.gpus_per_actor else "cpu"},
         batch_size=job.batch_size, compute=ray.data.ActorPoolStrategy(size=job.actors),

@@ -43,8 +43,7 @@ def run(job: FinetuneJob):
     ray_data_quiet()
     from lamda import ray_data as RD
     seq_len = job.train.seq_len
-    ds = RD.finetune_dataset(tok, seq_len, list(job.labelled), list(job.research),
-                             list(job.dialogs), job.train.seed)
+    ds = RD.finetune_dataset(tok, seq_len, job.labelled, job.research, job.dialogs, job.train.seed)
     model = model.replace(max_seq_len=max(model.max_seq_len, seq_len))
     return train(job, model, tok, ds, "finetune", init_from=job.init_from)
 

@@ -6,8 +6,8 @@ a field holding another config dataclass (TrainConfig, ClusterSpec, ...) contrib
 fields as flags, with the job's default instance giving their defaults. `main(argv)` is
 `run(parse(Cfg, argv, __doc__))`; jobs.pipeline builds the dataclasses directly.
 
-Field metadata: "choices" and "metavar" go to argparse; "skip" (on a nested config field) names
-fields that are not flags; "flag": False keeps a field off the command line.
+Field metadata: "choices" and "nargs" go to argparse; "skip" (on a nested config field) names the
+fields that are not flags.
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ def _unwrap(hint) -> Any:
 
 def _flag_kwargs(hint, default, required: bool, metadata) -> dict:
     kind = _unwrap(hint)
-    kw: dict = {k: metadata[k] for k in ("choices", "metavar") if k in metadata}
+    kw: dict = {k: metadata[k] for k in ("choices", "nargs") if k in metadata}
     origin = typing.get_origin(kind)
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction if default else "store_true"}
     if origin in (list, tuple):
         args = typing.get_args(kind)
         nargs = len(args) if origin is tuple and Ellipsis not in args else ("+" if required else "*")
-        return {"nargs": nargs, "type": args[0], **kw}
+        return {"nargs": nargs, "type": args[0], **kw}  # metadata's nargs, if any, wins
     if kind not in (int, float, str, Path):
         raise TypeError(f"no flag for a field of type {hint}")
     return {"type": kind, **kw}
@@ -82,7 +82,7 @@ def add_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, d
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
-        if not f.init or f.name in skip or f.metadata.get("flag") is False:
+        if not f.init or f.name in skip:
             continue
         value = getattr(default, f.name) if default is not None else _field_default(f)
         if dataclasses.is_dataclass(hints[f.name]):
@@ -94,7 +94,7 @@ def add_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, d
         required = value is dataclasses.MISSING
         kw = _flag_kwargs(hints[f.name], value, required, f.metadata)
         if "action" not in kw and "choices" not in kw:
-            kw.setdefault("metavar", f.name.upper())
+            kw["metavar"] = f.name.upper()
         p.add_argument("--" + f.name.replace("_", "-"), dest=prefix + f.name, required=required,
                        default=None if required else value, help=helps.get(f.name), **kw)
 
@@ -114,7 +114,7 @@ def from_flags(cls: type[C], values: dict, default: C | None = None, prefix: str
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = prefix + f.name
-        if not f.init or f.metadata.get("flag") is False:
+        if not f.init:
             continue
         if dataclasses.is_dataclass(hints[f.name]):
             inner = getattr(default, f.name) if default is not None else _field_default(f)

@@ -20,14 +20,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from jobs import evaluate, filter_safe, finetune, pretrain, tool_data
+from jobs import evaluate, filter_safe, finetune, pretrain, tool_data, train_tokenizer
 from jobs.common import init_ray, shutdown_ray
 from jobs.flags import parse
-from jobs.train_tokenizer import train_tokenizer
 from lamda import eval as E
+from lamda.cluster import ClusterSpec
 from lamda.config import PRESETS
 from lamda.data import SAMPLE_DIR
-from lamda.ray_train import ClusterSpec
 from lamda.safety_filter import FilterConfig
 from lamda.tool_data import read_questions
 from lamda.tools import retrieval
@@ -186,9 +185,10 @@ def run_stages(job: PipelineJob) -> None:
          lambda: tool_data.run(tool_data.ToolDataJob(
              index=index, out=tools, doc_questions=data / "doc_questions.jsonl",
              documents=data / "documents.jsonl", fraction=job.tool_data_fraction))),
-        ("tokenizer", tok, lambda: train_tokenizer(
-            [tools / "documents.jsonl"], [data / "dialogs.jsonl", tools / "dialogs.jsonl"],
-            job.vocab_size, tok, research=[tools / "research.jsonl"], index=index)),
+        ("tokenizer", tok, lambda: train_tokenizer.run(train_tokenizer.TokenizerJob(
+            out=tok, documents=(tools / "documents.jsonl",),
+            dialogs=(data / "dialogs.jsonl", tools / "dialogs.jsonl"), vocab_size=job.vocab_size,
+            research=(tools / "research.jsonl",), index=index))),
         ("pre-training", pre / "manifest.json", lambda: pretrain.run(pretraining)),
         ("fine-tuning", ft / "manifest.json", lambda: finetune.run(finetuning(
             "finetune", pre, generated, job.finetune_steps, ft))),

@@ -58,8 +58,7 @@ def run(job: PretrainJob):
         sources = RD.token_sources(job.tokens, tok)
         return train(job, model, tok, None, "pretrain", tokens=job.tokens,
                      mixture={k: mixture[k] for k in sources if mixture[k] > 0})
-    ds = RD.pretraining_dataset(tok, list(job.documents), list(job.dialogs), seq_len, fraction,
-                                job.train.seed)
+    ds = RD.pretraining_dataset(tok, job.documents, job.dialogs, seq_len, fraction, job.train.seed)
     return train(job, model, tok, ds, "pretrain")
 
 

@@ -40,7 +40,7 @@ def run(job: TokenizeJob) -> dict:
     init_ray(job.address, job.cpus)
     ray_data_quiet()
     from lamda import ray_data as RD
-    meta = RD.tokenize_corpus(tok, {"document": list(job.documents), "dialog": list(job.dialogs)},
+    meta = RD.tokenize_corpus(tok, {"document": job.documents, "dialog": job.dialogs},
                               job.out, job.rows_per_file)
     print(json.dumps(meta))
     return meta

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.flags import parse
@@ -15,8 +16,8 @@ from lamda.tokenizer import Tokenizer
 from lamda.tools.retrieval import Retriever
 
 
-def train_tokenizer(documents: list[Path], dialogs: list[Path], vocab_size: int, out: Path,
-                    research: list[Path] = (), index: Path | None = None) -> Tokenizer:
+def train_tokenizer(documents: Sequence[Path], dialogs: Sequence[Path], vocab_size: int, out: Path,
+                    research: Sequence[Path] = (), index: Path | None = None) -> Tokenizer:
     """A BPE tokenizer on the texts; the URL prefixes of the retrieval `index` become single
     pieces (lamda.tools.retrieval.Retriever.url_prefixes)."""
     docs = [d for p in documents for d in read_jsonl(p, "document")]
@@ -35,18 +36,23 @@ class TokenizerJob:
     """The flags of jobs.train_tokenizer."""
 
     out: Path  # where to write tokenizer.model
-    documents: tuple[Path, ...] = (SAMPLE_DIR / "documents.jsonl",)  # JSONL files of documents
-    dialogs: tuple[Path, ...] = (SAMPLE_DIR / "dialogs.jsonl",)  # JSONL files of dialogs
+    documents: tuple[Path, ...] = field(  # JSONL files of documents
+        default=(SAMPLE_DIR / "documents.jsonl",), metadata={"nargs": "+"})
+    dialogs: tuple[Path, ...] = field(  # JSONL files of dialogs
+        default=(SAMPLE_DIR / "dialogs.jsonl",), metadata={"nargs": "+"})
     research: tuple[Path, ...] = ()  # JSONL files of research transcripts (e.g. jobs.tool_data's
     #                                  research.jsonl)
     index: Path | None = None  # retrieval index whose URL prefixes become single pieces
     vocab_size: int = 4096  # vocabulary size (paper: 32000; 4096 suits the bundled corpus)
 
 
-def main(argv=None) -> None:
-    job = parse(TokenizerJob, argv, __doc__)
-    train_tokenizer(list(job.documents), list(job.dialogs), job.vocab_size, job.out,
-                    list(job.research), job.index)
+def run(job: TokenizerJob) -> Tokenizer:
+    return train_tokenizer(job.documents, job.dialogs, job.vocab_size, job.out, job.research,
+                           job.index)
+
+
+def main(argv=None) -> Tokenizer:
+    return run(parse(TokenizerJob, argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def _plain(obj):
     return obj.item() if isinstance(obj, np.generic) else obj
 
 
-def read_records(paths: list[str]) -> ray.data.Dataset | None:
+def read_records(paths: Sequence[str]) -> ray.data.Dataset | None:
     """Rows {"record", "source"} of every file (or directory) in `paths`; None when empty."""
     if not paths:
         return None
@@ -61,8 +62,8 @@ def read_records(paths: list[str]) -> ray.data.Dataset | None:
     return dss[0].union(*dss[1:]) if len(dss) > 1 else dss[0]
 
 
-def pretraining_dataset(tok: Tokenizer, documents: list[str], dialogs: list[str], seq_len: int,
-                        dialog_fraction: float, seed: int = 0) -> ray.data.Dataset:
+def pretraining_dataset(tok: Tokenizer, documents: Sequence[str], dialogs: Sequence[str],
+                        seq_len: int, dialog_fraction: float, seed: int = 0) -> ray.data.Dataset:
     """Rows {"tokens": (seq_len + 1,) int64}: documents and dialogs tokenised in map_batches,
     packed per source, then mixed so that `dialog_fraction` of the rows are dialog rows."""
 
@@ -87,13 +88,14 @@ def pretraining_dataset(tok: Tokenizer, documents: list[str], dialogs: list[str]
     return mixed.random_shuffle(seed=seed)
 
 
-def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), research: list[str] = (),
-                     dialogs: list[str] = (), seed: int = 0) -> ray.data.Dataset:
+def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: Sequence[str] = (),
+                     research: Sequence[str] = (), dialogs: Sequence[str] = (),
+                     seed: int = 0) -> ray.data.Dataset:
     """Rows {"tokens", "mask", "segments"}: generative, discriminative and research-format examples
     mixed, packed several to a row (lamda.data.pack_examples)."""
     parts = []
     for paths, kind in ((labelled, "labelled"), (research, "research"), (dialogs, "dialog")):
-        ds = read_records(list(paths))
+        ds = read_records(paths)
         if ds is None:
             continue
 
@@ -115,7 +117,7 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: list[str] = (), res
 TOKENIZERS = {"document": D.document_ids, "dialog": D.dialog_ids}
 
 
-def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
+def tokenize_corpus(tok: Tokenizer, sources: dict[str, Sequence[str]], out: str,
                     rows_per_file: int = 20_000) -> dict:
     """Tokenise each source ("document", "dialog": JSONL or Parquet, local or s3://) once into
     Parquet files of token ids, one record per row (uint16 while the vocabulary fits, else
@@ -125,7 +127,7 @@ def tokenize_corpus(tok: Tokenizer, sources: dict[str, list[str]], out: str,
     dtype = pa.uint16() if tok.vocab_size <= 1 << 16 else pa.uint32()
     meta = {"dtype": str(dtype), "vocab_size": tok.vocab_size, "sources": {}}
     for kind, paths in sources.items():
-        ds = read_records(list(paths))
+        ds = read_records(paths)
         if ds is None:
             continue
 
@@ -160,7 +162,7 @@ def token_sources(path: str, tok: Tokenizer) -> list[str]:
     return sorted(meta["sources"])
 
 
-def split_eval(ds: ray.data.Dataset, fraction: float, seed: int = 0):
+def split_eval(ds: ray.data.Dataset, fraction: float):
     """(train, eval) datasets; eval holds `fraction` of the rows (at least one), or is None when
     `fraction` is 0."""
     if fraction <= 0:

@@ -62,6 +62,7 @@ from lamda import token_stream as TS
 from lamda.accounting import EnergyMeter, hardware, mfu
 from lamda.checkpoint import (CONFIG, TOKENIZER, TRAIN_STATE, check_checkpoint_dir, load_export,
                               save_sharded_export)
+from lamda.cluster import ClusterSpec, storage_uri
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, init_weights, parallelize
@@ -446,20 +447,6 @@ def train_worker(config: dict) -> None:
 
 # -- the trainer --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    """Where a training run runs and keeps its checkpoints."""
-
-    workers: int = 2  # Ray Train workers (one process each)
-    gpus_per_worker: float = 0.0  # 0: CPU workers with gloo; otherwise NCCL
-    cpus_per_worker: float = 1.0  # logical CPUs per worker
-    storage_path: str = "runs/ray"  # local directory or s3://bucket/prefix[?endpoint_override=...]
-    run_name: str = "lamda"  # re-running with the same name resumes the run
-    max_failures: int = 2  # worker-group restarts before the run fails
-    keep_checkpoints: int = 2  # the latest checkpoints kept (older ones are deleted)
-    log_level: str = "WARNING"  # Ray Train's own console logs (our per-step lines always show)
-
-
 @ray.remote(num_cpus=0)
 class _Reports:
     """Rank 0's metrics on their way to the driver."""
@@ -517,11 +504,6 @@ def _ordered_data(split: bool = True):
     options = DataConfig.default_ingest_options()
     options.preserve_order = True
     return DataConfig(datasets_to_split="all" if split else [], execution_options=options)
-
-
-def storage_uri(path: str) -> str:
-    """Ray wants an absolute local path or a URI."""
-    return path if "://" in path else str(Path(path).resolve())
 
 
 def fit(spec: RunSpec, cluster: ClusterSpec, train_ds: ray.data.Dataset | None = None,

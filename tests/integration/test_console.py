@@ -199,7 +199,7 @@ def test_ratings_train_the_discriminators_on_the_next_finetune(server, tmp_path)
     export = server["work"] / "export"
     finetune.main(["--run-name", "rated", "--init-from", str(export), "--labelled", str(out),
                    "--storage-path", str(tmp_path / "runs"), "--workers", "1", "--steps", "30",
-                   "--batch-size", "2", "--seq-len", "64", "--lr", "2e-3", "--warmup", "3",
+                   "--batch-size", "2", "--seq-len", "64", "--lr", "2e-3", "--warmup-steps", "3",
                    "--eval-every", "0", "--checkpoint-every", "30", "--log-every", "10"])
     context = [Turn("user", "Tell me about Mount Everest.")]
     texts = [reply, body["trace"]["candidates"][other]["text"]]

@@ -75,3 +75,5 @@ def test_bad_flags_are_usage_errors(bad, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse(pretrain.PretrainJob, bad, None)
     assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the tokenizer needs some documents (nargs "+")
+        parse(train_tokenizer.TokenizerJob, ["--out", "o", "--documents"], None)
