@@ -12,17 +12,16 @@ candidate to its turn's longest would spend on ended rows. One torch thread.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
+import itertools
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bench.serve import under_load  # noqa: E402
 from lamda.checkpoint import load_export  # noqa: E402
 from lamda.data import Turn, response_prompt  # noqa: E402
 from lamda.decode import SamplingConfig  # noqa: E402
@@ -32,6 +31,7 @@ MESSAGES = ["What is 12 plus 30?", "Hi! How are you?", "What is the atomic numbe
             "How do you say cat in French?", "Tell me about the moon.", "What do you like to do?",
             "What is 345 times 2?", "Do you like music?", "What is the symbol of iron?",
             "Good morning!", "What is the German word for house?", "Where is Paris?"]
+CANDIDATES = 16  # per turn, as sample-and-rank draws them
 
 
 def main(argv=None) -> None:
@@ -45,27 +45,25 @@ def main(argv=None) -> None:
     model, tok = load_export(a.model)
     engine = DecodeEngine(model.eval(), tok)
 
-    def turn(i: int):
-        prompt = response_prompt(tok, [Turn("user", f"{MESSAGES[i % len(MESSAGES)]}")])
-        cfg = SamplingConfig(num_candidates=16, max_new_tokens=a.max_new_tokens, seed=i)
-        t0 = time.perf_counter()
-        decoded = engine.submit(prompt, cfg).result()
-        return time.perf_counter() - t0, [c.length for c in decoded.candidates]
+    lengths: list[list[int]] = []  # each turn's candidate lengths
+
+    def turn(i: int) -> None:  # turn i: message i, seed i
+        prompt = response_prompt(tok, [Turn("user", MESSAGES[i % len(MESSAGES)])])
+        cfg = SamplingConfig(num_candidates=CANDIDATES, max_new_tokens=a.max_new_tokens, seed=i)
+        lengths.append([c.length for c in engine.submit(prompt, cfg).result().candidates])
 
     turn(0)  # warm-up
     for clients in a.clients:
         steps, row_steps = engine.steps, engine.row_steps
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(turn, range(a.turns)))
-        wall = time.perf_counter() - t0
-        lengths = [ls for _, ls in results]
-        latencies = sorted(s for s, _ in results)
+        lengths.clear()
+        numbers = itertools.count()  # the same turns at every concurrency
+        load = under_load(lambda: turn(next(numbers)), clients, a.turns)
+        tokens = sum(map(sum, lengths))
         print(json.dumps({
             "bench": "engine", "model": Path(a.model).name, "clients": clients, "turns": a.turns,
-            "turns_per_s": round(a.turns / wall, 3), "p50_s": round(statistics.median(latencies), 3),
-            "candidate_tokens": sum(map(sum, lengths)),
-            "wasted": round(1 - sum(map(sum, lengths)) / sum(16 * max(ls) for ls in lengths), 3),
+            "turns_per_s": load["requests_per_s"], "p50_s": load["p50_s"], "p99_s": load["p99_s"],
+            "candidate_tokens": tokens,
+            "wasted": round(1 - tokens / sum(CANDIDATES * max(ls) for ls in lengths), 3),
             "steps": engine.steps - steps, "row_steps": engine.row_steps - row_steps}), flush=True)
     engine.close()
 

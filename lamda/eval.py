@@ -27,7 +27,6 @@ from lamda.data import ATTRIBUTES, SSI_ATTRIBUTES, aggregate_ratings, majority
 from lamda.research import URL
 from lamda.tokenizer import SPECIAL_TOKENS
 
-SSI = SSI_ATTRIBUTES
 BINARY = ("has_claim", "supported", "explicit_claim", "cites", "helpful", "role_consistent")
 
 
@@ -56,11 +55,11 @@ def rater_says_safe(vote) -> int:
 def aggregate(ratings: dict) -> Labels:
     """Rater votes of one response -> its labels, by the paper's rules (the SSI and safety rules
     are lamda.data.aggregate_ratings, which also labels the fine-tuning data)."""
-    votes = {a: tuple(ratings[a]) for a in SSI if a in ratings}
+    votes = {a: tuple(ratings[a]) for a in SSI_ATTRIBUTES if a in ratings}
     if "unsafe" in ratings:
         votes["unsafe"] = tuple(1 - rater_says_safe(v) for v in ratings["unsafe"])
     labels = aggregate_ratings(votes) if votes else {}
-    out = {a: labels[a] for a in SSI if a in labels}
+    out = {a: labels[a] for a in SSI_ATTRIBUTES if a in labels}
     if "unsafe" in labels:
         out["safe"] = 1 - labels["unsafe"]
     for a in BINARY:

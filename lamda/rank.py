@@ -24,7 +24,6 @@ from lamda.model import KVCache, LaMDA
 from lamda.tokenizer import Tokenizer
 
 
-
 @torch.no_grad()
 def attribute_probs(model: LaMDA, tok: Tokenizer, cache: KVCache, eot_pos: Tensor) -> Tensor:
     """P(rating = 1) of every attribute for every cache row; (R, 4) in ATTRIBUTES order.
