@@ -15,6 +15,11 @@
 #            table, the fastest bias-gradient kernel, and Inductor's FlexAttention autotuning
 #   train2b: 2b training with the default (auto) backend
 #   decode:  one chat turn, eager vs CUDA graphs vs HF generate
+#   engine:  the decode engine (continuous batching), 350m random weights, 1 / 16 / 64 clients
+#   curve:   held-out tool use against training steps (bench/tool_curve.py), 125m at two learning
+#            rates and tiny, in the background (the next parts run beside them; `wait` at the end).
+#            Needs the data of `make run` (runs/local/{data,index.sqlite,tokenizer.model}) and the
+#            FreeDict databases (LAMDA_DICTD_DIRS)
 # JSON lines go to stdout and to $OUT/<name>.json; stderr to $OUT/<name>.err.
 set -u
 OUT=${OUT:-runs/gpu-check}
@@ -82,10 +87,23 @@ PY
       ;;
     tests)
       echo "== tests/gpu"
-      timeout 150 $py -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | grep -vE "^\s*$|warn|DEBUG" | tail -40
+      timeout 240 $py -m pytest -q -s -p no:cacheprovider tests/gpu 2>&1 | grep -vE "^\s*$|warn|DEBUG" | tail -40
       ;;
     decode)
       step decode_350m 170 $py bench/decode.py --device cuda --repeat 5
       ;;
+    engine)
+      step engine_350m 120 $py bench/engine.py --preset 350m --tokenizer runs/local/tokenizer.model \
+        --device cuda --clients 1 16 64 --turns 64 --max-rows 1024
+      ;;
+    curve)
+      for run in "125m 1e-3" "125m 2e-3" "tiny 2e-3"; do
+        set -- $run
+        step "curve_$1_$2" 400 $py bench/tool_curve.py --data runs/local/data \
+          --index runs/local/index.sqlite --tokenizer runs/local/tokenizer.model --device cuda \
+          --threads 4 --preset "$1" --lr "$2" --batch 32 --steps 2400 --eval-at 1200 &
+      done
+      ;;
   esac
 done
+wait

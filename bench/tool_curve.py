@@ -6,7 +6,8 @@ draft, greedy research, real tools) on the held-out questions. Prints one JSON l
     python -m jobs.tool_data --index runs/local/index.sqlite --out runs/local/data
     python bench/tool_curve.py --data runs/local/data --index runs/local/index.sqlite --steps 1500
 
-Runs on CPU or, with --device cuda, on a GPU (no Ray needed).
+Runs on CPU or, with --device cuda, on a GPU (no Ray needed; bf16 parameters and AdamW states
+there, as bench/train_step.py).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def main(argv=None) -> None:
     exs = examples(tok, a.data)
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                               max_seq_len=max(a.seq_len, 256)), device=a.device)
+    if a.device.startswith("cuda"):
+        model = model.to(torch.bfloat16)
     cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch)  # warm-up: a tenth of the steps
     opt = build_optimizer(model, cfg)
     by_kind = defaultdict(list)
@@ -111,13 +114,17 @@ def main(argv=None) -> None:
         batch = [t.to(a.device) if t is not None else None
                  for t in D.collate(rng.sample(exs, take), a.seq_len, tok.pad_id, packed=True)]
         m = train_step(model, opt, [tuple(batch)], step, cfg)
+        if (step + 1) % 100 == 0:
+            print(f"step {step + 1} loss {m['loss']:.4f}", file=sys.stderr, flush=True)
         if step + 1 in a.eval_at or step + 1 == a.steps:
-            trained += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            trained += t1 - t0
             result = evaluate(chat, questions, toolset, chat_cfg, tag=str(step + 1))
-            print(json.dumps({"bench": "tool_curve", "preset": a.preset, "step": step + 1,
-                              "examples": (step + 1) * take, "loss": round(m["loss"], 4),
-                              "train_seconds": round(trained, 1), "questions": len(questions),
-                              **result}), flush=True)
+            print(json.dumps({"bench": "tool_curve", "preset": a.preset, "device": a.device,
+                              "step": step + 1, "examples": (step + 1) * take,
+                              "loss": round(m["loss"], 4), "train_seconds": round(trained, 1),
+                              "eval_seconds": round(time.perf_counter() - t1, 1),
+                              "questions": len(questions), **result}), flush=True)
             t0 = time.perf_counter()
 
 

@@ -1,5 +1,7 @@
 """The CUDA-only fast paths against their references: the flex and band attention backends (forward
-and every gradient, the bias table's included) and CUDA-graph decoding."""
+and every gradient, the bias table's included), CUDA-graph decoding and the decode engine."""
+
+import time
 
 import pytest
 import torch
@@ -7,9 +9,12 @@ import torch
 from bench.decode import BenchTokenizer
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import AttentionKernels, ModelConfig
+from lamda.data import Turn, response_prompt
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate
+from lamda.engine import DecodeEngine
 from lamda.model import build_model
 from lamda.rank import score_generation
+from tests.unit.test_decode import EarlyStopper
 
 
 def rel_err(x, ref):
@@ -84,3 +89,29 @@ def test_graph_step_samples_what_the_eager_step_samples():
             [[c.ids for c in cs] for cs in eager.candidates]
         assert torch.allclose(score_generation(model, tok, graph),
                               score_generation(model, tok, eager), atol=1e-4)
+
+
+def test_the_engine_on_cuda_decodes_joining_requests_as_alone(tok):
+    """Continuous batching on the GPU: rows of requests that join and leave a running batch (and
+    end at different lengths) sample what each request samples alone."""
+    torch.manual_seed(0)
+    model = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).cuda().eval()
+    model.eot = tok.eot_id
+    prompts = [response_prompt(tok, [Turn("user", f"{text} {i}") for i in range(turns)])
+               for text, turns in (("Hi", 1), ("Tell me about jazz", 6), ("Why?", 2))]
+    configs = [SamplingConfig(num_candidates=8, max_new_tokens=40, seed=1),
+               SamplingConfig(num_candidates=4, max_new_tokens=6, seed=2, temperature=0.7, top_k=5),
+               SamplingConfig(num_candidates=1, max_new_tokens=8, temperature=0.0)]
+    engine = DecodeEngine(model, tok)
+    try:
+        futures = []
+        for p, cfg in zip(prompts, configs):
+            futures.append(engine.submit(p, cfg))
+            steps = engine.steps
+            while engine.steps < steps + 3 and not futures[-1].done():
+                time.sleep(0.001)
+        got = [[c.ids for c in f.result(timeout=60).candidates] for f in futures]
+    finally:
+        engine.close()
+    assert got == [[c.ids for c in generate(model, tok, [p], cfg).candidates[0]]
+                   for p, cfg in zip(prompts, configs)]
