@@ -43,7 +43,7 @@ train() {  # train NAME SECONDS PRESET BATCH BACKENDS [more flags]
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 # the flex backend's settings before the third GPU pass (bench/RESULTS.md), for comparisons
-previous=(--flex-table all --bias-grad-kernel rows --flex-options "")
+previous=(--no-near-table --bias-grad rows --flex-options "")
 parts=("$@")
 [ $# -eq 0 ] && parts=(tests attn train train2b decode)
 for part in "${parts[@]}"; do
@@ -64,21 +64,21 @@ for part in "${parts[@]}"; do
       step band_kernels 90 $py bench/band_kernels.py --dq "" --bias-grad "rows:8.1.1024;\
 rows:8.1.2048;tiles:4.1.1024;tiles:4.2.1024;tiles:4.3.1024;tiles:8.2.1024;tiles:8.3.1024;\
 tiles:4.2.512;tiles:4.2.2048;tiles:8.2.4096"
-      # the fastest bias-gradient setting -> "--bias-grad-kernel K --band-launch KEY=SETTING"
+      # the fastest bias-gradient setting -> "--bias-grad K --launch KEY=SETTING"
       best=$($py - "$OUT/band_kernels.json" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if '"ms"' in line]
 kernel, _, setting = min(rows, key=lambda r: r["ms"])["bias_grad"].partition(":")
 key = {"rows": "bias_grad", "tiles": "bias_grad_tiles"}[kernel]
-print(f"--bias-grad-kernel {kernel} --band-launch {key}={setting}")
+print(f"--bias-grad {kernel} --launch {key}={setting}")
 PY
 )
       echo "fastest bias gradient: ${best:-none}"
       train tune_previous 110 350m 16 flex "${previous[@]}"
-      train tune_near 110 350m 16 flex --flex-table near --bias-grad-kernel rows --flex-options ""
-      train tune_near_best 110 350m 16 flex --flex-table near $best --flex-options "" --profile
+      train tune_near 110 350m 16 flex --near-table --bias-grad rows --flex-options ""
+      train tune_near_best 110 350m 16 flex --near-table $best --flex-options "" --profile
       timeout 100 $py -m pytest -q -p no:cacheprovider tests/gpu -k float64 2>&1 | tail -3
-      train tune_near_best_autotune 240 350m 16 flex --flex-table near $best --flex-options "" \
+      train tune_near_best_autotune 240 350m 16 flex --near-table $best --flex-options "" \
         --flex-autotune
       grep -A12 "AUTOTUNE" "$OUT/tune_near_best_autotune.err" | head -60
       ;;

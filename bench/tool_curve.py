@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, required=True, help="jobs.tool_data output directory")
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--tokenizer", type=Path, default=None, help="default: train one on the data")
+    p.add_argument("--max-piece-length", type=int, default=16, help="of the tokenizer trained here")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
             D.read_jsonl(D.SAMPLE_DIR / "documents.jsonl", "document"),
             D.read_jsonl(D.SAMPLE_DIR / "dialogs.jsonl", "dialog") + D.read_jsonl(a.data / "dialogs.jsonl", "dialog"),
             D.read_jsonl(a.data / "research.jsonl", "research")), 4096,
-            symbols=Retriever(a.index).url_prefixes())
+            symbols=Retriever(a.index).url_prefixes(), max_piece_length=a.max_piece_length)
     exs = examples(tok, a.data)
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                               max_seq_len=max(a.seq_len, 256)), device=a.device)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from jobs.flags import add_flags, from_flags  # noqa: E402
 from lamda.accounting import hardware, mfu  # noqa: E402
 from lamda.attention.backends import register  # noqa: E402
 from lamda.config import PRESETS, AttentionKernels, ModelConfig  # noqa: E402
@@ -130,20 +131,14 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attn-backend", default="sdpa", help="comma-separated: auto, sdpa, flex, band, nobias")
     p.add_argument("--profile", action="store_true", help="print the top kernels of one more step")
-    p.add_argument("--band-launch", default="", help="Triton launch settings, e.g. dq=4.1.2048")
-    p.add_argument("--bias-grad-kernel", default=AttentionKernels.bias_grad,
-                   choices=["rows", "tiles"], help="the flex backend's bias-gradient kernel")
-    p.add_argument("--flex-options", default=None, help="FlexAttention kernel_options, e.g. "
-                   "ROWS_GUARANTEED_SAFE=true,bwd_BLOCK_M1=64 ('': its own; default: the library's)")
-    p.add_argument("--flex-table", default="near" if AttentionKernels.near_table else "all",
-                   choices=["near", "all"], help="score_mod reads (H, W+1) or (H, T)")
+    add_flags(p.add_argument_group("attention kernels (as jobs.pretrain)"), AttentionKernels,
+              prefix="kernels.")
     p.add_argument("--flex-autotune", action="store_true",
                    help="Inductor autotunes FlexAttention's block sizes (matmuls stay cuBLAS); "
                    "its AUTOTUNE tables go to stderr")
     a = p.parse_args(argv)
     a.dtype = a.dtype or ("bf16" if a.device.startswith("cuda") else "fp32")
-    a.kernels = AttentionKernels(flex_options=a.flex_options, near_table=a.flex_table == "near",
-                                 bias_grad=a.bias_grad_kernel, launch=a.band_launch)
+    a.kernels = from_flags(AttentionKernels, vars(a), prefix="kernels.")
     if a.device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for the few float32 matmuls
     if a.flex_autotune:

@@ -19,8 +19,9 @@ row attends to: a request decodes the same candidates alone or next to others (s
 request keeps its own sampling settings and random stream (lamda.decode.RowSettings). A row that
 ends, or a request that leaves, frees slots that the next requests fill in place, so the cache is
 copied only when it grows, or is compacted once many slots stand free (or its leading columns are
-padding no row needs). Admission is bounded by `max_rows` and by `max_cache_tokens` (rows x cache
-columns); requests beyond wait, first come first served.
+padding no row needs). Admission is bounded by `max_rows` decoding rows and by `max_cache_tokens`
+(the cache's slots, free ones included, x columns; free slots are compacted away first when that
+makes room); requests beyond wait, first come first served.
 
 A prompt is prefilled once for all its candidates, and only from where it departs from a recent
 prompt (lamda.prefix_cache): a turn's research steps continue its context's cache, and the next
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineConfig:
     max_rows: int = 256  # candidate rows decoding at once
-    max_cache_tokens: int = 1 << 20  # rows x cache columns (the KV cache's size in positions)
+    max_cache_tokens: int = 1 << 20  # slots (free ones too) x cache columns: the KV cache's size
     grow: int = 32  # cache columns added at a time
     slack: float = 0.25  # compact when this share of rows (or of columns) is free or padding
     extra_cache: int = 2  # free positions kept after a response (as lamda.decode.generate)
@@ -189,9 +190,17 @@ class DecodeEngine:
         for r in requests:
             r.seconds += seconds * r.live / rows
 
-    def _fits(self, extra_rows: int, columns: int) -> bool:
-        rows = self.rows + extra_rows
-        return rows <= self.cfg.max_rows and rows * columns <= self.cfg.max_cache_tokens
+    def _fits(self, extra_rows: int, columns: int, compacted: bool = False) -> bool:
+        """Whether `extra_rows` more rows fit: at most `max_rows` decoding, and the cache they
+        need (its slots, free ones included, unless `compacted`, x `columns`) within
+        `max_cache_tokens`."""
+        live = self.rows + extra_rows
+        slots = self._logits.shape[0] if self._logits is not None else 0
+        if compacted:
+            slots = live
+        else:  # joiners fill free slots first, then the cache grows
+            slots += max(0, extra_rows - len(self._free))
+        return live <= self.cfg.max_rows and slots * columns <= self.cfg.max_cache_tokens
 
     def _admit(self) -> None:
         """Prefill the waiting requests that fit and put their rows in free slots (or new ones)."""
@@ -199,8 +208,11 @@ class DecodeEngine:
         joining: list[_Request] = []
         for r in self._waiting:
             columns = max(self._col, len(r.prompt)) + r.cfg.max_new_tokens + self.cfg.extra_cache
-            if not self._fits(sum(j.n for j in joining) + r.n, columns):
-                break  # first come, first served: later requests wait too
+            rows = sum(j.n for j in joining) + r.n
+            if not self._fits(rows, columns):
+                if not (self._free and self._fits(rows, columns, compacted=True)):
+                    break  # first come, first served: later requests wait too
+                self._compact()  # the free slots' memory makes room
             joining.append(r)
         if not joining and not self._running and self._waiting:
             joining = [self._waiting[0]]  # alone over the budget: it still runs, by itself

@@ -52,7 +52,7 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 32000, *, split_digits: bool = True,
               symbols: Iterable[str] = (), max_sentence_length: int = 16384,
-              input_sentence_size: int = 2_000_000) -> "Tokenizer":
+              input_sentence_size: int = 2_000_000, max_piece_length: int = 16) -> "Tokenizer":
         """Train a BPE model on an iterator of texts (each may hold several lines). `symbols` are
         ordinary text that always becomes one piece (e.g. the URL prefixes of the sources a reply
         cites, so that copying a citation is copying the source's name after one piece)."""
@@ -71,6 +71,7 @@ class Tokenizer:
             allow_whitespace_only_pieces=True,
             character_coverage=0.9995,
             max_sentence_length=max_sentence_length,
+            max_sentencepiece_length=max_piece_length,
             input_sentence_size=input_sentence_size,
             shuffle_input_sentence=True,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,

@@ -15,7 +15,7 @@ def json_lines(capsys) -> list[dict]:
 def test_train_step_bench_runs_with_the_kernel_settings_it_is_given(capsys):
     train_step.main(["--preset", "debug", "--steps", "1", "--warmup", "0", "--batch-size", "2",
                      "--seq-len", "32", "--attn-backend", "sdpa,nobias", "--flex-options", "",
-                     "--band-launch", "dq=4.1.64", "--bias-grad-kernel", "rows"])
+                     "--launch", "dq=4.1.64", "--bias-grad", "rows"])
     *rows, speed = json_lines(capsys)
     assert [r["attn_backend"] for r in rows] == ["sdpa", "nobias"]
     assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 for r in rows), rows
@@ -23,7 +23,7 @@ def test_train_step_bench_runs_with_the_kernel_settings_it_is_given(capsys):
                                        "far": "flash", "launch": "dq=4.1.64"}  # in the model's config
     assert set(speed["speed_vs_sdpa"]) == {"sdpa", "nobias"}
     with pytest.raises(ValueError, match="launch"):  # a bad setting is refused, not ignored
-        train_step.main(["--preset", "debug", "--steps", "1", "--band-launch", "dq=4"])
+        train_step.main(["--preset", "debug", "--steps", "1", "--launch", "dq=4"])
 
 
 def test_band_kernels_bench_runs_each_setting(capsys):

@@ -4,14 +4,17 @@ concurrent requests, a prompt that begins like an earlier one is prefilled only 
 differ."""
 
 import concurrent.futures as cf
+import dataclasses
 import time
+from concurrent.futures import Future
 
 import pytest
+import torch
 
 from lamda import tokenizer as tkn
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import SamplingConfig, generate
-from lamda.engine import DecodeEngine, EngineConfig
+from lamda.engine import DecodeEngine, EngineConfig, _Request
 from tests.unit.test_decode import model  # noqa: F401  (the EarlyStopper fixture)
 
 
@@ -103,6 +106,36 @@ def test_a_request_fills_the_slots_of_a_running_requests_ended_rows(engine, mode
     got = [key(f.result(timeout=60)) for f in (fa, fb)]
     assert got == [alone(model, tok, a, first), alone(model, tok, b, then)]
     assert engine.rows == 0 and engine.requests == 0
+
+
+def test_free_slots_count_against_the_cache_budget(model, tok):
+    """A joiner that fits only once the ended rows' free slots are dropped gets them dropped (a
+    compaction), not added to the cache on top. Driven step by step from here: the engine's own
+    thread idles, as nothing is submitted to its queue."""
+    first = SamplingConfig(num_candidates=8, max_new_tokens=40, seed=6)  # rows end unevenly
+    then = SamplingConfig(num_candidates=3, max_new_tokens=40, seed=11)
+    a, b = prompt(tok, "Tell me a story"), prompt(tok, "And then?", 2)
+    engine = DecodeEngine(model, tok, EngineConfig(slack=0.9))  # ended rows keep their slots
+    try:
+        ra, rb = _Request(a, first, None, Future()), _Request(b, then, None, Future())
+        with torch.no_grad():
+            engine._waiting.append(ra)
+            engine._admit()
+            while engine.rows > 4:
+                engine._step()
+            assert engine._logits.shape[0] == 8  # a's ended rows idle in their slots
+            columns = max(engine._col, len(b)) + then.max_new_tokens + engine.cfg.extra_cache
+            # room for the live rows and b's, not for the free slots too
+            engine.cfg = dataclasses.replace(engine.cfg, max_cache_tokens=(engine.rows + 3) * columns)
+            engine._waiting.append(rb)
+            engine._admit()
+            assert engine.requests == 2 and engine._logits.shape[0] == engine.rows
+            while engine.requests:
+                engine._step()
+        assert [key(r.future.result()) for r in (ra, rb)] == [alone(model, tok, a, first),
+                                                              alone(model, tok, b, then)]
+    finally:
+        engine.close()
 
 
 def test_a_cancelled_request_frees_its_rows(engine, model, tok):
