@@ -47,9 +47,11 @@ def examples(tok: Tokenizer, data: Path) -> list[D.Example]:
     return out
 
 
-def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig, tag: str) -> dict:
+def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig, tag: str,
+             dump=None) -> dict:
     """Each question as a new conversation (`tag` keeps retrieval sessions apart between
-    evaluations: a repeated query in one session returns the next result)."""
+    evaluations: a repeated query in one session returns the next result). With `dump` (an open
+    file), one JSON line per question: its queries, reply and grade."""
     chat.model.eval()
     graded = []
     for q in questions:
@@ -58,6 +60,12 @@ def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig, tag:
         research = a.research
         graded.append(E.grade(q.kind, q.answers, q.url, a.reply, research.citations if research else [],
                               len(research.steps) if research else 0, a.fallback))
+        if dump:
+            print(json.dumps({"step": tag, "id": q.id, "kind": q.kind, "text": q.text,
+                              "want_query": q.query, "answers": q.answers, "url": q.url,
+                              "queries": [s.query for s in research.steps] if research else [],
+                              "reply": a.reply, "correct": graded[-1].correct,
+                              "cited": graded[-1].cites_source}), file=dump, flush=True)
     chat.model.train()
     m = E.grounding_metrics(graded)
     return {k: round(v, 3) for k, v in m.items() if v is not None}
@@ -68,7 +76,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, required=True, help="jobs.tool_data output directory")
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--tokenizer", type=Path, default=None, help="default: train one on the data")
-    p.add_argument("--max-piece-length", type=int, default=16, help="of the tokenizer trained here")
+    p.add_argument("--max-piece-length", type=int, default=5,
+                   help="of the tokenizer trained here (jobs.pipeline's default)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
@@ -81,6 +90,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dump", type=Path, default=None, help="a JSONL file of every graded turn")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -110,6 +120,7 @@ def main(argv=None) -> None:
     rng = random.Random(a.seed)
     per_row = sum(len(e.ids) for e in exs) / len(exs)
     take = max(1, round(a.batch * (a.seq_len + 1) / per_row))  # examples that fill about `batch` rows
+    dump = open(a.dump, "w", encoding="utf-8") if a.dump else None
     t0, trained = time.perf_counter(), 0.0
     for step in range(a.steps):
         batch = [t.to(a.device) if t is not None else None
@@ -120,7 +131,7 @@ def main(argv=None) -> None:
         if step + 1 in a.eval_at or step + 1 == a.steps:
             t1 = time.perf_counter()
             trained += t1 - t0
-            result = evaluate(chat, questions, toolset, chat_cfg, tag=str(step + 1))
+            result = evaluate(chat, questions, toolset, chat_cfg, tag=str(step + 1), dump=dump)
             print(json.dumps({"bench": "tool_curve", "preset": a.preset, "device": a.device,
                               "step": step + 1, "examples": (step + 1) * take,
                               "loss": round(m["loss"], 4), "train_seconds": round(trained, 1),

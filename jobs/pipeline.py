@@ -45,6 +45,8 @@ class PipelineJob:
     data_dir: Path = SAMPLE_DIR  # corpus (the bundled sample)
     preset: str = field(default="tiny", metadata={"choices": list(PRESETS)})  # model size
     vocab_size: int = 4096  # tokenizer vocabulary
+    max_piece_length: int = 5  # longest tokenizer piece: names the tool data repeats (elements)
+    #                            stay several pieces, as unseen ones are (bench/RESULTS.md)
     cluster: ClusterSpec = field(default=ClusterSpec(),
                                  metadata={"skip": ("storage_path", "run_name")})  # in the workdir
     pretrain_steps: int = PRETRAIN_STEPS  # pre-training steps
@@ -188,7 +190,8 @@ def run_stages(job: PipelineJob) -> None:
         ("tokenizer", tok, lambda: train_tokenizer.run(train_tokenizer.TokenizerJob(
             out=tok, documents=(tools / "documents.jsonl",),
             dialogs=(data / "dialogs.jsonl", tools / "dialogs.jsonl"), vocab_size=job.vocab_size,
-            research=(tools / "research.jsonl",), index=index))),
+            research=(tools / "research.jsonl",), index=index,
+            max_piece_length=job.max_piece_length))),
         ("pre-training", pre / "manifest.json", lambda: pretrain.run(pretraining)),
         ("fine-tuning", ft / "manifest.json", lambda: finetune.run(finetuning(
             "finetune", pre, generated, job.finetune_steps, ft))),

@@ -55,7 +55,8 @@ class Tokenizer:
               input_sentence_size: int = 2_000_000, max_piece_length: int = 16) -> "Tokenizer":
         """Train a BPE model on an iterator of texts (each may hold several lines). `symbols` are
         ordinary text that always becomes one piece (e.g. the URL prefixes of the sources a reply
-        cites, so that copying a citation is copying the source's name after one piece)."""
+        cites, so that copying a citation is copying the source's name after one piece). Pieces
+        are at most `max_piece_length` characters (the leading space's included)."""
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=_lines(texts),

@@ -57,3 +57,14 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
 def test_unknown_special_name(tok):
     with pytest.raises(KeyError, match="not a special token"):
         tok.special("ASSISTANT:")
+
+
+def test_pieces_are_at_most_max_piece_length_characters_but_symbols_stay_whole(sample_docs):
+    from lamda.data import corpus_texts
+    url = "dict://dict.org/d:"
+    short = Tokenizer.train(corpus_texts(sample_docs, []), vocab_size=1024, symbols=[url],
+                            max_piece_length=5)
+    pieces = [short.decode([i]) for i in short.encode(f"the element californium {url}carbon:elements")]
+    assert url in pieces
+    assert all(len(p) <= 5 for p in pieces if p != url)
+    assert len(short.encode("californium")) > 1
