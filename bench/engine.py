@@ -79,7 +79,8 @@ def main(argv=None) -> None:
         load = under_load(lambda: turn(next(numbers)), clients, a.turns)
         tokens = sum(map(sum, lengths))
         print(json.dumps({
-            "bench": "engine", "model": a.preset or Path(a.model).name, "device": a.device, "clients": clients, "turns": a.turns, "max_rows": a.max_rows,
+            "bench": "engine", "model": a.preset or Path(a.model).name, "device": a.device,
+            "clients": clients, "turns": a.turns, "max_rows": a.max_rows,
             "turns_per_s": load["requests_per_s"], "p50_s": load["p50_s"], "p99_s": load["p99_s"],
             "candidate_tokens": tokens,
             "wasted": round(1 - tokens / sum(CANDIDATES * max(ls) for ls in lengths), 3),
