@@ -23,14 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.serve import under_load  # noqa: E402
+from bench.serve import random_model, under_load  # noqa: E402
 from lamda.checkpoint import load_export  # noqa: E402
-from lamda.config import ModelConfig  # noqa: E402
 from lamda.data import Turn, response_prompt  # noqa: E402
 from lamda.decode import SamplingConfig  # noqa: E402
 from lamda.engine import DecodeEngine, EngineConfig  # noqa: E402
-from lamda.model import build_model  # noqa: E402
-from lamda.tokenizer import Tokenizer  # noqa: E402
 
 MESSAGES = ["What is 12 plus 30?", "Hi! How are you?", "What is the atomic number of carbon?",
             "How do you say cat in French?", "Tell me about the moon.", "What do you like to do?",
@@ -43,8 +40,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="an export (jobs.pretrain / jobs.finetune)")
-    model.add_argument("--preset", help="random weights of this size (with --tokenizer)")
-    p.add_argument("--tokenizer", type=Path, help="the tokenizer for --preset")
+    model.add_argument("--preset", help="random weights of this size")
+    p.add_argument("--tokenizer", type=Path, help="the tokenizer for --preset (default: one trained "
+                   "on the bundled corpus, as bench/serve.py)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--turns", type=int, default=32, help="turns per concurrency")
@@ -52,16 +50,11 @@ def main(argv=None) -> None:
     p.add_argument("--max-rows", type=int, default=EngineConfig.max_rows, help="EngineConfig.max_rows")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    dtype = torch.bfloat16 if a.device.startswith("cuda") else None
     if a.model:
+        dtype = torch.bfloat16 if a.device.startswith("cuda") else None
         model, tok = load_export(a.model, device=a.device, dtype=dtype)
     else:
-        if not a.tokenizer:
-            p.error("--preset needs --tokenizer")
-        torch.manual_seed(0)
-        tok = Tokenizer.load(a.tokenizer)
-        model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size), device=a.device)
-        model = model.to(dtype) if dtype else model
+        model, tok = random_model(a.preset, a.tokenizer, a.device)
     engine = DecodeEngine(model.eval(), tok, EngineConfig(max_rows=a.max_rows))
 
     lengths: list[list[int]] = []  # each turn's candidate lengths

@@ -38,6 +38,21 @@ import torch  # noqa: E402
 SAMPLING = {"num_candidates": 16, "max_new_tokens": 32, "seed": 0}
 
 
+def random_model(preset: str, tokenizer: Path | None = None, device: str = "cpu"):
+    """(model, tokenizer): random weights of `preset` (seed 0, bf16 on CUDA), with the tokenizer
+    at `tokenizer` or one trained on the bundled corpus."""
+    from lamda.config import ModelConfig
+    from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
+    from lamda.model import build_model
+    from lamda.tokenizer import Tokenizer
+    tok = Tokenizer.load(tokenizer) if tokenizer else Tokenizer.train(corpus_texts(
+        read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"),
+        read_jsonl(SAMPLE_DIR / "dialogs.jsonl", "dialog")), 4096)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name(preset, vocab_size=tok.vocab_size), device=device)
+    return (model.to(torch.bfloat16) if device.startswith("cuda") else model).eval(), tok
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", help="random weights of this size")
@@ -59,13 +74,10 @@ def main(argv=None) -> None:
 
     from lamda.turn import ChatConfig, ChatModel, chat_turn
     from lamda.checkpoint import load_export, save_export
-    from lamda.config import ModelConfig
-    from lamda.data import SAMPLE_DIR, Turn, corpus_texts, read_jsonl
+    from lamda.data import Turn
     from lamda.decode import SamplingConfig
     from lamda.engine import DecodeEngine, EngineConfig
-    from lamda.model import build_model
     from lamda.rank import RankConfig
-    from lamda.tokenizer import Tokenizer
     from lamda.tools import Toolset as Tools
     from serve_apps.chat import Chat
     from serve_apps.deployments import Ranker, Sampler, Toolset
@@ -76,10 +88,7 @@ def main(argv=None) -> None:
         model, tok = load_export(a.model)
         model.eval()
     else:
-        tok = Tokenizer.train(corpus_texts(read_jsonl(SAMPLE_DIR / "documents.jsonl", "document"),
-                                           read_jsonl(SAMPLE_DIR / "dialogs.jsonl", "dialog")), 4096)
-        torch.manual_seed(0)
-        model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size)).eval()
+        model, tok = random_model(a.preset)
         save_export(export, model.state_dict(), model.cfg, tok)
     numbers = itertools.count()
 

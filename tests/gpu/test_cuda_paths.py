@@ -1,20 +1,18 @@
 """The CUDA-only fast paths against their references: the flex and band attention backends (forward
 and every gradient, the bias table's included), CUDA-graph decoding and the decode engine."""
 
-import time
-
 import pytest
 import torch
 
 from bench.decode import BenchTokenizer
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import AttentionKernels, ModelConfig
-from lamda.data import Turn, response_prompt
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate
 from lamda.engine import DecodeEngine
 from lamda.model import build_model
 from lamda.rank import score_generation
 from tests.unit.test_decode import EarlyStopper
+from tests.unit.test_engine import alone, key, prompt, wait_steps
 
 
 def rel_err(x, ref):
@@ -97,8 +95,7 @@ def test_the_engine_on_cuda_decodes_joining_requests_as_alone(tok):
     torch.manual_seed(0)
     model = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).cuda().eval()
     model.eot = tok.eot_id
-    prompts = [response_prompt(tok, [Turn("user", f"{text} {i}") for i in range(turns)])
-               for text, turns in (("Hi", 1), ("Tell me about jazz", 6), ("Why?", 2))]
+    prompts = [prompt(tok, "Hi"), prompt(tok, "Tell me about jazz", 6), prompt(tok, "Why?", 2)]
     configs = [SamplingConfig(num_candidates=8, max_new_tokens=40, seed=1),
                SamplingConfig(num_candidates=4, max_new_tokens=6, seed=2, temperature=0.7, top_k=5),
                SamplingConfig(num_candidates=1, max_new_tokens=8, temperature=0.0)]
@@ -107,11 +104,8 @@ def test_the_engine_on_cuda_decodes_joining_requests_as_alone(tok):
         futures = []
         for p, cfg in zip(prompts, configs):
             futures.append(engine.submit(p, cfg))
-            steps = engine.steps
-            while engine.steps < steps + 3 and not futures[-1].done():
-                time.sleep(0.001)
-        got = [[c.ids for c in f.result(timeout=60).candidates] for f in futures]
+            wait_steps(engine, engine.steps + 3, timeout=2)  # or until it has ended
+        got = [key(f.result(timeout=60)) for f in futures]
     finally:
         engine.close()
-    assert got == [[c.ids for c in generate(model, tok, [p], cfg).candidates[0]]
-                   for p, cfg in zip(prompts, configs)]
+    assert got == [alone(model, tok, p, cfg) for p, cfg in zip(prompts, configs)]
