@@ -120,5 +120,7 @@ def test_a_2x2_mesh_trains_as_one_process(tmp_path):
     stats, full = torch.load(out, weights_only=True)
     for (loss, norm), s in zip(stats, alone):
         assert abs(loss - s["loss"]) < 1e-5 and abs(norm - s["grad_norm"]) < 1e-5
-    for name, w in model.state_dict().items():  # after 5 AdamW steps
-        torch.testing.assert_close(full[name], w, atol=2e-5, rtol=0)
+    # after 5 AdamW steps; the mesh sums in another order, and Adam's normalised update turns a
+    # near-zero gradient's rounding into a whole step: 2.4e-5 apart on an AMD EPYC, for 1 of 4,096
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(full[name], w, atol=5e-5, rtol=0)
