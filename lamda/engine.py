@@ -10,7 +10,10 @@ fill, or for the next compaction to drop), and a request leaves as soon as all i
 ended. So a request arriving while others decode waits at most one step (plus its prefill), not
 for the whole batch, and a short reply is not held back by a long one, nor a running request's
 candidates by the ones that ended. The loop runs in its own thread: callers (the Sampler's event
-loop) never block on the model. `future.cancel()` frees a request's rows at the next step.
+loop) never block on the model. `future.cancel()` frees a request's rows at the next step. A step
+waits for the device once (to read which rows ended), and once more when requests finish (to read
+their tokens), however many requests decode: the rows' bookkeeping is kept here, not read back
+(a request with stop strings reads its rows' text each step).
 
 The rows share one KV cache whose columns are aligned at the decoding position: a joining prompt
 is left-padded to the current column (or, when longer, every running row is padded on the left).
@@ -75,8 +78,11 @@ class _Request:
     first: Tensor | None  # (V,) additive mask of the first token, or None for text only
     future: Future
     rows: RowSettings | None = None
-    slots: Tensor | None = None  # (M,) the cache rows of its M <= N candidates still decoding
-    cands: Tensor | None = None  # (M,) which candidate each of those rows is
+    slot_ids: list[int] | None = None  # the cache rows of its M <= N candidates still decoding
+    cand_ids: list[int] | None = None  # which candidate each of those rows is
+    slots: Tensor | None = None  # (M,) slot_ids on the device
+    cands: Tensor | None = None  # (M,) cand_ids on the device
+    start: int = 0  # the cache column its prompt begins at (the columns before are padding to it)
     step: int = 0  # tokens drawn so far
     seconds: float = 0.0  # share of the device time so far
     reused: int = 0  # prompt positions taken from the prefix cache
@@ -91,7 +97,7 @@ class _Request:
     @property
     def live(self) -> int:
         """Rows still decoding."""
-        return 0 if self.slots is None else len(self.slots)
+        return 0 if self.slot_ids is None else len(self.slot_ids)
 
 
 class DecodeEngine:
@@ -221,7 +227,7 @@ class DecodeEngine:
         self._waiting = self._waiting[len(joining):]
         t0 = time.perf_counter()
         joining, new, logits = self._prefill(joining)
-        counts = torch.tensor([r.n for r in joining], device=self.device)
+        counts = self._index([r.n for r in joining])
         new, logits = new.expand(counts), logits.repeat_interleave(counts, 0)  # N rows each
         L = new.max_len
         for r in joining:
@@ -240,6 +246,8 @@ class DecodeEngine:
         else:
             if L > self._col:  # the running rows move right: padding on their left
                 self._cache = _pad_left(self._cache, L - self._col)
+                for r in self._running:
+                    r.start += L - self._col
                 self._col = L
             new = _pad_right(_pad_left(new, self._col - L), self._cache.max_len - self._col)
             reuse, self._free = self._free[:m], self._free[m:]
@@ -249,7 +257,7 @@ class DecodeEngine:
                 self._logits = torch.cat([self._logits, logits[len(reuse):]])
                 self._row = {k: torch.cat([v, state[k][len(reuse):]]) for k, v in self._row.items()}
             if reuse:  # free slots filled in place
-                idx = torch.tensor(reuse, device=self.device)
+                idx = self._index(reuse)
                 part = new.select(list(range(len(reuse))))
                 for dst, src in zip(self._cache.k + self._cache.v, part.k + part.v):
                     dst[idx.to(dst.device)] = src
@@ -261,8 +269,8 @@ class DecodeEngine:
             slots = reuse + list(range(total - grow, total))
         at = 0
         for r in joining:
-            r.slots = torch.tensor(slots[at:at + r.n], device=self.device)
-            r.cands = torch.arange(r.n, device=self.device)
+            self._place(r, slots[at:at + r.n], list(range(r.n)))
+            r.start = self._col - len(r.prompt)
             r.out = torch.full((r.n, r.cfg.max_new_tokens), self.tok.pad_id, device=self.device)
             r.ended = {"logprob": torch.zeros(r.n, device=self.device),
                        "length": torch.zeros(r.n, dtype=torch.long, device=self.device),
@@ -283,7 +291,7 @@ class DecodeEngine:
                 continue
             cache = _pad_right(prefix, len(r.prompt) - n)
             pos = torch.arange(n, len(r.prompt), device=self.device)
-            rest = torch.tensor([r.prompt[n:]], device=self.device)  # (1, S)
+            rest = self._index(r.prompt[n:])[None]  # (1, S)
             logits = forward_last(self.model, rest, pos, cache)
             parts.append(([r], cache, logits))
             r.reused = n
@@ -339,7 +347,7 @@ class DecodeEngine:
             self._cache.key_mask[:, self._col] = True
             row = self._row  # renumbered if the cache was compacted
             feed = torch.where(row["done"], self.tok.eot_id, row["next"])  # ended rows idle on <eot>
-            pos = torch.tensor([self._col], device=self.device)
+            pos = torch.full((1,), self._col, device=self.device)
             self._logits = decode_one_token(self.model, feed, pos, self._cache)
             self._col += 1
             self.steps += 1
@@ -349,25 +357,34 @@ class DecodeEngine:
     def _leave(self) -> None:
         """Rows that ended give up their slots (masked out, idle until reused); requests whose
         rows all ended (or that were cancelled) leave; the cache is compacted when enough of it
-        is free."""
-        row, stay = self._row, []
+        is free. The device is read once (which rows ended), and once more when requests finish
+        (their tokens), not once per request."""
+        row, stay, finished = self._row, [], []
+        (done,) = self._host(row["done"])
         for r in self._running:
             if r.future.cancelled():
                 row["done"][r.slots] = True
-                self._release(r.slots)
+                self._release(r.slots, r.slot_ids)
                 continue
-            ends = row["done"][r.slots]
-            if bool(ends.any()):
+            ends = [done[s] for s in r.slot_ids]
+            if any(ends):
+                gone = self._index([i for i, e in enumerate(ends) if e])
                 for k, v in r.ended.items():
-                    v[r.cands[ends]] = row[k][r.slots[ends]]
-                self._release(r.slots[ends])
-                r.slots, r.cands = r.slots[~ends], r.cands[~ends]
+                    v[r.cands[gone]] = row[k][r.slots[gone]]
+                self._release(r.slots[gone], [s for s, e in zip(r.slot_ids, ends) if e])
+                self._place(r, [s for s, e in zip(r.slot_ids, ends) if not e],
+                            [c for c, e in zip(r.cand_ids, ends) if not e])
             if r.live:
                 stay.append(r)
             elif not r.future.done():
+                finished.append(r)
+        if finished:
+            values = iter(self._host(*(t for r in finished for t in (
+                r.out, r.ended["logprob"], r.ended["length"], r.ended["stopped"]))))
+            for r in finished:
+                out, logprob, length, stopped = (next(values) for _ in range(4))
                 r.future.set_result(Decoded(make_candidates(
-                    self.tok, r.cfg, r.out.tolist(), r.ended["logprob"].tolist(),
-                    r.ended["length"].tolist(), r.ended["stopped"].tolist()), r.seconds, r.reused))
+                    self.tok, r.cfg, out, logprob, length, stopped), r.seconds, r.reused))
         self._running = stay
         if not stay:
             return self._reset()
@@ -375,14 +392,35 @@ class DecodeEngine:
         if free_rows or self._leading_padding() > self.cfg.slack * self._col:
             self._compact()
 
-    def _release(self, slots: Tensor) -> None:
-        """Slots no row decodes in any more: masked out, idle on <eot> until reused."""
+    def _release(self, slots: Tensor, slot_ids: list[int]) -> None:
+        """Slots no row decodes in any more (`slots` on the device, `slot_ids` here): masked
+        out, idle on <eot> until reused."""
         self._cache.key_mask[slots] = False
-        self._free += slots.tolist()
+        self._free += slot_ids
 
     def _leading_padding(self) -> int:
         """How many leading columns no row attends to (padding of rows that left)."""
-        return int(self._cache.key_mask[:, :self._col].any(0).float().argmax())
+        return min(r.start for r in self._running)
+
+    def _place(self, r: _Request, slot_ids: list[int], cand_ids: list[int]) -> None:
+        """Request `r`'s live rows: in cache slots `slot_ids`, candidates `cand_ids`."""
+        r.slot_ids, r.cand_ids = slot_ids, cand_ids
+        r.slots, r.cands = self._index(slot_ids), self._index(cand_ids)
+
+    def _index(self, values: list[int]) -> Tensor:
+        """`values` as a long tensor on the device, copied without waiting for the device (from
+        pinned memory on a GPU)."""
+        t = torch.tensor(values, dtype=torch.long)
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
+
+    def _host(self, *tensors: Tensor) -> list[list]:
+        """The tensors' values as lists, read from the device at one sync."""
+        if self.device.type != "cuda":
+            return [t.tolist() for t in tensors]
+        copies = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                  for t in tensors]
+        torch.cuda.current_stream(self.device).synchronize()
+        return [t.tolist() for t in copies]
 
     def _compact(self) -> None:
         """Keep only the held slots (renumbered) and the columns some row attends to."""
@@ -392,12 +430,15 @@ class DecodeEngine:
         self._row = {k: v.index_select(0, keep) for k, v in self._row.items()}
         at = 0
         for r in self._running:  # each request's rows, now consecutive in the order kept
+            r.slot_ids = list(range(at, at + r.live))
             r.slots = torch.arange(at, at + r.live, device=self.device)
             at += r.live
         self._free = []
         first = self._leading_padding()
         if first:
             self._col -= first
+            for r in self._running:
+                r.start -= first
             self._cache = KVCache([k[:, :, first:].contiguous() for k in self._cache.k],
                                   [v[:, :, first:].contiguous() for v in self._cache.v],
                                   self._cache.key_mask[:, first:].contiguous())

@@ -1,5 +1,9 @@
 """The CUDA-only fast paths against their references: the flex and band attention backends (forward
-and every gradient, the bias table's included), CUDA-graph decoding and the decode engine."""
+and every gradient, the bias table's included), CUDA-graph decoding and the decode engine (and
+how often its step waits for the GPU)."""
+
+import warnings
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -8,7 +12,7 @@ from bench.decode import BenchTokenizer
 from lamda.attention import RelativeBias, get_backend
 from lamda.config import AttentionKernels, ModelConfig
 from lamda.decode import EagerStep, GraphStep, SamplingConfig, generate
-from lamda.engine import DecodeEngine
+from lamda.engine import DecodeEngine, _Request
 from lamda.model import build_model
 from lamda.rank import score_generation
 from tests.unit.test_decode import EarlyStopper
@@ -109,3 +113,32 @@ def test_the_engine_on_cuda_decodes_joining_requests_as_alone(tok):
     finally:
         engine.close()
     assert got == [alone(model, tok, p, cfg) for p, cfg in zip(prompts, configs)]
+
+
+def test_an_engine_step_waits_for_the_gpu_once_or_twice(tok):
+    """What tests/unit/test_engine.py counts on the CPU, counted by CUDA's sync debug mode: a
+    decode step of 8 requests synchronises once (which rows ended), twice when requests finish."""
+    torch.manual_seed(0)
+    model = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).cuda().eval()
+    model.eot = tok.eot_id
+    engine = DecodeEngine(model, tok)
+    requests = [_Request(prompt(tok, f"Question number {i}"), SamplingConfig(
+        num_candidates=4, max_new_tokens=24, seed=i), None, Future()) for i in range(8)]
+    syncs = []
+    try:
+        with torch.no_grad():
+            engine._waiting += requests
+            engine._admit()
+            while engine.requests:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        engine._step()
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+                syncs.append(sum("synchroniz" in str(w.message) for w in caught))
+    finally:
+        engine.close()
+    assert all(r.future.done() for r in requests)
+    assert 1 <= max(syncs) <= 2 and min(syncs) >= 1, syncs

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lamda import tokenizer as tkn
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
@@ -134,6 +135,54 @@ def test_free_slots_count_against_the_cache_budget(model, tok):
                 engine._step()
         assert [key(r.future.result()) for r in (ra, rb)] == [alone(model, tok, a, first),
                                                               alone(model, tok, b, then)]
+    finally:
+        engine.close()
+
+
+class ImplicitReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's values into Python on the way (item, bool, nonzero,
+    boolean-mask indexing): each one waits for the device on a GPU."""
+
+    OPS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in self.OPS or (name == "aten::index" and any(
+                i is not None and i.dtype == torch.bool for i in args[1])):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decode_step_reads_the_device_once(model, tok):
+    """A step reads the device once (which rows ended), and once more when requests finish
+    (their tokens), however many requests decode; nothing else in the step waits for the
+    device. Driven step by step from here, with requests joining on the way."""
+    engine = DecodeEngine(model, tok)
+    reads, host = [], engine._host
+    engine._host = lambda *tensors: (reads.append(len(tensors)), host(*tensors))[1]
+    cfgs = [SamplingConfig(num_candidates=4, max_new_tokens=24, seed=i) for i in range(8)]
+    prompts = [prompt(tok, f"Question number {i}", 1 + i % 3) for i in range(8)]
+    requests = [_Request(p, c, None, Future()) for p, c in zip(prompts, cfgs)]
+    try:
+        with torch.no_grad():
+            steps = 0
+            while steps == 0 or engine.requests:
+                if steps in (0, 3):  # four requests, then four more joining the running batch
+                    engine._waiting += requests[steps // 3 * 4:][:4]
+                    engine._admit()
+                before = len(reads)
+                with ImplicitReads() as implicit:
+                    engine._step()
+                assert implicit.count == 0
+                assert 1 <= len(reads) - before <= 2
+                steps += 1
+        assert len(reads) < 2 * steps  # not one read per request and step
+        assert [key(r.future.result()) for r in requests] == [
+            alone(model, tok, p, c) for p, c in zip(prompts, cfgs)]
     finally:
         engine.close()
 
