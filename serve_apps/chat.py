@@ -10,6 +10,7 @@ same orchestration serves in-process use and Serve; the event loop never blocks)
 import asyncio
 import contextvars
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -237,6 +238,11 @@ def unavailable(e: Exception):
                  "unavailable")
 
 
+def first_message_key(conversation: list[Turn]) -> str:
+    """A digest of a conversation's first message: what every request continuing it shares."""
+    return hashlib.sha256(conversation[0].text.encode()).hexdigest()[:32] if conversation else ""
+
+
 class DownstreamError(Exception):
     """A deployment the turn needs failed (e.g. its replica died); the client may retry."""
 
@@ -353,9 +359,14 @@ class Chat:
                 raise DownstreamError(f"{type(e).__name__}: {str(e)[:200]}") from e
 
     def _turn(self, context: list[Turn], session: str, sampling: dict,
-              cancel: threading.Event) -> tuple[Answer, Work]:
-        """Runs in a worker thread: blocking handle calls are fine here."""
+              cancel: threading.Event, affinity: str) -> tuple[Answer, Work]:
+        """Runs in a worker thread: blocking handle calls are fine here. The Sampler calls carry
+        `affinity` as their session id and the Toolset calls `session`: their routers send a
+        conversation's calls to one replica, whose prefix cache holds its context and whose
+        retriever its session."""
         work = Work()
+        sampler = self.sampler.options(session_id=affinity)
+        tools = self.toolset.options(session_id=session)
         # research samples with the request's top-k, top-p and seed; a greedy request (temperature
         # 0) gets greedy research too, so the same request gives the same reply
         research_sampling = {k: v for k, v in sampling.items() if k in ("top_k", "top_p", "seed")}
@@ -367,7 +378,7 @@ class Chat:
             return self._call(cancel, work, stage, method, *args)
 
         def respond(_):
-            s: Sampled = call("sample", self.sampler.generate, context, sampling)
+            s: Sampled = call("sample", sampler.generate, context, sampling)
             r: RankResult = call("rank", self.ranker.rank, context, s.candidates)
             work.add("sample", 0, s.energy_kwh, **s.tokens)
             work.add("rank", 0, r.energy_kwh, **r.tokens)
@@ -375,7 +386,7 @@ class Chat:
             return r.ranked, s.flops + r.flops, {**s.tokens, **r.tokens}
 
         def research(_, draft, steps):
-            out: Researched = call("research", self.sampler.research, context, draft, steps,
+            out: Researched = call("research", sampler.research, context, draft, steps,
                                    research_sampling)
             work.add("research", 0, out.energy_kwh,
                      **{f"research_{k}": v for k, v in out.tokens.items()})
@@ -387,7 +398,7 @@ class Chat:
             return r.ranked, r.flops
 
         def toolset(query):
-            calls = call("tools", self.toolset.run, query, session)
+            calls = call("tools", tools.run, query, session)
             for c in calls:
                 outcome = "error" if c["error"] else ("results" if c["results"] else "empty")
                 self.metrics.tool_calls.inc(1, {"tool": c["tool"], "outcome": outcome})
@@ -397,10 +408,11 @@ class Chat:
         return chat_turn(context, respond, research, toolset, self.cfg, check), work
 
     async def _answer(self, route: str, model: str, conversation: list[Turn], session: str,
-                      sampling: dict | None = None, after=None):
+                      sampling: dict | None = None, after=None, affinity: str | None = None):
         """((answer, work, after's result), None) or (None, an error response). `sampling`: the
-        request's SamplingConfig fields. `after(context, answer, work, cancel)` runs in the turn's
-        thread once the reply is chosen (e.g. Sampler.finish)."""
+        request's SamplingConfig fields; `affinity`: what the conversation's requests share, to
+        route them to one Sampler replica (default: `session`). `after(context, answer, work,
+        cancel)` runs in the turn's thread once the reply is chosen (e.g. Sampler.finish)."""
         role = self.roles.get(model)
         if role is None:
             return None, error(404, f"unknown model {model!r}; GET /v1/models lists them",
@@ -409,7 +421,7 @@ class Chat:
         context = role.context(conversation)
 
         def run():
-            answer, work = self._turn(context, session, sampling or {}, cancel)
+            answer, work = self._turn(context, session, sampling or {}, cancel, affinity or session)
             return answer, work, after(context, answer, work, cancel) if after else None
 
         self.turns_in_flight += 1
@@ -504,7 +516,7 @@ class Chat:
         except StoreUnavailable as e:
             return unavailable(e)
         body = {"conversation_id": cid, "turn": first + 1, "model": req.model,
-                "reply": answer.reply, "usage": answer.tokens, "flops": answer.flops,
+                "reply": answer.reply, "usage": work.tokens, "flops": answer.flops,
                 "energy_kwh": work.energy_kwh, "seconds": work.seconds}
         if req.trace:
             body["trace"] = trace
@@ -587,9 +599,10 @@ class Chat:
                               context, texts, cut, req.reply_limit(),
                               list(req.stops()), req.logprob_count())
 
+        # a stateless client names no conversation: its requests for one share their first message
         session = req.user or uuid.uuid4().hex
         result, err = await self._answer("completions", req.model, conversation, session,
-                                         sampling, finish)
+                                         sampling, finish, req.user or first_message_key(conversation))
         if err:
             return err
         answer, work, replies = result

@@ -19,6 +19,7 @@ import time
 
 import torch
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 from ray.serve.metrics import Gauge
 
 from lamda.accounting import EnergyMeter, energy_kwh, hardware
@@ -76,12 +77,22 @@ class _ModelReplica:
         return True
 
 
-@serve.deployment
+# A conversation's calls go to one replica, which holds its state: the Sampler's prefix cache (its
+# context's KV rows), the Toolset's retrieval session (how far each repeated query has got).
+# Consistent hashing on the session id the Chat sets (the conversation), passing over a replica
+# with more than max_excess requests in flight above the least loaded one's (serve_apps.routing).
+CONVERSATION_AFFINITY = RequestRouterConfig(
+    request_router_class="serve_apps.routing.ConversationRouter",
+    request_router_kwargs={"num_fallback_replicas": 2, "max_excess": 4})
+
+
+@serve.deployment(request_router_config=CONVERSATION_AFFINITY)
 class Sampler(_ModelReplica):
     """Candidates and research outputs from one continuous-batching decode loop per replica
     (lamda.engine): each request joins the rows already decoding at the next step and leaves when
     its rows end; the model runs in the engine's thread, never on the event loop, and a cancelled
-    request frees its rows."""
+    request frees its rows. A conversation's calls come to the same replica
+    (CONVERSATION_AFFINITY)."""
 
     def __init__(self, model_path: str, threads: int | None = None,
                  engine: dict | None = None):
@@ -167,11 +178,12 @@ class Ranker(_ModelReplica):
                 for ranked, flops, tokens in scored]
 
 
-@serve.deployment
+@serve.deployment(request_router_config=CONVERSATION_AFFINITY)
 class Toolset:
     """Calculator, translator (dictd, optionally LibreTranslate) and retrieval over an index (a
     local SQLite file, or an s3:// one fetched once per node). Retrieval remembers per
-    conversation which results it gave (bounded: `max_sessions`, each for `session_ttl_s` idle)."""
+    conversation which results it gave (bounded: `max_sessions`, each for `session_ttl_s` idle);
+    a conversation's queries come to the same replica (CONVERSATION_AFFINITY)."""
 
     def __init__(self, index_path: str | None = None, translate_url: str | None = None,
                  max_sessions: int = 10_000, session_ttl_s: float = 3600.0):

@@ -41,14 +41,14 @@ def deploy(serve, work, num_candidates=4):
                        user_config={"research": True, "max_iterations": 2, "research_candidates": 2,
                                     "research_temperature": 1.0}
                        ).bind(
-        Sampler.options(ray_actor_options=small, max_ongoing_requests=32,
+        Sampler.options(ray_actor_options=small, max_ongoing_requests=32, num_replicas=2,
                         # seeded: whether the briefly trained model routes to the toolset
                         # must not depend on the draw
                         user_config={"num_candidates": num_candidates, "max_new_tokens": 12,
                                      "seed": 0}).bind(model),
         Ranker.options(ray_actor_options=small, max_ongoing_requests=32,
                        user_config={"safety_threshold": 0.0}).bind(model),
-        Toolset.options(ray_actor_options=small).bind(str(work / "index.sqlite")),
+        Toolset.options(ray_actor_options=small, num_replicas=2).bind(str(work / "index.sqlite")),
         conversations=str(work / "conversations.sqlite"), api_key=KEY,
         api_keys_file=str(work / "api_keys"))
     serve.run(app, name="lamda", route_prefix="/")
@@ -247,13 +247,44 @@ def test_logprobs_usage_and_the_turns_work(server):
     assert {"sample", "rank", "finish"} <= set(work["seconds"])
 
 
-def test_a_repeated_context_is_not_prefilled_again(server):
-    """The Sampler's prefix cache: a context asked again is prefilled only at its last position,
-    and the usage says so (OpenAI's cached_tokens)."""
-    messages = [{"role": "user", "content": "Tell me about the tallest mountains in the world."}]
-    first, again = (completion(server, messages=messages, seed=s) for s in (1, 2))
-    assert first["usage"]["prompt_tokens"] == again["usage"]["prompt_tokens"] > 8
-    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == again["usage"]["prompt_tokens"] - 1
+def test_a_conversation_keeps_to_one_sampler_replica(server):
+    """Two Sampler replicas, each with its own prefix cache. A conversation's requests (named by
+    `user` or by `conversation_id`, or sharing their first message) reach the same replica, so
+    a context asked again is prefilled only at its last position (OpenAI's cached_tokens), and a
+    continued conversation's next turn only after the last turn's prompt. Routed by chance, each
+    of these 12 checks would hold 1 time in 2 (any replica's cache holds the pre-conditioning)."""
+    assert len(replica_pids("Sampler")) == 2
+    for i in range(4):
+        for user in ({"user": f"user-{i}"}, {}):
+            text = f"Tell me about mountain {i} {'of ' * bool(user)}the world."
+            messages = [{"role": "user", "content": text}]
+            first, again = (completion(server, messages=messages, seed=s, **user) for s in (1, 2))
+            assert first["usage"]["prompt_tokens"] == again["usage"]["prompt_tokens"] > 8
+            cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
+            assert cached == again["usage"]["prompt_tokens"] - 1
+        one = post(f"{server['url']}/chat", {"message": f"Hello, conversation {i}."}).json()
+        two = post(f"{server['url']}/chat", {"message": "Tell me more.",
+                                             "conversation_id": one["conversation_id"]}).json()
+        assert two["usage"]["reused"] >= one["usage"]["prompt"] - 1, (one["usage"], two["usage"])
+
+
+def test_a_conversations_repeated_query_goes_on_to_the_next_result(server):
+    """Two Toolset replicas, each with its own retrieval sessions: the calls of a conversation
+    (its session id, as the Chat sets it) reach the same one, so a repeated query returns the
+    next-ranked document (paper §6.2), while a new conversation starts at the first. Routed by
+    chance, each of the 4 conversations would see the first document again 1 time in 2."""
+    from ray import serve
+    toolset = serve.get_deployment_handle("Toolset", "lamda")
+    assert len(replica_pids("Toolset")) == 2
+
+    def retrieved(session):
+        calls = toolset.options(session_id=session).run.remote("Mount Everest", session).result()
+        return next(c["results"] for c in calls if c["tool"] == "retrieval")
+
+    for i in range(4):
+        first, again = retrieved(f"conversation-{i}"), retrieved(f"conversation-{i}")
+        assert first and again and first != again
+        assert retrieved(f"other-{i}") == first
 
 
 def test_content_parts_and_system_messages(server):
@@ -383,8 +414,7 @@ def test_a_killed_replica_is_replaced(server, ray_cluster):
     pool = cf.ThreadPoolExecutor(1)
     future = pool.submit(load, server["url"], 60, 10)
     time.sleep(3)
-    (pid,) = replica_pids("Sampler")
-    os.kill(pid, signal.SIGKILL)
+    os.kill(replica_pids("Sampler")[0], signal.SIGKILL)  # one of the two
     results = future.result()
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 503}, codes  # in-flight requests fail cleanly, never 500
