@@ -166,13 +166,20 @@ class RowSettings:
         return hits
 
 
+# bytes a reply may not hold: the control characters, less tab, newline and carriage return
+CONTROL_BYTES = frozenset(range(0x20)) - {0x09, 0x0A, 0x0D} | {0x7F}
+
+
 def text_only_mask(tok: Tokenizer, vocab_size: int, device=None) -> Tensor:
     """(V,) additive mask: 0 for ordinary pieces and <eot>, -inf for the special tokens, padding,
-    unknown, begin/end of sequence and ids beyond the tokenizer's vocabulary. A response can hold
-    only text and end its turn; it can never forge a rating, a speaker or a routing word."""
+    unknown, begin/end of sequence, the byte pieces of control characters (NUL among them) and
+    ids beyond the tokenizer's vocabulary. A response can hold only text and end its turn; it can
+    never forge a rating, a speaker or a routing word."""
     mask = torch.zeros(vocab_size, device=device)
     banned = [i for i in tok.special_ids.values() if i != tok.eot_id]
     banned += [tok.pad_id, tok.eos_id, tok.sp.unk_id(), tok.sp.bos_id()]
+    banned += [i for i in range(tok.vocab_size)
+               if tok.sp.is_byte(i) and int(tok.sp.id_to_piece(i)[1:-1], 16) in CONTROL_BYTES]
     mask[torch.tensor([i for i in banned if 0 <= i < vocab_size], device=device)] = float("-inf")
     mask[tok.vocab_size:] = float("-inf")
     return mask

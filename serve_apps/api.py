@@ -20,6 +20,7 @@ MAX_TOKENS = 512  # most tokens a reply may be asked to hold
 MAX_CHOICES = 16  # n: at most the candidates sample-and-rank draws (paper: 16)
 SAFE_INT = 2 ** 53 - 1  # integers JSON numbers hold exactly
 ID_PATTERN = r"^[A-Za-z0-9_-]+$"  # conversation ids
+NO_NUL = r"^[^\x00]*$"  # stored text (PostgreSQL's text holds no NUL character)
 
 
 def Int(lo: int, hi: int):  # noqa: N802 (a type)
@@ -137,7 +138,7 @@ class ChatRequest(BaseModel):
     """The native API: one user message, optionally continuing a conversation."""
 
     model_config = ConfigDict(strict=True)
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=NO_NUL)
     conversation_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
     model: str = "lamda"
     trace: bool = True
@@ -162,7 +163,7 @@ class RatingRequest(BaseModel):
                                   "are supported by authoritative sources; null: it makes none")
     helpful: bool | None = Field(default=None, description="correct and useful to the user; "
                                  "null: not rated")
-    note: str = Field(default="", max_length=2000)
+    note: str = Field(default="", max_length=2000, pattern=NO_NUL)
 
 
 class ErrorBody(BaseModel):

@@ -150,6 +150,7 @@ def test_openai_client(server):
     ("too big", AUTH, None, b'{"message": "' + b"a" * 70_000 + b'"}', 413),
     ("empty message", AUTH, {"message": ""}, None, 422),
     ("long message", AUTH, {"message": "a" * 5000}, None, 422),
+    ("a NUL character", AUTH, {"message": "a\u0000b"}, None, 422),
     ("bad conversation id", AUTH, {"message": "hi", "conversation_id": "../../etc"}, None, 422),
     ("malformed json", AUTH, None, b'{"message": ', 422),
     ("invalid utf-8", AUTH, None, b'{"message": "\xff\xfe"}', 400),

@@ -190,17 +190,24 @@ class SpecialLover(LaMDA):
 
 
 def test_responses_never_hold_a_special_token(tok):
+    """Nor a control character (a NUL would not even fit in a PostgreSQL text column); the byte
+    pieces of ordinary characters stay allowed."""
     from lamda import tokenizer as tkn
     torch.manual_seed(0)
     m = SpecialLover(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
     specials = [tok.special(n) for n in tkn.SPECIAL_TOKENS if n != tkn.EOT]
-    m.boost = specials + [tok.pad_id, tok.eos_id]
+    controls = [tok.sp.piece_to_id(f"<0x{b:02X}>") for b in (0x00, 0x07, 0x1B, 0x7F)]
+    m.boost = specials + [tok.pad_id, tok.eos_id] + controls
     gen = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=8, max_new_tokens=12, seed=0))
     for c in (c for p in gen.candidates for c in p):
         assert not set(c.ids) & set(m.boost), tok.decode(c.ids)
+        assert not any(ch in c.text for ch in "\x00\x07\x1b\x7f")
     greedy = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=1, temperature=0.0,
                                                            max_new_tokens=6))
     assert not set(greedy.candidates[0][0].ids) & set(m.boost)
+    m.boost = [tok.sp.piece_to_id("<0x0A>")]  # a newline's byte piece: ordinary text
+    gen = generate(m, tok, prompts(tok), SamplingConfig(num_candidates=2, max_new_tokens=4, seed=0))
+    assert m.boost[0] in gen.candidates[0][0].ids
 
 
 def test_first_tokens_restrict_only_the_first_token(tok):
