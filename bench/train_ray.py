@@ -1,6 +1,7 @@
 """Ray Train throughput on this machine: one preset, 1 and 2 CPU workers (FSDP2, gloo). JSON lines.
 
     python bench/train_ray.py --preset tiny --workers 1 2 --steps 30 [--checkpoint-every 5]
+    python bench/train_ray.py --workers 1 --cpus-per-worker 2 --batch-size 16  # one 2-thread worker
 
 tokens/s is the mean of the rates reported after the first logging interval (warm-up excluded),
 over all workers together. With --checkpoint-every, each worker count runs twice, uploading
@@ -30,6 +31,8 @@ def main(argv=None) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--checkpoint-every", type=int, default=0, help="0: only at the end")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="(Ray gives each worker as many "
+                   "torch threads)")
     a = p.parse_args(argv)
 
     import ray
@@ -57,13 +60,15 @@ def main(argv=None) -> None:
                          async_checkpoint=upload_async)
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
-            result = R.fit(spec, R.ClusterSpec(workers=workers, storage_path=d, run_name="bench"), train)
+            result = R.fit(spec, R.ClusterSpec(workers=workers, cpus_per_worker=a.cpus_per_worker,
+                                                      storage_path=d, run_name="bench"), train)
             wall = time.perf_counter() - t0
             rates = [row["tokens_per_s"] for _, row in result.metrics_dataframe.iterrows()
                      if row["step"] > log_every]
         m, checkpoints = result.metrics, a.steps // every
         tokens_per_step = workers * a.batch_size * a.seq_len
         print(json.dumps({"bench": "train_ray", "preset": a.preset, "workers": workers,
+                          "cpus_per_worker": a.cpus_per_worker,
                           "batch_per_worker": a.batch_size, "seq_len": a.seq_len, "steps": a.steps,
                           "tokens_per_s": round(sum(rates) / len(rates), 1),
                           "checkpoints": checkpoints,
