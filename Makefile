@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# extra jobs.pipeline flags for `make run`, e.g. RUN_ARGS="--finetune-steps 3000" (bench/RESULTS.md)
+# extra jobs.pipeline flags for `make run`, e.g. RUN_ARGS="--minutes 45" or "--finetune-steps 1800"
+# (bench/RESULTS.md)
 RUN_ARGS ?=
 # Debian packages: real dictionary data for the tools (FreeDict both ways: the reverse dictionaries
 # rank the translations), Prometheus for the metrics tests, PostgreSQL for the conversation store,

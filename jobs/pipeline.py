@@ -33,8 +33,14 @@ from lamda.tools import retrieval
 
 
 # Training budget of the embedded default (`tiny` on 2 CPU workers): see bench/RESULTS.md for the
-# held-out accuracy these reach and the curve against steps.
-PRETRAIN_STEPS, FINETUNE_STEPS, SAFE_FINETUNE_STEPS = 20, 250, 30
+# held-out accuracy these reach and the curve against steps. The fine-tuning's steps are, unless
+# given, as many as fit the time budget (finetune_steps_for).
+PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
+MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes before the budget)
+# what the stages after the fine-tuning's steps take, in pre-training steps: the fine-tuning's
+# start and checkpoints (about 40), safe-data filtering, the fine-tuning on safe data, evaluation
+# and the served check (about 140 on the 2-core machine of bench/RESULTS.md); with a margin
+RESERVE_STEPS = 240
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +56,9 @@ class PipelineJob:
     cluster: ClusterSpec = field(default=ClusterSpec(),
                                  metadata={"skip": ("storage_path", "run_name")})  # in the workdir
     pretrain_steps: int = PRETRAIN_STEPS  # pre-training steps
-    finetune_steps: int = FINETUNE_STEPS  # fine-tuning steps
+    finetune_steps: int = 0  # fine-tuning steps (0: as many as fit `minutes`)
+    minutes: float = 14.0  # with finetune_steps 0: the time the stages may take in all (the
+    #                        fine-tuning gets what the others leave, at the pre-training's rate)
     safe_finetune_steps: int = SAFE_FINETUNE_STEPS  # steps of the fine-tuning on safe data
     finetune_lr: float = 2e-3  # peak learning rate of both fine-tunings (tiny learns tool use at 2e-3)
     top_fraction: float = 0.5  # safe-data filtering keeps this
@@ -63,6 +71,33 @@ class PipelineJob:
     block: bool = False  # with --serve: keep serving until Ctrl-C
     port: int = 8000  # HTTP port of the chat app (127.0.0.1)
     address: str | None = None  # Ray address (default: the job's cluster or a local Ray)
+
+
+def finetune_steps_for(minutes: float, elapsed_s: float, step_s: float) -> int:
+    """The fine-tuning steps that end the pipeline within `minutes`, `elapsed_s` into it, for
+    steps of `step_s` seconds (the pre-training's, the same rows); at least MIN_FINETUNE_STEPS."""
+    return max(MIN_FINETUNE_STEPS, int((minutes * 60 - elapsed_s) / step_s) - RESERVE_STEPS)
+
+
+def budgeted_steps(job: "PipelineJob", plan: Path, pretrained, elapsed_s: float) -> int:
+    """`job.finetune_steps`, or those that fit `job.minutes` (finetune_steps_for, at the
+    pre-training Result's last rate), decided once and kept in `plan` (JSON), so that an
+    interrupted fine-tuning resumes with the same steps."""
+    if job.finetune_steps:
+        return job.finetune_steps
+    if plan.exists():
+        return json.loads(plan.read_text())["finetune_steps"]
+    if pretrained is None:  # pre-trained by an earlier run, which set no plan: no rate measured
+        steps, step_s = MIN_FINETUNE_STEPS, None
+    else:
+        rows = job.batch_size * job.seq_len * job.cluster.workers
+        step_s = rows / pretrained.metrics["tokens_per_s"]
+        steps = finetune_steps_for(job.minutes, elapsed_s, step_s)
+    plan.write_text(json.dumps({"finetune_steps": steps, "minutes": job.minutes,
+                                "elapsed_s": round(elapsed_s, 1), "pretrain_step_s": step_s}))
+    print(f"  fine-tuning steps: {steps} (to end within {job.minutes:g} minutes; "
+          f"--finetune-steps sets them)", flush=True)
+    return steps
 
 
 def deploy(work: Path, port: int) -> str:
@@ -168,6 +203,7 @@ def run_stages(job: PipelineJob) -> None:
         documents=(str(tools / "documents.jsonl"),), dialogs=(str(data / "dialogs.jsonl"),),
         train=replace(pretrain.TRAIN, steps=job.pretrain_steps, **rows))
     generated = (str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"))
+    start, results = time.perf_counter(), {}
 
     def finetuning(name: str, init_from: Path, dialogs: tuple[str, ...], steps: int, export: Path):
         return finetune.FinetuneJob(
@@ -192,9 +228,12 @@ def run_stages(job: PipelineJob) -> None:
             dialogs=(data / "dialogs.jsonl", tools / "dialogs.jsonl"), vocab_size=job.vocab_size,
             research=(tools / "research.jsonl",), index=index,
             max_piece_length=job.max_piece_length))),
-        ("pre-training", pre / "manifest.json", lambda: pretrain.run(pretraining)),
+        ("pre-training", pre / "manifest.json",
+         lambda: results.setdefault("pre-training", pretrain.run(pretraining))),
         ("fine-tuning", ft / "manifest.json", lambda: finetune.run(finetuning(
-            "finetune", pre, generated, job.finetune_steps, ft))),
+            "finetune", pre, generated, budgeted_steps(job, work / "finetune_plan.json",
+                                                       results.get("pre-training"),
+                                                       time.perf_counter() - start), ft))),
         ("safe-data filtering", safe,
          lambda: complete(safe, lambda tmp: filter_safe.run(filtering(tmp)))),
         ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.run(finetuning(
@@ -206,7 +245,6 @@ def run_stages(job: PipelineJob) -> None:
              sampling=replace(evaluate.EvalJob.sampling, num_candidates=8)))),
     ]
     total = len(stages) + job.serve
-    start = time.perf_counter()
     for i, (name, done_marker, build) in enumerate(stages, 1):
         print(f"[{i}/{total}] {name}", flush=True)
         if done_marker.exists():
