@@ -239,8 +239,11 @@ def unavailable(e: Exception):
 
 
 def first_message_key(conversation: list[Turn]) -> str:
-    """A digest of a conversation's first message: what every request continuing it shares."""
-    return hashlib.sha256(conversation[0].text.encode()).hexdigest()[:32] if conversation else ""
+    """A digest of a conversation up to its first user message (system messages included, which
+    many conversations share): what every request continuing it shares."""
+    first = next((i for i, t in enumerate(conversation) if t.speaker == "user"), len(conversation))
+    head = json.dumps([[t.speaker, t.text] for t in conversation[:first + 1]])
+    return hashlib.sha256(head.encode()).hexdigest()[:32]
 
 
 class DownstreamError(Exception):
@@ -599,7 +602,7 @@ class Chat:
                               context, texts, cut, req.reply_limit(),
                               list(req.stops()), req.logprob_count())
 
-        # a stateless client names no conversation: its requests for one share their first message
+        # a stateless client names no conversation: its requests for one share their beginning
         session = req.user or uuid.uuid4().hex
         result, err = await self._answer("completions", req.model, conversation, session,
                                          sampling, finish, req.user or first_message_key(conversation))

@@ -3,6 +3,8 @@ call tries, in order, from its replicas in ring order and every replica's reques
 
 import pytest
 
+from lamda.data import Turn
+from serve_apps.chat import first_message_key
 from serve_apps.routing import ConversationRouter, bounded_ranks
 
 
@@ -22,3 +24,13 @@ def test_a_bad_bound_is_refused():
     router = ConversationRouter.__new__(ConversationRouter)  # initialize_state alone
     with pytest.raises(ValueError, match="max_excess"):
         router.initialize_state(max_excess=-1)
+
+
+def test_a_stateless_conversation_is_known_by_its_beginning():
+    """The OpenAI API's requests name no conversation: the key is its turns up to the first user
+    message, so a continuation keeps it and a shared system message does not merge two."""
+    system, hi, bye = Turn("lamda", "Be brief."), Turn("user", "Hi!"), Turn("user", "Bye!")
+    key = first_message_key([system, hi])
+    assert first_message_key([system, hi, Turn("lamda", "Hello."), bye]) == key
+    assert first_message_key([system, bye]) != key
+    assert first_message_key([hi]) != key and first_message_key([]) == first_message_key([])
