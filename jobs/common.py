@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -70,15 +71,21 @@ def init_ray(address: str | None, cpus: float = 2.0) -> bool:
     return True
 
 
-def shutdown_ray() -> None:
+def shutdown_ray(serve_timeout_s: float = 10.0) -> None:
     """Stop the local Ray that init_ray started; first, if this job used Serve, delete its apps,
     which lets their replicas finish (serve.shutdown() does too, but then reports its killed
-    controller's shutdown call as a failed task on the console)."""
+    controller's shutdown call as a failed task on the console). A Ctrl-C reaches Ray's own
+    processes too, so Serve may not answer: after `serve_timeout_s`, Ray stops regardless."""
     import ray
     if "ray.serve" in sys.modules:
         from ray import serve
-        for name in serve.status().applications:
-            serve.delete(name)
+
+        def delete_apps():
+            for name in serve.status().applications:
+                serve.delete(name)
+        deleting = threading.Thread(target=delete_apps, daemon=True)
+        deleting.start()
+        deleting.join(serve_timeout_s)
     ray.shutdown()
 
 

@@ -91,7 +91,11 @@ def test_ctrl_c_while_serving_stops_the_pipeline_and_its_local_ray(first_run):
         ray_procs = psutil.Process(proc.pid).children(recursive=True)
         assert {"raylet", "gcs_server"} <= {p.name() for p in ray_procs}
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        rest, _ = proc.communicate(timeout=30)
+        try:
+            rest, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("still running 30 s after Ctrl-C; it printed: " + proc.communicate()[0][-3000:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
