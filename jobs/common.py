@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -71,21 +70,15 @@ def init_ray(address: str | None, cpus: float = 2.0) -> bool:
     return True
 
 
-def shutdown_ray(serve_timeout_s: float = 10.0) -> None:
+def shutdown_ray() -> None:
     """Stop the local Ray that init_ray started; first, if this job used Serve, delete its apps,
     which lets their replicas finish (serve.shutdown() does too, but then reports its killed
-    controller's shutdown call as a failed task on the console). A Ctrl-C reaches Ray's own
-    processes too, so Serve may not answer: after `serve_timeout_s`, Ray stops regardless."""
+    controller's shutdown call as a failed task on the console)."""
     import ray
     if "ray.serve" in sys.modules:
         from ray import serve
-
-        def delete_apps():
-            for name in serve.status().applications:
-                serve.delete(name)
-        deleting = threading.Thread(target=delete_apps, daemon=True)
-        deleting.start()
-        deleting.join(serve_timeout_s)
+        for name in serve.status().applications:
+            serve.delete(name)
     ray.shutdown()
 
 

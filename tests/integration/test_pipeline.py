@@ -76,11 +76,15 @@ def test_ctrl_c_while_serving_stops_the_pipeline_and_its_local_ray(first_run):
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     assert callable(getattr(DataParallelTrainer, "_register_sigint_handler", None))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # not the module's cluster
+    # as from a terminal's foreground, whatever ran this suite (a background job ignores SIGINT,
+    # and so would the pipeline)
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "jobs.pipeline", "--workdir", str(work), *ARGS,
          "--check-per-kind", "1", "--serve", "--block", "--port", str(free_port())],
         cwd=Path(__file__).parents[2], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
+        text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ray_procs = []
     try:
         lines = []
         for line in proc.stdout:
@@ -96,11 +100,13 @@ def test_ctrl_c_while_serving_stops_the_pipeline_and_its_local_ray(first_run):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("still running 30 s after Ctrl-C; it printed: " + proc.communicate()[0][-3000:])
-    finally:
+        assert proc.returncode == 130, rest
+        assert "interrupted" in rest
+        psutil.wait_procs(running(ray_procs), timeout=10)
+        assert not running(ray_procs)
+    finally:  # checked above; a failure leaves no pipeline or Ray behind for the next modules
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, rest
-    assert "interrupted" in rest
-    psutil.wait_procs(running(ray_procs), timeout=10)
-    assert not running(ray_procs)
+        for p in running(ray_procs):
+            p.kill()
