@@ -13,7 +13,7 @@ candidates by the ones that ended. The loop runs in its own thread: callers (the
 loop) never block on the model. `future.cancel()` frees a request's rows at the next step. A step
 waits for the device once (to read which rows ended), and once more when requests finish (to read
 their tokens), however many requests decode: the rows' bookkeeping is kept here, not read back
-(a request with stop strings reads its rows' text each step).
+(with requests that have stop strings, the step's tokens come in that one read too).
 
 The rows share one KV cache whose columns are aligned at the decoding position: a joining prompt
 is left-padded to the current column (or, when longer, every running row is padded on the left).
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lamda.decode import (Candidate, RowSettings, SamplingConfig, decode_one_token, forward_last,
-                          left_pad, make_candidates, prefill, sample_rows, text_only_mask,
+from lamda.decode import (Candidate, RowSettings, SamplingConfig, before_stop, decode_one_token,
+                          forward_last, left_pad, make_candidates, prefill, sample_rows, text_only_mask,
                           token_logprobs)
 from lamda.model import KVCache, LaMDA
 from lamda.prefix_cache import PrefixCache, row_columns
@@ -87,6 +87,7 @@ class _Request:
     seconds: float = 0.0  # share of the device time so far
     reused: int = 0  # prompt positions taken from the prefix cache
     out: Tensor | None = None  # (N, max_new_tokens) tokens drawn (pad after a row's end)
+    text: list[list[int]] | None = None  # with stop strings: each candidate's tokens, on the host
     ended: dict[str, Tensor] | None = None  # logprob, length, stopped: (N,) each, set as each
     #                                         candidate's row ends
 
@@ -275,6 +276,7 @@ class DecodeEngine:
             r.ended = {"logprob": torch.zeros(r.n, device=self.device),
                        "length": torch.zeros(r.n, dtype=torch.long, device=self.device),
                        "stopped": torch.zeros(r.n, dtype=torch.bool, device=self.device)}
+            r.text = [[] for _ in range(r.n)] if r.cfg.stop else None
             at += r.n
         self._share(joining, time.perf_counter() - t0)
         self._running += joining
@@ -331,15 +333,11 @@ class DecodeEngine:
         row["next"] = nxt
         for r in running:  # every slot a request holds is live: its ended rows left at _leave
             r.out[r.cands, r.step] = nxt[r.slots]
-            if r.cfg.stop:
-                going = torch.zeros(r.n, dtype=torch.bool, device=self.device)
-                going[r.cands] = ~row["done"][r.slots]
-                for c in r.rows.stopped(self.tok, r.out, r.step, going):
-                    slot = r.slots[r.cands == c]
-                    row["done"][slot] = row["stopped"][slot] = True
             r.step += 1
+        stopping = [r for r in running if r.cfg.stop]
+        done = self._stop(stopping, nxt) if stopping else None
         self._share(running, time.perf_counter() - t0)
-        self._leave()
+        self._leave(done)
         if self._running:
             t0 = time.perf_counter()
             if self._col >= self._cache.max_len:
@@ -354,13 +352,32 @@ class DecodeEngine:
             self.row_steps += len(feed)
             self._share(self._running, time.perf_counter() - t0)
 
-    def _leave(self) -> None:
+    def _stop(self, requests: list[_Request], nxt: Tensor) -> list[bool]:
+        """The rows of `requests` (which have stop strings) whose text now holds one end, marked
+        stopped. The step's tokens and ended rows are read at one sync; returns the ended rows
+        (stopped ones included), which _leave then need not read."""
+        row = self._row
+        tokens, done = self._host(nxt, row["done"])
+        hits = []
+        for r in requests:
+            for s, c in zip(r.slot_ids, r.cand_ids):
+                r.text[c].append(tokens[s])
+                if not done[s] and before_stop(self.tok.decode(r.text[c]), r.cfg.stop) is not None:
+                    hits.append(s)
+                    done[s] = True
+        if hits:
+            slots = self._index(hits)
+            row["done"][slots] = row["stopped"][slots] = True
+        return done
+
+    def _leave(self, done: list[bool] | None = None) -> None:
         """Rows that ended give up their slots (masked out, idle until reused); requests whose
         rows all ended (or that were cancelled) leave; the cache is compacted when enough of it
-        is free. The device is read once (which rows ended), and once more when requests finish
-        (their tokens), not once per request."""
+        is free. The device is read once (which rows ended; or `done`, already read), and once
+        more when requests finish (their tokens), not once per request."""
         row, stay, finished = self._row, [], []
-        (done,) = self._host(row["done"])
+        if done is None:
+            (done,) = self._host(row["done"])
         for r in self._running:
             if r.future.cancelled():
                 row["done"][r.slots] = True

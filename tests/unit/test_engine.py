@@ -158,13 +158,15 @@ class ImplicitReads(TorchDispatchMode):
 
 
 def test_a_decode_step_reads_the_device_once(model, tok):
-    """A step reads the device once (which rows ended), and once more when requests finish
-    (their tokens), however many requests decode; nothing else in the step waits for the
-    device. Driven step by step from here, with requests joining on the way."""
+    """A step reads the device once (which rows ended, and the step's tokens where requests
+    have stop strings), and once more when requests finish (their tokens), however many requests
+    decode; nothing else in the step waits for the device. Driven step by step from here, with
+    requests joining on the way; every other request stops at an "e"."""
     engine = DecodeEngine(model, tok)
     reads, host = [], engine._host
     engine._host = lambda *tensors: (reads.append(len(tensors)), host(*tensors))[1]
-    cfgs = [SamplingConfig(num_candidates=4, max_new_tokens=24, seed=i) for i in range(8)]
+    cfgs = [SamplingConfig(num_candidates=4, max_new_tokens=24, seed=i, stop=("e",) * (i % 2))
+            for i in range(8)]
     prompts = [prompt(tok, f"Question number {i}", 1 + i % 3) for i in range(8)]
     requests = [_Request(p, c, None, Future()) for p, c in zip(prompts, cfgs)]
     try:
