@@ -42,8 +42,8 @@ def examples(tok: Tokenizer, data: Path) -> list[D.Example]:
            for ex in D.finetune_examples(tok, r, "research")]
     for name in ("dialogs.jsonl", "drills.jsonl"):
         out += [ex for d in D.read_jsonl(data / name, "dialog") for ex in D.finetune_examples(tok, d, "dialog")]
-    out += [ex for r in D.read_jsonl(D.SAMPLE_DIR / "labelled.jsonl", "labelled")
-            for ex in D.finetune_examples(tok, r, "labelled")]
+    for path in (D.SAMPLE_DIR / "labelled.jsonl", data / "labelled.jsonl"):
+        out += [ex for r in D.read_jsonl(path, "labelled") for ex in D.finetune_examples(tok, r, "labelled")]
     return out
 
 

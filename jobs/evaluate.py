@@ -9,7 +9,8 @@ Variants, as the paper compares PT, LaMDA and LaMDA with its toolset (paper §7)
 model answers by sample-and-rank on likelihood; every fine-tuned model answers by sample-and-rank
 with its discriminators, without and with the research loop. Each reply is graded against the
 question's known answer and the URL of the source that holds it (lamda.eval.grade): factual
-accuracy per kind, groundedness, informativeness, citation accuracy, clean small talk. Each
+accuracy per kind, groundedness, informativeness, citation accuracy, clean small talk, and how often
+the safety filter replaced a reply to these benign questions (false refusals). Each
 fine-tuned model's discriminators are scored on held-out rater-labelled responses (accuracy, ROC
 AUC; safety: recall on unsafe). Human ratings (--ratings, JSONL or CSV) are aggregated by the
 paper's rules and reported apart. Nothing here is the model grading its own replies.
@@ -132,9 +133,11 @@ def charts(report: dict, out: Path) -> list[Path]:
 
 
 def table(report: dict) -> str:
-    cols = ["accuracy", "groundedness", "citation_accuracy"] + sorted(
+    cols = ["accuracy", "groundedness", "citation_accuracy", "safety_fallback"] + sorted(
         {k for v in report["variants"].values() for k in v["metrics"] if k.startswith("accuracy_")})
-    lines = [f"{'variant':<30}" + "".join(f"{c.replace('accuracy_', 'acc ')[:12]:>13}" for c in cols)]
+    names = {"safety_fallback": "fallback"}
+    lines = [f"{'variant':<30}" + "".join(f"{names.get(c, c).replace('accuracy_', 'acc ')[:12]:>13}"
+                                          for c in cols)]
     for v, r in report["variants"].items():
         vals = [r["metrics"].get(c) for c in cols]
         lines.append(f"{v:<30}" + "".join(f"{'-' if x is None else f'{x:.2f}':>13}" for x in vals))

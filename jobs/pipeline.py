@@ -160,7 +160,8 @@ def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
                      if f"cited_{kind}" in metrics else "")
             print(f"    {kind:<12} {metrics[f'accuracy_{kind}']:6.1%} {what}{cited} ({n})")
     print(f"    groundedness {metrics['groundedness'] or 0:.1%}, citation accuracy "
-          f"{metrics['citation_accuracy'] or 0:.1%}; details: {out}")
+          f"{metrics['citation_accuracy'] or 0:.1%}, replaced by the safety filter "
+          f"{metrics['safety_fallback']:.1%}; details: {out}")
     for kind in ("arithmetic", "element", "translation"):
         t = next((t for t in turns if t["kind"] == kind and t["correct"]),
                  next((t for t in turns if t["kind"] == kind), None))
@@ -195,7 +196,7 @@ def run_stages(job: PipelineJob) -> None:
     tok, pre, ft, safe, ft2, index = (work / "tokenizer.model", work / "pretrained",
                                       work / "finetuned", work / "safe_dialogs",
                                       work / "finetuned_safe", work / "index.sqlite")
-    tools = work / "data"  # research.jsonl, dialogs.jsonl, drills.jsonl, heldout.jsonl
+    tools = work / "data"  # research, dialogs, drills, labelled and heldout .jsonl
     cluster = replace(job.cluster, storage_path=str(work / "ray"))  # safe-data filtering's actors too
     rows = {"batch_size": job.batch_size, "seq_len": job.seq_len}
     pretraining = pretrain.PretrainJob(
@@ -208,7 +209,8 @@ def run_stages(job: PipelineJob) -> None:
     def finetuning(name: str, init_from: Path, dialogs: tuple[str, ...], steps: int, export: Path):
         return finetune.FinetuneJob(
             run_name=name, init_from=str(init_from), export=str(export), cluster=cluster,
-            labelled=(str(data / "labelled.jsonl"),), research=(str(tools / "research.jsonl"),),
+            labelled=(str(data / "labelled.jsonl"), str(tools / "labelled.jsonl")),
+            research=(str(tools / "research.jsonl"),),
             dialogs=dialogs, train=replace(finetune.TRAIN, steps=steps, lr=job.finetune_lr, **rows))
 
     def filtering(out: Path):

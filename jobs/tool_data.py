@@ -12,6 +12,8 @@ Files (deterministic for the same index, dictionaries and seed):
                   tokenizer (retrieval keeps them all: the research loop must find them)
   drills.jsonl    copy drills (repeat training-split words and numbers back) as generative
                   dialogs: the copying the research task needs, paid for from the first steps
+  labelled.jsonl  replies and drafts of training transcripts rated safe by construction
+                  (lamda.tool_data.safety_labels), for the safety discriminator
   heldout.jsonl   questions of the evaluation split with their known answers and sources
                   (lamda.tool_data.Question); its operands, elements, words, documents and
                   phrasings occur in no training file
@@ -60,8 +62,9 @@ def generative_dialogs(records: list[dict], rng: random.Random, n: int) -> list[
 
 
 def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: int = 0,
-          generative: int = 1500, fraction: float = 1.0, drills: int = 2000) -> dict:
-    """Write the five files; returns counts. `fraction` < 1 makes a smaller training split (tests)."""
+          generative: int = 1500, fraction: float = 1.0, drills: int = 2000,
+          safety_labels: int = 750) -> dict:
+    """Write the six files; returns counts. `fraction` < 1 makes a smaller training split (tests)."""
     src = TD.Sources.load(doc_questions)
     if not src.elements or not src.words:
         raise SystemExit("dict-elements and the FreeDict dictionaries (eng-fra/deu/spa) are needed: "
@@ -82,13 +85,16 @@ def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: in
     write_jsonl(out / "dialogs.jsonl", [json.dumps(d, ensure_ascii=False) for d in dialogs])
     copies = TD.copy_drills(src, int(drills * fraction), seed)
     write_jsonl(out / "drills.jsonl", [json.dumps(d, ensure_ascii=False) for d in copies])
+    labels = TD.safety_labels(records, random.Random(f"{seed}:labels"), int(safety_labels * fraction))
+    write_jsonl(out / "labelled.jsonl", [json.dumps(d, ensure_ascii=False) for d in labels])
     held_out = src.held_out_urls("train")
     train_docs = [line.rstrip("\n") for line in open(documents, encoding="utf-8")
                   if line.strip() and json.loads(line)["url"] not in held_out]
     write_jsonl(out / "documents.jsonl", train_docs)
     write_jsonl(out / "heldout.jsonl", [q.to_json() for q in heldout])  # last: the stage's marker
     counts = {"research": dict(Counter(r["id"].split("-")[1] for r in records)),
-              "dialogs": len(dialogs), "drills": len(copies), "documents": len(train_docs),
+              "dialogs": len(dialogs), "drills": len(copies), "labelled": len(labels),
+              "documents": len(train_docs),
               "heldout": dict(Counter(q.kind for q in heldout))}
     print(f"tool-use data -> {out}: {json.dumps(counts)}")
     return counts
@@ -99,7 +105,7 @@ class ToolDataJob:
     """The flags of jobs.tool_data."""
 
     index: Path  # retrieval index (lamda.tools.retrieval)
-    out: Path  # directory for the five files
+    out: Path  # directory for the six files
     doc_questions: Path = SAMPLE_DIR / "doc_questions.jsonl"  # questions on the documents
     documents: Path = SAMPLE_DIR / "documents.jsonl"  # the corpus whose training split
     #                                                   documents.jsonl gets
@@ -107,11 +113,12 @@ class ToolDataJob:
     generative: int = 1500  # research questions also written as generative dialogs
     fraction: float = 1.0  # scale of the training split
     drills: int = 2000  # copy drills
+    safety_labels: int = 750  # transcripts whose reply and draft are labelled safe
 
 
 def run(job: ToolDataJob) -> dict:
     return build(job.index, job.out, job.doc_questions, job.documents, job.seed, job.generative,
-                 job.fraction, job.drills)
+                 job.fraction, job.drills, job.safety_labels)
 
 
 def main(argv=None) -> dict:

@@ -522,6 +522,22 @@ def reply(q: Question, results: list[str], rng: random.Random) -> str:
     return hit  # a document's sentence with its URL
 
 
+def safety_labels(records: list[dict], rng: random.Random, n: int) -> list[dict]:
+    """Labelled responses (lamda.data's schema) for the safety discriminator: the final replies and
+    drafts of up to `n` research records, each rated safe by construction (one `unsafe` vote of 0;
+    no other attribute rated, so none becomes a generative example). Each states a tool's
+    answer, a wrong number or word, or small talk: the replies the research loop and its drafts
+    produce, which the bundled ratings (chit-chat) never show the discriminator, and which an
+    undertrained one otherwise refuses at random (the safety fallback)."""
+    out = []
+    for r in rng.sample(records, min(n, len(records))):
+        for part in ("reply", "draft"):
+            if part == "reply" or r[part] != r["reply"]:
+                out.append({"id": f"lab-{part}-{r['id']}", "context": r["context"],
+                            "response": r[part], "ratings": {"unsafe": [0]}})
+    return out
+
+
 def draft(q: Question, src: Sources, rng: random.Random) -> str:
     """LaMDA-Base's ungrounded first reply: plausible, usually wrong."""
     if q.kind == "arithmetic":

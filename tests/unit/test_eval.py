@@ -86,14 +86,15 @@ def test_ground_truth_metrics_on_hand_made_cases():
         E.grade("document", ["8,611"], url, "Sorry, I couldn't find that.", [], 2),  # no claim
         E.grade("arithmetic", ["42"], "", "That's 42.", [], 1),
         E.grade("chat", [], "", "Hello!", [], 0),
+        E.grade("arithmetic", ["42"], "", "Sorry, I'd rather not answer that.", [], 1, fallback=True),
     ]
     m = E.grounding_metrics(graded)
-    assert m["accuracy"] == pytest.approx(3 / 5) and m["informativeness"] == pytest.approx(3 / 6)
+    assert m["accuracy"] == pytest.approx(3 / 6) and m["informativeness"] == pytest.approx(3 / 7)
     assert m["groundedness"] == pytest.approx(3 / 4)  # supported / replies with a claim
     assert m["citation_accuracy"] == pytest.approx(1 / 3)  # cited / claims that need a source
     assert m["accuracy_document"] == pytest.approx(2 / 4) and m["accuracy_chat"] == 1.0
     assert m["cited_document"] == pytest.approx(1 / 4) and "cited_arithmetic" not in m
-    assert m["special_tokens"] == 0.0
+    assert m["special_tokens"] == 0.0 and m["safety_fallback"] == pytest.approx(1 / 7)
 
 
 def test_roc_auc_and_discriminator_metrics():

@@ -1,12 +1,14 @@
 """Tool-use data from the real tools, and the hold-out of the evaluation split."""
 
+import random
 import re
 from fractions import Fraction
 
 import pytest
 
 from lamda import tool_data as TD
-from lamda.data import research_example, research_prompt
+from lamda.data import (aggregate_ratings, finetune_examples, parse_labelled, research_example,
+                        research_prompt)
 from lamda.tools.dictd import DictDatabase, find_database
 
 ENTITY_KINDS = ("arithmetic", "element", "translation")
@@ -132,3 +134,16 @@ def test_one_sequence_trains_every_research_output(research_records, tok):
     assert len(starts) == len(rec.steps) + 1
     for i, start in enumerate(starts):  # what precedes each output is exactly the loop's prompt
         assert ex.ids[:start] == research_prompt(tok, rec.context, rec.draft, rec.steps[:i])
+
+
+def test_safety_labels_rate_replies_and_drafts_safe_and_nothing_else(tok):
+    user = [{"speaker": "user", "text": "What is 2 + 2?"}]
+    records = [{"id": "res-arith-1", "context": user, "draft": "It's 5.", "steps": [], "reply": "It's 4."},
+               {"id": "res-chat-2", "context": user, "draft": "Hi!", "steps": [], "reply": "Hi!"}]
+    labels = [parse_labelled(d) for d in TD.safety_labels(records, random.Random(0), 5)]
+    assert sorted(x.response for x in labels) == ["Hi!", "It's 4.", "It's 5."]  # a chat draft once
+    for x in labels:
+        assert aggregate_ratings(x.ratings) == {"unsafe": 0}
+        (ex,) = finetune_examples(tok, x, "labelled")  # the rating only: no generative example
+        assert sum(ex.loss_mask) == 1
+    assert len(TD.safety_labels(records, random.Random(0), 1)) in (1, 2)
