@@ -33,7 +33,7 @@ from lamda.tokenizer import Tokenizer  # noqa: E402
 from lamda.tool_data import read_questions  # noqa: E402
 from lamda.tools import Toolset  # noqa: E402
 from lamda.tools.retrieval import Retriever  # noqa: E402
-from lamda.training import TrainConfig, build_optimizer, train_step  # noqa: E402
+from lamda.training import TrainConfig, build_optimizer, cpu_bf16_pays, train_step  # noqa: E402
 from lamda.turn import ChatConfig, ChatModel, local_turn  # noqa: E402
 
 
@@ -89,6 +89,8 @@ def main(argv=None) -> None:
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu-fp32", action="store_true",
+                   help="train in float32 on CPU even where bf16 pays (lamda.training.cpu_bf16_pays)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dump", type=Path, default=None, help="a JSONL file of every graded turn")
     a = p.parse_args(argv)
@@ -120,12 +122,13 @@ def main(argv=None) -> None:
     rng = random.Random(a.seed)
     per_row = sum(len(e.ids) for e in exs) / len(exs)
     take = max(1, round(a.batch * (a.seq_len + 1) / per_row))  # examples that fill about `batch` rows
+    bf16 = a.device == "cpu" and not a.cpu_fp32 and cpu_bf16_pays()  # as the Ray Train loop
     dump = open(a.dump, "w", encoding="utf-8") if a.dump else None
     t0, trained = time.perf_counter(), 0.0
     for step in range(a.steps):
         batch = [t.to(a.device) if t is not None else None
                  for t in D.collate(rng.sample(exs, take), a.seq_len, tok.pad_id, packed=True)]
-        m = train_step(model, opt, [tuple(batch)], step, cfg)
+        m = train_step(model, opt, [tuple(batch)], step, cfg, bf16=bf16)
         if (step + 1) % 100 == 0:
             print(f"step {step + 1} loss {m['loss']:.4f}", file=sys.stderr, flush=True)
         if step + 1 in a.eval_at or step + 1 == a.steps:
@@ -133,7 +136,7 @@ def main(argv=None) -> None:
             trained += t1 - t0
             result = evaluate(chat, questions, toolset, chat_cfg, tag=str(step + 1), dump=dump)
             print(json.dumps({"bench": "tool_curve", "preset": a.preset, "device": a.device,
-                              "step": step + 1, "examples": (step + 1) * take,
+                              "bf16": bf16, "step": step + 1, "examples": (step + 1) * take,
                               "loss": round(m["loss"], 4), "train_seconds": round(trained, 1),
                               "eval_seconds": round(time.perf_counter() - t1, 1),
                               "questions": len(questions), **result}), flush=True)

@@ -33,6 +33,8 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="0: only at the end")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="(Ray gives each worker as many "
                    "torch threads)")
+    p.add_argument("--cpu-fp32", action="store_true",
+                   help="train in float32 on CPU even where bf16 pays (lamda.training.cpu_bf16_pays)")
     a = p.parse_args(argv)
 
     import ray
@@ -57,7 +59,8 @@ def main(argv=None) -> None:
                          train=R.TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len,
                                              log_every=log_every),
                          tokenizer=tok, checkpoint_every=every, eval_every=0,
-                         async_checkpoint=upload_async)
+                         async_checkpoint=upload_async,
+                         parallel=R.ParallelConfig(cpu_bf16=not a.cpu_fp32))
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             result = R.fit(spec, R.ClusterSpec(workers=workers, cpus_per_worker=a.cpus_per_worker,
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
         m, checkpoints = result.metrics, a.steps // every
         tokens_per_step = workers * a.batch_size * a.seq_len
         print(json.dumps({"bench": "train_ray", "preset": a.preset, "workers": workers,
-                          "cpus_per_worker": a.cpus_per_worker,
+                          "cpus_per_worker": a.cpus_per_worker, "cpu_fp32": a.cpu_fp32,
                           "batch_per_worker": a.batch_size, "seq_len": a.seq_len, "steps": a.steps,
                           "tokens_per_s": round(sum(rates) / len(rates), 1),
                           "checkpoints": checkpoints,

@@ -37,10 +37,10 @@ from lamda.tools import retrieval
 # given, as many as fit the time budget (finetune_steps_for).
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
 MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes before the budget)
-# what the stages after the fine-tuning's steps take, in pre-training steps: the fine-tuning's
-# start and checkpoints (about 40), safe-data filtering, the fine-tuning on safe data, evaluation
-# and the served check (about 140 on the 2-core machine of bench/RESULTS.md); with a margin
-RESERVE_STEPS = 240
+# seconds for what follows the fine-tuning's steps: its start and checkpoints, safe-data filtering,
+# the fine-tuning on safe data, evaluation and the served check (about 180 s on the 2-core machine
+# of bench/RESULTS.md, mostly inference, which bf16 training does not speed up); with a margin
+RESERVE_S = 210.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +60,9 @@ class PipelineJob:
     minutes: float = 14.0  # with finetune_steps 0: the time the stages may take in all (the
     #                        fine-tuning gets what the others leave, at the pre-training's rate)
     safe_finetune_steps: int = SAFE_FINETUNE_STEPS  # steps of the fine-tuning on safe data
-    finetune_lr: float = 2e-3  # peak learning rate of both fine-tunings (tiny learns tool use at 2e-3)
+    finetune_lr: float = 2e-3  # peak learning rate of the fine-tuning (tiny learns tool use at 2e-3)
+    safe_finetune_lr: float = 2e-4  # peak learning rate of the fine-tuning on safe data: it goes on
+    #                                 from the first, which ended at a tenth of its peak
     top_fraction: float = 0.5  # safe-data filtering keeps this
     batch_size: int = 8  # rows per worker (fine-tuning packs several examples into a row)
     seq_len: int = 256  # tokens per row
@@ -76,7 +78,7 @@ class PipelineJob:
 def finetune_steps_for(minutes: float, elapsed_s: float, step_s: float) -> int:
     """The fine-tuning steps that end the pipeline within `minutes`, `elapsed_s` into it, for
     steps of `step_s` seconds (the pre-training's, the same rows); at least MIN_FINETUNE_STEPS."""
-    return max(MIN_FINETUNE_STEPS, int((minutes * 60 - elapsed_s) / step_s) - RESERVE_STEPS)
+    return max(MIN_FINETUNE_STEPS, int((minutes * 60 - elapsed_s - RESERVE_S) / step_s))
 
 
 def budgeted_steps(job: "PipelineJob", plan: Path, pretrained, elapsed_s: float) -> int:
@@ -206,12 +208,13 @@ def run_stages(job: PipelineJob) -> None:
     generated = (str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"))
     start, results = time.perf_counter(), {}
 
-    def finetuning(name: str, init_from: Path, dialogs: tuple[str, ...], steps: int, export: Path):
+    def finetuning(name: str, init_from: Path, dialogs: tuple[str, ...], steps: int, export: Path,
+                   lr: float = job.finetune_lr):
         return finetune.FinetuneJob(
             run_name=name, init_from=str(init_from), export=str(export), cluster=cluster,
             labelled=(str(data / "labelled.jsonl"), str(tools / "labelled.jsonl")),
             research=(str(tools / "research.jsonl"),),
-            dialogs=dialogs, train=replace(finetune.TRAIN, steps=steps, lr=job.finetune_lr, **rows))
+            dialogs=dialogs, train=replace(finetune.TRAIN, steps=steps, lr=lr, **rows))
 
     def filtering(out: Path):
         return filter_safe.FilterJob(
@@ -239,7 +242,8 @@ def run_stages(job: PipelineJob) -> None:
         ("safe-data filtering", safe,
          lambda: complete(safe, lambda tmp: filter_safe.run(filtering(tmp)))),
         ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.run(finetuning(
-            "finetune-safe", ft, (str(safe), *generated), job.safe_finetune_steps, ft2))),
+            "finetune-safe", ft, (str(safe), *generated), job.safe_finetune_steps, ft2,
+            job.safe_finetune_lr))),
         ("evaluation on held-out questions", work / "eval" / "report.json",
          lambda: evaluate.run(evaluate.EvalJob(
              models=(pre, ft2), questions=tools / "heldout.jsonl", index=index,

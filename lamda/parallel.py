@@ -40,6 +40,8 @@ class ParallelConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile each block
     bf16: bool = False  # bf16 parameters in compute, fp32 master weights and reductions
+    cpu_bf16: bool = True  # on CPU: compute in bf16 (autocast; fp32 weights and AdamW) where this
+    #                        CPU multiplies bf16 matrices faster (lamda.training.cpu_bf16_pays)
 
 
 def parallelize(model: LaMDA, cfg: ParallelConfig, device_type: str,

@@ -1,9 +1,12 @@
 """The pieces of a training loop, used by the Ray Train worker loop and the benchmarks:
-optimizer, learning-rate schedule, one optimizer step with gradient accumulation."""
+optimizer, learning-rate schedule, one optimizer step with gradient accumulation, and whether
+bfloat16 compute pays on this CPU."""
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -73,8 +76,32 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+BF16_MIN_SPEEDUP = 1.5  # compute in bf16 on a CPU only where its matrix products are this much faster
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU multiplies bfloat16 matrices than float32 ones, timed once
+    per process on a product of a training step's shape. CPUs with bf16 dot-product instructions
+    (AVX512-BF16, AMX) run them several times faster; others emulate them, more slowly."""
+    def best(a: Tensor, b: Tensor) -> float:
+        times = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
+    a, b = torch.randn(1024, 256), torch.randn(256, 1024)
+    return best(a, b) / best(a.bfloat16(), b.bfloat16())
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether to compute in bfloat16 (autocast) on this CPU: cpu_bf16_speedup >= BF16_MIN_SPEEDUP."""
+    return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
 def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable[tuple[Tensor, ...]],
-               step: int, cfg: TrainConfig, loss_fn=lm_loss) -> dict:
+               step: int, cfg: TrainConfig, loss_fn=lm_loss, bf16: bool = False) -> dict:
     """One optimizer step over `cfg.grad_accum` micro-batches of (inputs, targets, loss_mask,
     segments), the last two None where every target counts or rows are not packed (lamda.data.shift).
 
@@ -84,6 +111,9 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
 
     A step whose loss or gradient norm is not finite (on any rank) changes nothing: no update,
     gradients dropped, and `skipped` is True; the optimizer state stays as it was.
+
+    With `bf16`, the forward pass runs under bfloat16 autocast (matrix products in bf16; weights,
+    gradients, the loss and AdamW stay float32): for CPUs where that pays (cpu_bf16_pays).
 
     Returns the mean loss, the gradient norm before clipping, the learning rate, the token count
     and whether the step was skipped.
@@ -95,12 +125,13 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
     total_loss, tokens = 0.0, 0
     for batch in micro_batches:
         inputs, targets, mask, segments = batch
-        if mask is None:
-            loss = loss_fn(model(inputs, segments=segments), targets)
-        else:
-            keep = mask > 0
-            loss = loss_fn(model(inputs, segments=segments, only=keep), targets[keep])
-        loss = loss / cfg.grad_accum
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if mask is None:
+                loss = loss_fn(model(inputs, segments=segments), targets)
+            else:
+                keep = mask > 0
+                loss = loss_fn(model(inputs, segments=segments, only=keep), targets[keep])
+        loss = loss.float() / cfg.grad_accum
         loss.backward()
         total_loss += loss.item()
         tokens += inputs.numel()

@@ -2,7 +2,8 @@ import torch
 
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
-from lamda.training import TrainConfig, build_optimizer, lr_at, train_step
+from lamda.training import (TrainConfig, build_optimizer, cpu_bf16_pays, cpu_bf16_speedup, lr_at,
+                            train_step)
 
 
 def test_the_bias_table_learns_at_a_scaled_rate():
@@ -49,3 +50,26 @@ def test_a_non_finite_step_is_skipped_and_changes_nothing():
     assert all(p.grad is None for p in model.parameters())
     assert not train_step(model, opt, batch, 2, cfg)["skipped"]
     assert not torch.equal(weights["embed.weight"], model.embed.weight)
+
+
+def test_a_bf16_step_computes_in_bf16_and_keeps_float32_weights():
+    """bf16 autocast: the same loss within bf16's precision and the same descent over a few
+    steps, while weights, gradients and AdamW's moments stay float32; the CPU's speed-up is
+    measured (a positive ratio) and decides whether the Ray Train loop uses it."""
+    x = torch.randint(0, 64, (4, 33))
+    batch = [(x[:, :-1], x[:, 1:], None, None)]
+    cfg = TrainConfig(steps=20, lr=3e-3, warmup_steps=1)
+    losses = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.from_name("debug", vocab_size=64))
+        opt = build_optimizer(model, cfg)
+        seen = []
+        model.blocks[0].attn.q.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        losses[bf16] = [train_step(model, opt, batch, i, cfg, bf16=bf16)["loss"] for i in range(20)]
+        assert set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in opt.state.values())
+    assert abs(losses[True][0] - losses[False][0]) < 0.02 * losses[False][0]
+    assert losses[True][-1] < 0.8 * losses[True][0] and abs(losses[True][-1] - losses[False][-1]) < 0.1
+    assert cpu_bf16_speedup() > 0 and isinstance(cpu_bf16_pays(), bool)
