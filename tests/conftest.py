@@ -1,4 +1,5 @@
 import os
+import sys
 
 import torch
 
@@ -9,6 +10,24 @@ import pytest  # noqa: E402
 
 from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl  # noqa: E402
 from lamda.tokenizer import Tokenizer  # noqa: E402
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the process with pytest's exit status once every result is reported, skipping the
+    interpreter's teardown. That teardown runs the static destructors of the native libraries the
+    suite loads (torch, Ray's core worker, Triton's interpreter) in no fixed order, and once crashed
+    (SIGSEGV) in CI after the summary of a passing run, after pytest's faulthandler had stopped."""
+    if _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
 
 
 @pytest.fixture(scope="session")
