@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     rng = random.Random(a.seed)
     per_row = sum(len(e.ids) for e in exs) / len(exs)
     take = max(1, round(a.batch * (a.seq_len + 1) / per_row))  # examples that fill about `batch` rows
-    bf16 = a.device == "cpu" and not a.cpu_fp32 and cpu_bf16_pays()  # as the Ray Train loop
+    bf16 = not a.cpu_fp32 and cpu_bf16_pays(a.device)  # as the Ray Train loop
     dump = open(a.dump, "w", encoding="utf-8") if a.dump else None
     t0, trained = time.perf_counter(), 0.0
     for step in range(a.steps):

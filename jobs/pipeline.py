@@ -37,10 +37,13 @@ from lamda.tools import retrieval
 # given, as many as fit the time budget (finetune_steps_for).
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
 MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes before the budget)
-# seconds for what follows the fine-tuning's steps: its start and checkpoints, safe-data filtering,
-# the fine-tuning on safe data, evaluation and the served check (about 180 s on the 2-core machine
-# of bench/RESULTS.md, mostly inference, which bf16 training does not speed up); with a margin
-RESERVE_S = 210.0
+# seconds for what follows the fine-tuning's steps: its start, safe-data filtering, the fine-tuning
+# on safe data, evaluation and the served check (about 130 s on the 2-core machine of
+# bench/RESULTS.md, mostly inference, which bf16 training does not speed up); with a margin
+RESERVE_S = 150.0
+# a fine-tuning step against a pre-training step of the same rows: its checkpoints and evaluation
+# losses (1.05-1.08 in the make run runs of bench/RESULTS.md)
+FINETUNE_STEP_COST = 1.08
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +80,9 @@ class PipelineJob:
 
 def finetune_steps_for(minutes: float, elapsed_s: float, step_s: float) -> int:
     """The fine-tuning steps that end the pipeline within `minutes`, `elapsed_s` into it, for
-    steps of `step_s` seconds (the pre-training's, the same rows); at least MIN_FINETUNE_STEPS."""
-    return max(MIN_FINETUNE_STEPS, int((minutes * 60 - elapsed_s - RESERVE_S) / step_s))
+    pre-training steps of `step_s` seconds (the same rows); at least MIN_FINETUNE_STEPS."""
+    left_s = minutes * 60 - elapsed_s - RESERVE_S
+    return max(MIN_FINETUNE_STEPS, int(left_s / (step_s * FINETUNE_STEP_COST)))
 
 
 def budgeted_steps(job: "PipelineJob", plan: Path, pretrained, elapsed_s: float) -> int:

@@ -141,6 +141,8 @@ class RowSettings:
         self.top_k_rows = per_row(self.top_k, torch.long)
         self.limit = per_row([c.max_new_tokens for c in cfgs], torch.long)  # tokens incl. <eot>
         self.steps = max(c.max_new_tokens for c in cfgs)
+        self.text: list[list[int]] | None = ([[] for _ in range(len(cfgs) * self.n)]
+                                             if any(c.stop for c in cfgs) else None)  # row tokens
         self.generators = []
         for c in cfgs:
             g = torch.Generator(device=device)
@@ -155,14 +157,18 @@ class RowSettings:
             rows.append(torch.nn.functional.pad(e, (0, self.k - k), value=float("inf")))
         return torch.cat(rows)
 
-    def stopped(self, tok: Tokenizer, out: Tensor, t: int, live: Tensor) -> list[int]:
-        """Rows (still live) whose text so far holds one of their prompt's stop strings."""
+    def stopped(self, tok: Tokenizer, nxt: Tensor, live: Tensor) -> list[int]:
+        """Rows (still live) whose text so far holds one of their prompt's stop strings. Where a
+        prompt has stop strings, the step's tokens (R,) and live rows (R,) are read in one go."""
+        if self.text is None:
+            return []
+        tokens, alive = torch.stack([nxt, live.long()]).tolist()
         hits = []
         for b, c in enumerate(self.cfgs):
-            if c.stop:
-                for r in range(b * self.n, (b + 1) * self.n):
-                    if live[r] and before_stop(tok.decode(out[r, :t + 1].tolist()), c.stop) is not None:
-                        hits.append(r)
+            for r in range(b * self.n, (b + 1) * self.n) if c.stop else ():
+                self.text[r].append(tokens[r])  # a row's tokens while live: its text so far
+                if alive[r] and before_stop(tok.decode(self.text[r]), c.stop) is not None:
+                    hits.append(r)
         return hits
 
 
@@ -341,8 +347,10 @@ def generate(model: LaMDA, tok: Tokenizer, prompts: list[list[int]],
         logprob += torch.where(live, logp, torch.zeros_like(logp))
         lengths += live.long()
         done |= nxt == eot
-        for r in rows.stopped(tok, out, t, live & ~done):
-            done[r] = stopped[r] = True
+        hits = rows.stopped(tok, nxt, live & ~done)
+        if hits:
+            hit = torch.tensor(hits, device=device)
+            done[hit] = stopped[hit] = True
         if t == rows.steps - 1 or (t % 8 == 7 and bool(done.all())):
             break  # all done is checked now and then: each check waits for the GPU
         pos = torch.tensor([T + t], device=device)

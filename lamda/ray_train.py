@@ -357,7 +357,7 @@ def train_worker(config: dict) -> None:
     flops_per_token = spec.model.flops_per_token(tc.seq_len)
 
     loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
-    bf16 = device.type == "cpu" and spec.parallel.cpu_bf16 and cpu_bf16_pays()
+    bf16 = spec.parallel.cpu_bf16 and cpu_bf16_pays(device)
     if rank == 0 and bf16:
         log.info(f"[{spec.stage}] computing in bf16 on this CPU (its bf16 matrix products are "
                  f"{cpu_bf16_speedup():.1f}x as fast)")

@@ -95,9 +95,10 @@ def cpu_bf16_speedup() -> float:
     return best(a, b) / best(a.bfloat16(), b.bfloat16())
 
 
-def cpu_bf16_pays() -> bool:
-    """Whether to compute in bfloat16 (autocast) on this CPU: cpu_bf16_speedup >= BF16_MIN_SPEEDUP."""
-    return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+def cpu_bf16_pays(device: torch.device | str = "cpu") -> bool:
+    """Whether to compute in bfloat16 (autocast) on `device`: a CPU where cpu_bf16_speedup >=
+    BF16_MIN_SPEEDUP (GPUs keep their own dtype choice)."""
+    return torch.device(device).type == "cpu" and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable[tuple[Tensor, ...]],

@@ -277,8 +277,8 @@ def test_stop_strings_end_candidates_before_them(model, tok):
     cfg = SamplingConfig(num_candidates=8, max_new_tokens=16, seed=3)
     free = generate(model, tok, prompts(tok)[:1], cfg).candidates[0]
     word = next(w for c in free for w in c.text.split() if len(w) > 1)
-    cut = generate(model, tok, prompts(tok)[:1], SamplingConfig(
-        num_candidates=8, max_new_tokens=16, seed=3, stop=(word,)))
+    stop = SamplingConfig(num_candidates=8, max_new_tokens=16, seed=3, stop=(word,))
+    cut = generate(model, tok, prompts(tok)[:1], stop)
     assert cut.stopped and any(c.stopped for c in cut.candidates[0])
     for a, b in zip(free, cut.candidates[0]):
         assert word not in b.text
@@ -286,6 +286,11 @@ def test_stop_strings_end_candidates_before_them(model, tok):
             assert b.stopped and a.text.startswith(b.text) and b.ids == tok.encode(b.text)
     with pytest.raises(ValueError):
         score_generation(model, tok, cut)
+    # next to a prompt without stop strings: each keeps its own (the step's tokens read once)
+    other = SamplingConfig(num_candidates=8, max_new_tokens=16, temperature=0.0)
+    both = generate(model, tok, prompts(tok)[:2], [stop, other])
+    assert [c.text for c in both.candidates[0]] == [c.text for c in cut.candidates[0]]
+    assert not any(c.stopped for c in both.candidates[1])
 
 
 def test_reply_logprobs_are_the_models_per_token_likelihood(model, tok):

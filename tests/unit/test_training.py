@@ -73,3 +73,4 @@ def test_a_bf16_step_computes_in_bf16_and_keeps_float32_weights():
     assert abs(losses[True][0] - losses[False][0]) < 0.02 * losses[False][0]
     assert losses[True][-1] < 0.8 * losses[True][0] and abs(losses[True][-1] - losses[False][-1]) < 0.1
     assert cpu_bf16_speedup() > 0 and isinstance(cpu_bf16_pays(), bool)
+    assert not cpu_bf16_pays("cuda") and not cpu_bf16_pays(torch.device("meta"))  # CPUs only
