@@ -73,7 +73,7 @@ def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: in
     toolset = Toolset(retriever=Retriever(index), timeout_s=120.0).warm_up(TD.LANGUAGES)
     records = TD.build(src, toolset, "train", seed, n_arithmetic=int(3000 * fraction),
                        per_element=max(1, round(6 * fraction)), per_word=2,
-                       max_words=int(4000 * fraction), chat_repeats=max(1, round(3 * fraction)),
+                       max_words=int(4000 * fraction), chat_repeats=max(1, round(5 * fraction)),
                        unknown_elements=int(600 * fraction))
     heldout = TD.build_questions(src, "eval", seed, **HELDOUT)
     words = [q for q in heldout if q.kind == "translation"][:MAX_HELDOUT_WORDS]

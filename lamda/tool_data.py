@@ -156,7 +156,8 @@ TRANSLATION_REPLIES = ["In {lang}, {word} is {t}.", "The {lang} word for {word} 
 ELEMENT_ASKS = {  # attribute -> (query, (train cores, eval cores), reply templates)
     "number": ("atomic number of {el}",
                (["the atomic number of {el}", "{el}'s atomic number", "the atomic number for {el}",
-                 "the number of {el} in the periodic table", "the atomic number of the element {el}"],
+                 "the number of {el} in the periodic table", "the atomic number of the element {el}",
+                 "the proton number of {el}", "the number of protons in an atom of {el}"],
                 ["how many protons {el} has", "{el}'s number of protons"]),
                ["The atomic number of {el} is {v}. {url}", "It's {v}, the atomic number of {el}. {url}",
                 "Atomic number {v}, according to {url}"]),

@@ -147,3 +147,22 @@ def test_safety_labels_rate_replies_and_drafts_safe_and_nothing_else(tok):
         (ex,) = finetune_examples(tok, x, "labelled")  # the rating only: no generative example
         assert sum(ex.loss_mask) == 1
     assert len(TD.safety_labels(records, random.Random(0), 1)) in (1, 2)
+
+
+
+def test_copy_drills_say_back_training_words_and_numbers(tool_sources):
+    drills = TD.copy_drills(tool_sources, 300)
+    assert len({d["id"] for d in drills}) == 300
+    held = {w for w in tool_sources.words if TD.split_of(f"word:{w}") == "eval"}
+    names = {e.name for e in tool_sources.elements}
+    for d in drills:
+        user, reply = (t["text"] for t in d["turns"])
+        said = next(said for ask in TD.DRILLS[0] if (said := _unformat(ask, user)) is not None)
+        assert any(answer.format(x=said) == reply for answer in TD.DRILLS[1])  # said back as is
+        assert not set(said.split()) & (held | names)
+    assert TD.copy_drills(tool_sources, 300) == drills  # deterministic
+
+
+def _unformat(template: str, text: str) -> str | None:
+    head, tail = template.split("{x}")
+    return text[len(head):len(text) - len(tail)] if text.startswith(head) and text.endswith(tail) else None
