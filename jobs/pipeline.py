@@ -69,7 +69,7 @@ class PipelineJob:
     top_fraction: float = 0.5  # safe-data filtering keeps this
     batch_size: int = 8  # rows per worker (fine-tuning packs several examples into a row)
     seq_len: int = 256  # tokens per row
-    tool_data_fraction: float = 1.0  # scale of the tool-use training split (1: about 9,000 transcripts)
+    tool_data_fraction: float = 1.0  # scale of the tool-use training split (1: about 12,000 transcripts)
     eval_per_kind: int = 4  # held-out questions of each kind in the evaluation stage
     check_per_kind: int = 20  # held-out questions of each kind sent to the served app (with --serve)
     serve: bool = False  # finish by deploying the chat app

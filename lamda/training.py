@@ -130,8 +130,8 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
             if mask is None:
                 loss = loss_fn(model(inputs, segments=segments), targets)
             else:
-                keep = mask > 0
-                loss = loss_fn(model(inputs, segments=segments, only=keep), targets[keep])
+                keep = rounded_selection(mask > 0)
+                loss = loss_fn(model(inputs, segments=segments, only=keep), targets[keep], mask[keep])
         loss = loss.float() / cfg.grad_accum
         loss.backward()
         total_loss += loss.item()
@@ -146,6 +146,24 @@ def train_step(model: LaMDA, opt: torch.optim.Optimizer, micro_batches: Iterable
     opt.zero_grad(set_to_none=True)
     return {"loss": total_loss, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens,
             "skipped": skipped}
+
+
+SELECTION_MULTIPLE = 128  # the output layer's positions per step come in multiples of this
+
+
+def rounded_selection(keep: Tensor, multiple: int = SELECTION_MULTIPLE) -> Tensor:
+    """`keep` (B, T) with as many of the first positions it leaves out added as round its count up
+    to a multiple of `multiple` (or to all positions). The loss mask leaves the added ones out; the
+    output layer then sees a few shapes instead of a new one at nearly every step, and each new
+    shape costs the CPU's bf16 kernels (oneDNN) a kernel plan kept in memory: without rounding a
+    fine-tuning worker grew by gigabytes in a few hundred steps (bench/RESULTS.md)."""
+    n = int(keep.sum())
+    extra = min(-n % multiple, keep.numel() - n)
+    if not extra:
+        return keep
+    flat = keep.flatten().clone()  # (B * T,) in row order, the order x[keep] takes positions in
+    flat[(~flat).nonzero()[:extra, 0]] = True
+    return flat.view_as(keep)
 
 
 def total_grad_norm(grads: list[Tensor]) -> Tensor:

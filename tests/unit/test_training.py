@@ -3,7 +3,7 @@ import torch
 from lamda.config import ModelConfig
 from lamda.model import build_model, lm_loss
 from lamda.training import (TrainConfig, build_optimizer, cpu_bf16_pays, cpu_bf16_speedup, lr_at,
-                            train_step)
+                            rounded_selection, train_step)
 
 
 def test_the_bias_table_learns_at_a_scaled_rate():
@@ -74,3 +74,35 @@ def test_a_bf16_step_computes_in_bf16_and_keeps_float32_weights():
     assert losses[True][-1] < 0.8 * losses[True][0] and abs(losses[True][-1] - losses[False][-1]) < 0.1
     assert cpu_bf16_speedup() > 0 and isinstance(cpu_bf16_pays(), bool)
     assert not cpu_bf16_pays("cuda") and not cpu_bf16_pays(torch.device("meta"))  # CPUs only
+
+
+def test_the_output_layers_positions_come_in_few_shapes_with_the_same_loss():
+    """A masked step runs the output layer on the loss positions plus the first others, up to a
+    multiple of SELECTION_MULTIPLE (a new shape per step grows the memory of CPU bf16 kernels); the
+    added positions count for nothing: the same loss and gradients as the exact selection."""
+    g = torch.Generator().manual_seed(0)
+    counts = set()
+    for _ in range(50):
+        keep = torch.rand(4, 64, generator=g) < torch.rand(1, generator=g)
+        rounded = rounded_selection(keep, 32)
+        assert (rounded | keep).equal(rounded) and int(keep.sum()) <= int(rounded.sum())
+        counts.add(int(rounded.sum()))
+    assert counts <= {0, 32, 64, 96, 128, 160, 192, 224, 256} and len(counts) > 3
+    assert rounded_selection(torch.ones(3, 5, dtype=torch.bool), 4).all()  # at most every position
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_name("debug", vocab_size=64))
+    x = torch.randint(0, 64, (2, 33), generator=g)
+    inputs, targets, mask = x[:, :-1], x[:, 1:], (torch.rand(2, 32, generator=g) < 0.3).long()
+    keep = mask > 0
+    results = []
+    for only, weights in ((keep, None), (rounded_selection(keep, 32), mask)):
+        model.zero_grad()
+        loss = lm_loss(model(inputs, only=only), targets[only], None if weights is None else weights[only])
+        loss.backward()
+        results.append((float(loss), model.embed.weight.grad.clone()))
+    (exact, exact_grad), (rounded, rounded_grad) = results
+    assert abs(exact - rounded) < 1e-5 and torch.allclose(exact_grad, rounded_grad, atol=1e-6)
+    opt = build_optimizer(model, TrainConfig(steps=1, lr=0.0, warmup_steps=1))
+    stats = train_step(model, opt, [(inputs, targets, mask, None)], 0, TrainConfig(steps=1, lr=0.0))
+    assert abs(stats["loss"] - exact) < 1e-5  # train_step rounds (here: to every position)
