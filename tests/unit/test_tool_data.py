@@ -149,7 +149,6 @@ def test_safety_labels_rate_replies_and_drafts_safe_and_nothing_else(tok):
     assert len(TD.safety_labels(records, random.Random(0), 1)) in (1, 2)
 
 
-
 def test_copy_drills_say_back_training_words_and_numbers(tool_sources):
     drills = TD.copy_drills(tool_sources, 300)
     assert len({d["id"] for d in drills}) == 300
