@@ -83,9 +83,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--bias-lr-scale", type=float, default=TrainConfig.bias_lr_scale,
+                   help="learning-rate multiplier of the relative-bias table")
     p.add_argument("--eval-at", type=lambda s: {int(x) for x in s.split(",")}, default={300, 600, 1200},
                    help="steps after which to evaluate (comma-separated; the last step always)")
-    p.add_argument("--per-kind", type=int, default=20, help="held-out questions per kind")
+    p.add_argument("--per-kind", type=int, default=50,
+                   help="held-out questions per kind (make run's file has 50-83, small talk 33)")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -110,7 +113,7 @@ def main(argv=None) -> None:
                                               max_seq_len=max(a.seq_len, 256)), device=a.device)
     if a.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
-    cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch)  # warm-up: a tenth of the steps
+    cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch, bias_lr_scale=a.bias_lr_scale)  # warm-up: a tenth of the steps
     opt = build_optimizer(model, cfg)
     by_kind = defaultdict(list)
     for q in read_questions(a.data / "heldout.jsonl"):

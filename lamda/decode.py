@@ -166,9 +166,10 @@ class RowSettings:
         hits = []
         for b, c in enumerate(self.cfgs):
             for r in range(b * self.n, (b + 1) * self.n) if c.stop else ():
-                self.text[r].append(tokens[r])  # read only while live: the row's text so far
-                if alive[r] and before_stop(tok.decode(self.text[r]), c.stop) is not None:
-                    hits.append(r)
+                if alive[r]:  # the row's text so far (an ended row's is never read again)
+                    self.text[r].append(tokens[r])
+                    if before_stop(tok.decode(self.text[r]), c.stop) is not None:
+                        hits.append(r)
         return hits
 
 
