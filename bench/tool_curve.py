@@ -113,7 +113,8 @@ def main(argv=None) -> None:
                                               max_seq_len=max(a.seq_len, 256)), device=a.device)
     if a.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
-    cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch, bias_lr_scale=a.bias_lr_scale)  # warm-up: a tenth of the steps
+    cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch,  # warm-up: a tenth of the steps
+                      bias_lr_scale=a.bias_lr_scale)
     opt = build_optimizer(model, cfg)
     by_kind = defaultdict(list)
     for q in read_questions(a.data / "heldout.jsonl"):
