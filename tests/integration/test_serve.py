@@ -479,6 +479,9 @@ scrape_configs:
         proc.wait(timeout=10)
 
 
+TOOL_ERRORS = ("Inconsistent results", "AST constructor recursion depth mismatch")
+
+
 def test_the_schema_tells_the_truth(server, tmp_path):
     """schemathesis against the live /openapi.json with every check: each status the API returns
     is in the schema, schema-valid requests are accepted, invalid ones refused, 405 has Allow.
@@ -498,9 +501,10 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
              "--workers", "2", "--request-timeout", "120", "--max-response-time", "60",
              "--suppress-health-check", "all"],
             capture_output=True, text=True, timeout=900, cwd=tmp_path)
-        # schemathesis' own generator now and then reports "Inconsistent results" (a runtime
-        # error of the tool, e.g. a SystemError inside its AST handling, not a failed check): run
-        # it again then, with the next seed (the same seed can hit the same path)
-        if "Failures:" in proc.stdout or "Inconsistent results" not in proc.stdout:
+        # schemathesis' own generator now and then fails inside hypothesis' AST handling of
+        # lambdas ("Inconsistent results", "AST constructor recursion depth mismatch": runtime
+        # errors of the tool, not failed checks): run it again then, with the next seed (the
+        # same seed can hit the same path)
+        if "Failures:" in proc.stdout or not any(e in proc.stdout for e in TOOL_ERRORS):
             break
     assert proc.returncode == 0, proc.stdout[:3000] + proc.stdout[-6000:]
