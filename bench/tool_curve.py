@@ -79,6 +79,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-piece-length", type=int, default=5,
                    help="of the tokenizer trained here (jobs.pipeline's default)")
     p.add_argument("--preset", default="tiny")
+    p.add_argument("--copy-dim", type=int, default=None, help="a copy head's width (default: the preset's)")
+    p.add_argument("--copy-heads", type=int, default=None, help="copy heads (default: the preset's)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
     p.add_argument("--seq-len", type=int, default=256)
@@ -109,8 +111,9 @@ def main(argv=None) -> None:
             D.read_jsonl(a.data / "research.jsonl", "research")), 4096,
             symbols=Retriever(a.index).url_prefixes(), max_piece_length=a.max_piece_length)
     exs = examples(tok, a.data)
+    shape = {k: v for k, v in (("copy_dim", a.copy_dim), ("copy_heads", a.copy_heads)) if v is not None}
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
-                                              max_seq_len=max(a.seq_len, 256)), device=a.device)
+                                              max_seq_len=max(a.seq_len, 256), **shape), device=a.device)
     if a.device.startswith("cuda"):
         model = model.to(torch.bfloat16)
     cfg = TrainConfig(steps=a.steps, lr=a.lr, batch_size=a.batch,  # warm-up: a tenth of the steps

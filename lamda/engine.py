@@ -260,9 +260,8 @@ class DecodeEngine:
             if reuse:  # free slots filled in place
                 idx = self._index(reuse)
                 part = new.select(list(range(len(reuse))))
-                for dst, src in zip(self._cache.k + self._cache.v, part.k + part.v):
+                for (dst, _), (src, _) in zip(self._cache.parts(), part.parts()):
                     dst[idx.to(dst.device)] = src
-                self._cache.key_mask[idx] = part.key_mask
                 self._logits[idx] = logits[:len(reuse)]
                 for k, v in self._row.items():
                     v[idx] = state[k][:len(reuse)]
@@ -456,31 +455,29 @@ class DecodeEngine:
             self._col -= first
             for r in self._running:
                 r.start -= first
-            self._cache = KVCache([k[:, :, first:].contiguous() for k in self._cache.k],
-                                  [v[:, :, first:].contiguous() for v in self._cache.v],
-                                  self._cache.key_mask[:, first:].contiguous())
+            self._cache = self._cache.map(lambda t, d: t.narrow(d, first, t.shape[d] - first).contiguous())
 
 
 def _cat(a: KVCache, b: KVCache) -> KVCache:
     """Rows of `a`, then rows of `b` (the same columns)."""
-    return KVCache([torch.cat([x, y]) for x, y in zip(a.k, b.k)],
-                   [torch.cat([x, y]) for x, y in zip(a.v, b.v)],
-                   torch.cat([a.key_mask, b.key_mask]))
+    return a.map(lambda x, y, _: torch.cat([x, y]), b)
+
+
+def _pad(cache: KVCache, before: int, after: int) -> KVCache:
+    """Columns added before (masked: padding) and after (free, written by later steps)."""
+    def pad(t: Tensor, d: int) -> Tensor:
+        spec = (0, 0) * (t.dim() - 1 - d) + (before, 0)
+        t = torch.nn.functional.pad(t, spec, value=False)
+        spec = (0, 0) * (t.dim() - 1 - d) + (0, after)
+        return torch.nn.functional.pad(t, spec, value=t.dtype == torch.bool)
+    return cache.map(pad) if before or after else cache
 
 
 def _pad_left(cache: KVCache, n: int) -> KVCache:
     """`n` empty (masked) columns before the cache's."""
-    if n == 0:
-        return cache
-    pad = lambda t: torch.nn.functional.pad(t, (0, 0, n, 0))  # noqa: E731  (B, H, S, D)
-    mask = torch.nn.functional.pad(cache.key_mask, (n, 0), value=False)
-    return KVCache([pad(k) for k in cache.k], [pad(v) for v in cache.v], mask)
+    return _pad(cache, n, 0)
 
 
 def _pad_right(cache: KVCache, n: int) -> KVCache:
     """`n` free columns after the cache's (written by later steps)."""
-    if n == 0:
-        return cache
-    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, n))  # noqa: E731
-    mask = torch.nn.functional.pad(cache.key_mask, (0, n), value=True)
-    return KVCache([pad(k) for k in cache.k], [pad(v) for v in cache.v], mask)
+    return _pad(cache, 0, n)

@@ -7,6 +7,9 @@ Choices (the paper, "Model"):
 - Gated-GELU FFN: wo(gelu(x wi_0) * (x wi_1)).
 - Tied embeddings, as in the original T5 / Mesh TensorFlow decoder: the output layer reuses the
   token embedding, with the final hidden state scaled by d_model^-0.5 so logits start near unit scale.
+- Optionally (`copy_dim` > 0; ours, not the paper's, used by the small CPU preset) a copy head:
+  the output is a gated mixture of the output layer's distribution and a pointer over the tokens
+  already in the context (`LaMDA._copy_mixture`), so that a name or number met once can be repeated.
 - Initialisation as in Mesh TensorFlow / T5: embedding N(0, 1); q N(0, (d_model d_kv)^-0.5),
   k and v N(0, d_model^-0.5), o N(0, (H d_kv)^-0.5); wi N(0, d_model^-0.5), wo N(0, d_ff^-0.5);
   relative bias N(0, d_model^-0.5); norms 1. Attention scores are not scaled by 1/sqrt(d_kv):
@@ -17,6 +20,8 @@ later (FSDP: `to_empty` then `init_weights`; serving: load a checkpoint with ass
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -33,13 +38,16 @@ class KVCache:
 
     k[layer], v[layer]: (B, H, S, D), each on its layer's device (a model dispatched across GPUs
     keeps each layer's cache next to it). `key_mask` (B, S) marks valid (non-padding) positions, so
-    conversations of different lengths can share a batch with left padding. `expand(n)` repeats
-    each row n times: one prefilled context becomes n candidate rows without recomputing it
-    (`select` picks rows in any order).
+    conversations of different lengths can share a batch with left padding. With a copy head,
+    `copy_k` (B, Hc, S, Dc) holds its keys and `ids` (B, S) the token at each position.
+    `expand(n)` repeats each row n times: one prefilled context becomes n candidate rows without
+    recomputing it (`select` picks rows in any order).
     """
 
-    def __init__(self, k: list[Tensor], v: list[Tensor], key_mask: Tensor):
+    def __init__(self, k: list[Tensor], v: list[Tensor], key_mask: Tensor,
+                 copy_k: Tensor | None = None, ids: Tensor | None = None):
         self.k, self.v, self.key_mask = k, v, key_mask
+        self.copy_k, self.ids = copy_k, ids
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int | None = None, *,
@@ -48,9 +56,13 @@ class KVCache:
         S = max_len or cfg.max_seq_len
         shape = (batch, cfg.n_head, S, cfg.d_kv)
         devices = layer_devices or [device] * cfg.n_layer
+        copy = cfg.copy_dim > 0
         return cls([torch.zeros(shape, device=d, dtype=dtype) for d in devices],
                    [torch.zeros(shape, device=d, dtype=dtype) for d in devices],
-                   torch.ones(batch, S, device=device, dtype=torch.bool))
+                   torch.ones(batch, S, device=device, dtype=torch.bool),
+                   torch.zeros(batch, cfg.copy_heads, S, cfg.copy_dim, device=device, dtype=dtype)
+                   if copy else None,
+                   torch.zeros(batch, S, device=device, dtype=torch.long) if copy else None)
 
     @property
     def batch(self) -> int:
@@ -60,33 +72,54 @@ class KVCache:
     def max_len(self) -> int:
         return self.key_mask.shape[1]
 
+    def parts(self) -> list[tuple[Tensor, int]]:
+        """Every tensor of the cache with the index of its sequence dimension (rows are dim 0)."""
+        four = self.k + self.v + ([self.copy_k] if self.copy_k is not None else [])
+        two = [self.key_mask] + ([self.ids] if self.ids is not None else [])
+        return [(t, 2) for t in four] + [(t, 1) for t in two]
+
+    def map(self, f, *others: "KVCache") -> "KVCache":
+        """A new cache of f(tensor, *the same tensor of `others`, seq_dim) for every part."""
+        n = len(self.k)
+        out = [f(t, *(o.parts()[i][0] for o in others), d) for i, (t, d) in enumerate(self.parts())]
+        copy = self.copy_k is not None
+        return KVCache(out[:n], out[n:2 * n], out[2 * n + copy],
+                       out[2 * n] if copy else None, out[-1] if copy else None)
+
     def update(self, layer: int, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, H, T, D) at `input_pos`, (T,) or per row (B, T); return the layer's
         whole cache."""
-        ck, cv = self.k[layer], self.v[layer]
-        input_pos = input_pos.to(ck.device)
+        return _write(self.k[layer], input_pos, k), _write(self.v[layer], input_pos, v)
+
+    def update_copy(self, input_pos: Tensor, tokens: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the tokens (B, T) and copy keys (B, Hc, T, Dc) at `input_pos`; return all of them
+        ((B, S) and (B, Hc, S, Dc))."""
+        input_pos = input_pos.to(self.ids.device)
         if input_pos.dim() == 1:
-            ck.index_copy_(2, input_pos, k)
-            cv.index_copy_(2, input_pos, v)
+            self.ids[:, input_pos] = tokens
         else:
-            idx = input_pos[:, None, :, None].expand_as(k)  # (B, H, T, D)
-            ck.scatter_(2, idx, k)
-            cv.scatter_(2, idx, v)
-        return ck, cv
+            self.ids.scatter_(1, input_pos, tokens)
+        return self.ids, _write(self.copy_k, input_pos, keys)
 
     def select(self, rows: Tensor | list[int]) -> "KVCache":
         """The given rows (indices, repeats allowed), copied."""
         idx = torch.as_tensor(rows, device=self.key_mask.device)
-        return KVCache([k.index_select(0, idx.to(k.device)) for k in self.k],
-                       [v.index_select(0, idx.to(v.device)) for v in self.v],
-                       self.key_mask.index_select(0, idx))
+        return self.map(lambda t, _: t.index_select(0, idx.to(t.device)))
 
     def expand(self, n: int | Tensor) -> "KVCache":
         """Each row repeated n times, consecutively: row b becomes rows b*n .. b*n+n-1 (or row b
         n[b] times, for a tensor `n` of counts per row)."""
-        return KVCache([k.repeat_interleave(n, dim=0) for k in self.k],
-                       [v.repeat_interleave(n, dim=0) for v in self.v],
-                       self.key_mask.repeat_interleave(n, dim=0))
+        return self.map(lambda t, _: t.repeat_interleave(n, dim=0))
+
+
+def _write(cache: Tensor, input_pos: Tensor, new: Tensor) -> Tensor:
+    """Write new (B, H, T, D) into cache (B, H, S, D) at `input_pos`, (T,) or per row (B, T)."""
+    input_pos = input_pos.to(cache.device)
+    if input_pos.dim() == 1:
+        cache.index_copy_(2, input_pos, new)
+    else:
+        cache.scatter_(2, input_pos[:, None, :, None].expand_as(new), new)
+    return cache
 
 
 class Attention(nn.Module):
@@ -147,6 +180,11 @@ class LaMDA(nn.Module):
         self.rel_bias = nn.Embedding(cfg.rel_buckets, cfg.n_head)  # one table for all layers
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        if cfg.copy_dim:
+            width = cfg.copy_heads * cfg.copy_dim
+            self.copy_q = nn.Linear(cfg.d_model, width, bias=False)
+            self.copy_k = nn.Linear(cfg.d_model, width, bias=False)
+            self.copy_gate = nn.Linear(cfg.d_model, 1 + cfg.copy_heads)  # generator, each head
         self.drop = nn.Dropout(cfg.dropout)
         self.backend = get_backend(cfg.attn_backend, cfg.dropout, cfg.attn_kernels)
         self.init_weights()
@@ -169,6 +207,11 @@ class LaMDA(nn.Module):
             nn.init.ones_(block.attn_norm.weight)
             nn.init.ones_(block.ffn_norm.weight)
         nn.init.ones_(self.norm.weight)
+        if c.copy_dim:
+            nn.init.normal_(self.copy_q.weight, std=c.d_model ** -0.5)
+            nn.init.normal_(self.copy_k.weight, std=c.d_model ** -0.5)
+            nn.init.zeros_(self.copy_gate.weight)
+            nn.init.zeros_(self.copy_gate.bias)  # (the generator's weight is offset in forward)
 
     def forward(self, tokens: Tensor, input_pos: Tensor | None = None, cache: KVCache | None = None,
                 key_mask: Tensor | None = None, segments: Tensor | None = None,
@@ -204,11 +247,48 @@ class LaMDA(nn.Module):
         prepared = self.backend.prepare(bias, x.dtype)  # once per forward, shared by all layers
         for block in self.blocks:
             x = block(x, prepared, cache, input_pos)
+        if self.cfg.copy_dim:
+            return self._copy_mixture(self.norm(x).to(self.embed.weight.device), tokens, bias,
+                                      cache, input_pos, only)
         if only is not None:
             x = x[only]  # (N, C)
         x = self.norm(x) * self.cfg.d_model ** -0.5
         w = self.embed.weight
         return x.to(w.device) @ w.t()  # (B, T, V) or (N, V); .to: a no-op unless layers span devices
+
+    def _copy_mixture(self, h: Tensor, tokens: Tensor, bias: RelativeBias, cache: KVCache | None,
+                      input_pos: Tensor | None, only: Tensor | None) -> Tensor:
+        """Log-probabilities (B, T, V) or (N, V) of a pointer-sentinel mixture (Merity et al. 2016,
+        "Pointer Sentinel Mixture Models", with several pointer heads): w_0 p_vocab + sum_h w_h
+        p_h, where head h's attention over the earlier positions (those attention may see) puts
+        its mass on the tokens standing there, and the weights w come from the hidden state. A
+        name or number seen once in the context is then as easy to repeat as a frequent word,
+        which the output layer alone learns slowly. Returned as log-probabilities, which
+        sampling, ranking and the cross-entropy loss read like logits.
+
+        h (B, T, C): the final normed hidden states; tokens (B, T) the inputs.
+        """
+        B, T, _ = h.shape
+        Hc, Dc = self.cfg.copy_heads, self.cfg.copy_dim
+        keys = self.copy_k(h).view(B, T, Hc, Dc).transpose(1, 2)  # (B, Hc, T, Dc)
+        if cache is not None:
+            ids, keys = cache.update_copy(input_pos, tokens, keys)  # (B, S), (B, Hc, S, Dc)
+        else:
+            ids = tokens
+        q = self.copy_q(h).view(B, T, Hc, Dc).transpose(1, 2)  # (B, Hc, T, Dc)
+        scores = (q @ keys.transpose(2, 3)).float() * Dc ** -0.5  # (B, Hc, T, S)
+        attn = scores.masked_fill(~bias.allowed(), float("-inf")).softmax(-1)
+        g = self.copy_gate(h).float()  # (B, T, 1 + Hc)
+        prior = 2.0 + math.log(Hc)  # the generator starts at 88%, the heads share 12%
+        mix = torch.cat([g[..., :1] + prior, g[..., 1:]], -1).softmax(-1)
+        attn = (attn * mix[..., 1:].transpose(1, 2)[..., None]).sum(1)  # (B, T, S): heads weighted
+        ids = ids[:, None].expand_as(attn)
+        if only is not None:
+            h, attn, ids, mix = h[only], attn[only], ids[only], mix[only]  # (N, ...)
+        w = self.embed.weight
+        p_vocab = ((h * self.cfg.d_model ** -0.5) @ w.t()).float().softmax(-1)  # (..., V)
+        p = (mix[..., :1] * p_vocab).scatter_add_(-1, ids, attn)
+        return p.clamp_min(torch.finfo(p.dtype).tiny).log()
 
 
 def layer_devices(model: LaMDA) -> list[torch.device]:

@@ -68,12 +68,9 @@ class PrefixCache:
 
 def _columns(cache: KVCache, start: int, stop: int) -> KVCache:
     """Columns start..stop-1 of every row (views)."""
-    return KVCache([k[:, :, start:stop] for k in cache.k], [v[:, :, start:stop] for v in cache.v],
-                   cache.key_mask[:, start:stop])
+    return cache.map(lambda t, d: t.narrow(d, start, stop - start))
 
 
 def row_columns(cache: KVCache, row: int, start: int) -> KVCache:
     """Row `row` from column `start` on, copied (a prompt's part of a left-padded prefill)."""
-    return KVCache([k[row:row + 1, :, start:].clone() for k in cache.k],
-                   [v[row:row + 1, :, start:].clone() for v in cache.v],
-                   cache.key_mask[row:row + 1, start:].clone())
+    return cache.map(lambda t, d: t[row:row + 1].narrow(d, start, t.shape[d] - start).clone())

@@ -22,11 +22,18 @@ class EarlyStopper(LaMDA):
 
 
 @pytest.fixture(scope="module")
-def model(tok):
+def model(request, tok):
+    """The random EarlyStopper; parametrized with a copy width, one with a copy head (whose cache
+    also holds tokens and copy keys)."""
     torch.manual_seed(0)
-    m = EarlyStopper(ModelConfig.from_name("debug", vocab_size=tok.vocab_size)).eval()
+    cfg = ModelConfig.from_name("debug", vocab_size=tok.vocab_size, copy_dim=getattr(request, "param", 0))
+    m = EarlyStopper(cfg).eval()
     m.eot = tok.eot_id
     return m
+
+
+# tests of the cache's bookkeeping run with and without the copy head
+both_models = pytest.mark.parametrize("model", [0, 16], ids=["plain", "copy-head"], indirect=True)
 
 
 CONTEXTS = [[Turn("user", "How tall is Mount Everest?")],
@@ -68,6 +75,7 @@ def test_candidates_stop_at_end_of_turn(model, tok):
     assert all(c.length < 10 for c in cands if not c.truncated)
 
 
+@both_models
 @torch.no_grad()
 def test_batched_cached_decoding_has_the_logits_of_a_plain_forward(model, tok):
     """Every candidate's log-likelihood, summed from the batched, cached, left-padded decode,
@@ -85,6 +93,7 @@ def test_batched_cached_decoding_has_the_logits_of_a_plain_forward(model, tok):
             assert c.logprob == pytest.approx(float(expected), abs=1e-3)
 
 
+@both_models
 @torch.no_grad()
 def test_cached_discriminator_scores_equal_uncached_ones(model, tok):
     gen = generate(model, tok, prompts(tok), SamplingConfig(num_candidates=3, max_new_tokens=8, seed=5))
@@ -100,6 +109,7 @@ def test_cached_discriminator_scores_equal_uncached_ones(model, tok):
     assert given[1].tolist() == pytest.approx(expected, abs=1e-4)
 
 
+@both_models
 @torch.no_grad()
 def test_candidates_sharing_a_context_are_scored_on_its_one_prefill(model, tok):
     """The Ranker's path: a conversation's candidates (of different lengths, one empty) continue
@@ -240,7 +250,7 @@ def test_per_prompt_settings_share_a_batch(model, tok):
     """Each prompt keeps its own settings in a shared batch: a seeded prompt draws the same
     candidates alone and next to another prompt with other settings."""
     ps = prompts(tok)
-    seeded = SamplingConfig(num_candidates=4, max_new_tokens=12, seed=5, top_k=20, top_p=0.9)
+    seeded = SamplingConfig(num_candidates=4, max_new_tokens=12, seed=5, top_k=20, top_p=0.8)
     other = SamplingConfig(num_candidates=4, max_new_tokens=5, temperature=0.0)
     alone = generate(model, tok, ps[:1], seeded)
     both = generate(model, tok, ps, [seeded, other])

@@ -16,7 +16,7 @@ from lamda import tokenizer as tkn
 from lamda.data import ResearchStep, Turn, research_prompt, response_prompt
 from lamda.decode import SamplingConfig, generate
 from lamda.engine import DecodeEngine, EngineConfig, _Request
-from tests.unit.test_decode import model  # noqa: F401  (the EarlyStopper fixture)
+from tests.unit.test_decode import both_models, model  # noqa: F401  (the EarlyStopper fixture)
 
 
 @pytest.fixture()
@@ -51,6 +51,7 @@ def test_a_request_alone_decodes_as_generate_does(engine, model, tok):
     assert key(engine.submit(p, cfg).result(timeout=60)) == alone(model, tok, p, cfg)
 
 
+@both_models
 def test_rows_joining_and_leaving_a_running_batch_decode_as_alone(engine, model, tok):
     model.push = 0.0  # long rows: the first request is still decoding when the others join
     try:
@@ -113,8 +114,8 @@ def test_free_slots_count_against_the_cache_budget(model, tok):
     """A joiner that fits only once the ended rows' free slots are dropped gets them dropped (a
     compaction), not added to the cache on top. Driven step by step from here: the engine's own
     thread idles, as nothing is submitted to its queue."""
-    first = SamplingConfig(num_candidates=8, max_new_tokens=40, seed=6)  # rows end unevenly
-    then = SamplingConfig(num_candidates=3, max_new_tokens=40, seed=11)
+    first = SamplingConfig(num_candidates=8, max_new_tokens=40, seed=6, top_p=1.0)  # rows end unevenly
+    then = SamplingConfig(num_candidates=3, max_new_tokens=40, seed=11, top_p=1.0)
     a, b = prompt(tok, "Tell me a story"), prompt(tok, "And then?", 2)
     engine = DecodeEngine(model, tok, EngineConfig(slack=0.9))  # ended rows keep their slots
     try:
@@ -221,6 +222,7 @@ def test_no_deadlock_under_64_concurrent_requests_over_the_budget(model, tok):
         engine.close()
 
 
+@both_models
 def test_a_prompt_that_extends_an_earlier_one_reuses_its_prefix(engine, model, tok):
     """The research steps' case: each prompt continues the one before it. Only the new tokens are
     prefilled, and the candidates are those of decoding the whole prompt alone."""

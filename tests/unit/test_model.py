@@ -7,10 +7,10 @@ from lamda.model import KVCache, build_model, lm_loss
 CFG = ModelConfig.from_name("debug")
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[0, 16], ids=["plain", "copy-head"])
+def model(request):
     torch.manual_seed(0)
-    return build_model(CFG).eval()
+    return build_model(CFG.replace(copy_dim=request.param)).eval()
 
 
 def tokens(B, T, seed=0):
@@ -31,7 +31,7 @@ def test_causality_future_tokens_never_change_past_logits(model):
 def test_kv_cache_prefill_and_steps_match_full_forward(model):
     x = tokens(2, 24)
     full = model(x)
-    cache = KVCache.empty(CFG, batch=2, max_len=40)
+    cache = KVCache.empty(model.cfg, batch=2, max_len=40)
     out = [model(x[:, :10], torch.arange(10), cache)]
     for t in range(10, 24):
         out.append(model(x[:, t:t + 1], torch.tensor([t]), cache))
@@ -41,7 +41,7 @@ def test_kv_cache_prefill_and_steps_match_full_forward(model):
 @torch.no_grad()
 def test_expanding_one_context_to_n_rows_matches_full_forward(model):
     ctx = tokens(1, 16)
-    cache = KVCache.empty(CFG, batch=1, max_len=32)
+    cache = KVCache.empty(model.cfg, batch=1, max_len=32)
     model(ctx, torch.arange(16), cache)
     rows = cache.expand(4)
     assert rows.batch == 4 and all(k.shape[0] == 4 for k in rows.k)
@@ -60,7 +60,7 @@ def test_left_padding_with_key_mask_gives_the_unpadded_logits(model):
     batch = torch.cat([torch.cat([pad, short], 1), long_])  # (2, 10), row 0 left-padded
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[0, :4] = False
-    cache = KVCache.empty(CFG, batch=2, max_len=16)
+    cache = KVCache.empty(model.cfg, batch=2, max_len=16)
     logits = model(batch, torch.arange(10), cache, key_mask=mask)
     # relative bias depends only on distances, so shifting a row right changes nothing
     torch.testing.assert_close(logits[0, 4:], model(short)[0], atol=1e-5, rtol=1e-4)
@@ -73,7 +73,7 @@ def test_left_padding_with_key_mask_gives_the_unpadded_logits(model):
 
 def test_cache_requires_positions(model):
     with pytest.raises(ValueError, match="input_pos"):
-        model(tokens(1, 3), cache=KVCache.empty(CFG, 1, 8))
+        model(tokens(1, 3), cache=KVCache.empty(model.cfg, 1, 8))
 
 
 def test_init_follows_t5():
@@ -111,3 +111,48 @@ def test_a_few_steps_reduce_the_loss():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@torch.no_grad()
+def test_packed_examples_see_only_themselves(model):
+    x = tokens(2, 24)
+    segments = torch.cat([torch.zeros(2, 10), torch.ones(2, 14)], 1).long()
+    packed = model(x, segments=segments)
+    torch.testing.assert_close(packed[:, :10], model(x[:, :10]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[:, 10:], model(x[:, 10:]), atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_the_copy_head_gives_log_probabilities_and_counts_its_parameters():
+    cfg = CFG.replace(copy_dim=16)
+    m = build_model(cfg).eval()
+    assert sum(p.numel() for p in m.parameters()) == cfg.num_params(non_embedding=False)
+    logp = m(tokens(2, 12))
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2, 12))
+    only = torch.zeros(2, 12, dtype=torch.bool)
+    only[:, 3:7] = True
+    torch.testing.assert_close(m(tokens(2, 12), only=only), logp[only])
+
+
+def copy_task_loss(copy_dim: int, steps: int = 60) -> float:
+    """Loss on the second half of "a b c ... a b c ..." (random tokens, new every step) after
+    `steps` steps of training on it."""
+    torch.manual_seed(0)
+    m = build_model(CFG.replace(copy_dim=copy_dim))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    mask = torch.zeros(16, 32)
+    mask[:, 16:] = 1  # predicting the repeat
+    for step in range(steps + 1):
+        half = tokens(16, 17, seed=step)
+        x = torch.cat([half, half[:, :16]], 1)  # (16, 33)
+        loss = lm_loss(m(x[:, :-1]), x[:, 1:], mask)
+        if step == steps:
+            return loss.item()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_the_copy_head_repeats_unseen_tokens_long_before_the_plain_model():
+    plain, copying = copy_task_loss(0), copy_task_loss(16)
+    assert copying < 0.6 * plain

@@ -44,19 +44,21 @@ def loss_and_grads(model, x):
     return loss.item(), grads
 
 
-@pytest.mark.parametrize("pc", [
-    ParallelConfig(fsdp=True),
-    ParallelConfig(fsdp=True, activation_checkpointing=True),
-    ParallelConfig(fsdp=False, activation_checkpointing=True, compile=True),
-], ids=["fsdp", "fsdp+ac", "ac+compile"])
-def test_parallelized_model_matches_the_plain_one(process_group, pc):
+@pytest.mark.parametrize("pc, copy_dim", [
+    (ParallelConfig(fsdp=True), 0),
+    (ParallelConfig(fsdp=True), 16),
+    (ParallelConfig(fsdp=True, activation_checkpointing=True), 0),
+    (ParallelConfig(fsdp=False, activation_checkpointing=True, compile=True), 0),
+], ids=["fsdp", "fsdp+copy-head", "fsdp+ac", "ac+compile"])
+def test_parallelized_model_matches_the_plain_one(process_group, pc, copy_dim):
     torch.manual_seed(0)
-    plain = build_model(CFG)
-    other = build_model(CFG, device="meta")
+    cfg = CFG.replace(copy_dim=copy_dim)
+    plain = build_model(cfg)
+    other = build_model(cfg, device="meta")
     parallelize(other, pc, "cpu", world_size=1)
     other.to_empty(device="cpu")
     set_model_state_dict(other, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
-    x = torch.randint(0, CFG.vocab_size, (2, 33))
+    x = torch.randint(0, cfg.vocab_size, (2, 33))
     loss_a, grads_a = loss_and_grads(plain, x)
     loss_b, grads_b = loss_and_grads(other, x)
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
