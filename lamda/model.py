@@ -81,7 +81,8 @@ class KVCache:
     def map(self, f, *others: "KVCache") -> "KVCache":
         """A new cache of f(tensor, *the same tensor of `others`, seq_dim) for every part."""
         n = len(self.k)
-        out = [f(t, *(o.parts()[i][0] for o in others), d) for i, (t, d) in enumerate(self.parts())]
+        columns = zip(self.parts(), *(o.parts() for o in others))  # ((t, d), (t', d'), ...)
+        out = [f(t, *(o for o, _ in rest), d) for (t, d), *rest in columns]
         copy = self.copy_k is not None
         return KVCache(out[:n], out[n:2 * n], out[2 * n + copy],
                        out[2 * n] if copy else None, out[-1] if copy else None)
@@ -252,9 +253,12 @@ class LaMDA(nn.Module):
                                       cache, input_pos, only)
         if only is not None:
             x = x[only]  # (N, C)
-        x = self.norm(x) * self.cfg.d_model ** -0.5
+        return self._vocab_logits(self.norm(x))  # (B, T, V) or (N, V)
+
+    def _vocab_logits(self, h: Tensor) -> Tensor:
+        """The tied output layer: final normed hidden states (..., C) -> logits (..., V)."""
         w = self.embed.weight
-        return x.to(w.device) @ w.t()  # (B, T, V) or (N, V); .to: a no-op unless layers span devices
+        return (h * self.cfg.d_model ** -0.5).to(w.device) @ w.t()  # .to: layers may span devices
 
     def _copy_mixture(self, h: Tensor, tokens: Tensor, bias: RelativeBias, cache: KVCache | None,
                       input_pos: Tensor | None, only: Tensor | None) -> Tensor:
@@ -285,8 +289,7 @@ class LaMDA(nn.Module):
         ids = ids[:, None].expand_as(attn)
         if only is not None:
             h, attn, ids, mix = h[only], attn[only], ids[only], mix[only]  # (N, ...)
-        w = self.embed.weight
-        p_vocab = ((h * self.cfg.d_model ** -0.5) @ w.t()).float().softmax(-1)  # (..., V)
+        p_vocab = self._vocab_logits(h).float().softmax(-1)  # (..., V)
         p = (mix[..., :1] * p_vocab).scatter_add_(-1, ids, attn)
         return p.clamp_min(torch.finfo(p.dtype).tiny).log()
 
