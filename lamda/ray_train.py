@@ -118,6 +118,7 @@ class TrainState:
     sources: dict[str, list] = field(default_factory=dict)  # tokens: per source, per rank
     # [epoch, window, row] (token_stream.SourceStream.position), gathered at each checkpoint
     draws: int = 0  # tokens: micro-batches drawn
+    cpu_bf16: bool | None = None  # computing in bf16 on CPU: decided at the run's first start
 
 
 def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, offset: int = 0):
@@ -210,6 +211,18 @@ def _eval_loss(model, batches, spec: RunSpec, device) -> float | None:
     dist.all_reduce(total)
     dist.all_reduce(n)
     return float(total / n) if n > 0 else None
+
+
+def _compute_in_bf16(spec: RunSpec, state: TrainState, device) -> bool:
+    """Whether the steps compute in bf16 on CPU. Decided once, at the run's first start, where
+    every rank's CPU finds it pays (each times its own), and kept in the train state: a rank that
+    timed its CPU while it was busy must not compute differently from the others, and a resumed
+    run computes as the run it continues, so its loss curve is the uninterrupted one."""
+    if state.cpu_bf16 is None:
+        pays = torch.tensor(int(spec.parallel.cpu_bf16 and cpu_bf16_pays(device)), device=device)
+        dist.all_reduce(pays, op=dist.ReduceOp.MIN)
+        state.cpu_bf16 = bool(pays)
+    return state.cpu_bf16
 
 
 def _save_checkpoint(model, opt, spec: RunSpec, state: TrainState, rank: int, metrics: dict,
@@ -357,10 +370,12 @@ def train_worker(config: dict) -> None:
     flops_per_token = spec.model.flops_per_token(tc.seq_len)
 
     loss_fn = torch.compile(lm_loss) if spec.parallel.compile else lm_loss
-    bf16 = spec.parallel.cpu_bf16 and cpu_bf16_pays(device)
+    resumed = state.cpu_bf16 is not None
+    bf16 = _compute_in_bf16(spec, state, device)
     if rank == 0 and bf16:
-        log.info(f"[{spec.stage}] computing in bf16 on this CPU (its bf16 matrix products are "
-                 f"{cpu_bf16_speedup():.1f}x as fast)")
+        log.info(f"[{spec.stage}] computing in bf16 on CPU " + (
+            "(as the run it resumes did)" if resumed else
+            f"(its bf16 matrix products are {cpu_bf16_speedup():.1f}x as fast)"))
     t_last, tokens_last = time.perf_counter(), state.tokens
     energy_base, in_a_row, saved = state.energy_kwh, 0, state.step
     while state.step < tc.steps:

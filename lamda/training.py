@@ -82,11 +82,12 @@ BF16_MIN_SPEEDUP = 1.5  # compute in bf16 on a CPU only where its matrix product
 @functools.cache
 def cpu_bf16_speedup() -> float:
     """How many times faster this CPU multiplies bfloat16 matrices than float32 ones, timed once
-    per process on a product of a training step's shape. CPUs with bf16 dot-product instructions
+    per process on a product of a training step's shape (the fastest of 9 tries each, so that a
+    core busy with other work times it as an idle one). CPUs with bf16 dot-product instructions
     (AVX512-BF16, AMX) run them several times faster; others emulate them, more slowly."""
-    def best(a: Tensor, b: Tensor) -> float:
+    def best(a: Tensor, b: Tensor) -> float:  # the fastest of 9 (the first warms up)
         times = []
-        for _ in range(4):
+        for _ in range(10):
             t0 = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t0)
