@@ -1,7 +1,7 @@
 """Serving overhead and throughput on this machine. Prints JSON lines.
 
     python bench/serve.py [--preset tiny | --model EXPORT] [--turns 10] [--research]
-                          [--clients 1 4 16 64] [--prefix-cache-tokens N]
+                          [--research-candidates 8] [--clients 1 4 16 64] [--prefix-cache-tokens N]
 
 1. The same turn (16 candidates x 32 tokens, ranking; same seed) through HTTP + Ray Serve vs the
    same calls in-process (the Sampler's continuous-batching engine, lamda.engine, and the Ranker's
@@ -10,7 +10,9 @@
 2. At 1, 4, 16 and 64 concurrent clients: requests/s, p50 and p99 latency, served and in-process
    (the same engine, the same number of concurrent turns).
 `--research` runs the research loop after sample-and-rank (the Toolset's calculator and
-translator; random weights route at random, so the loop's length varies), else the work is fixed.
+translator; random weights route at random, so the loop's length varies), else the work is fixed;
+each research step samples `--research-candidates` outputs (ChatConfig's default, at its
+temperature) in-process and served alike.
 Every request is a new conversation whose message begins with its own number, so no two
 requests share a prefix; within a turn the research steps reuse the context's cache
 (`--prefix-cache-tokens 0` turns that off). Random weights: the work, not the text, is measured,
@@ -54,12 +56,15 @@ def random_model(preset: str, tokenizer: Path | None = None, device: str = "cpu"
 
 
 def main(argv=None) -> None:
+    from lamda.turn import ChatConfig, ChatModel, chat_turn
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", help="random weights of this size")
     p.add_argument("--model", default=None, help="a trained export instead of random weights")
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--port", type=int, default=8321)
     p.add_argument("--research", action="store_true", help="the research loop on")
+    p.add_argument("--research-candidates", type=int, default=ChatConfig.research_candidates,
+                   help="samples per research step, in-process and served (ChatConfig's default)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--prefix-cache-tokens", type=int, default=None,
                    help="the engines' prefix cache (default: EngineConfig's; 0: off)")
@@ -72,7 +77,6 @@ def main(argv=None) -> None:
     import ray
     from ray import serve
 
-    from lamda.turn import ChatConfig, ChatModel, chat_turn
     from lamda.checkpoint import load_export, save_export
     from lamda.data import Turn
     from lamda.decode import SamplingConfig
@@ -100,8 +104,10 @@ def main(argv=None) -> None:
     engine_cfg = {} if a.prefix_cache_tokens is None else {"prefix_cache_tokens": a.prefix_cache_tokens}
     engine = DecodeEngine(model, tok, EngineConfig(**engine_cfg))
     sampling, rank_cfg = SamplingConfig(**SAMPLING), RankConfig(safety_threshold=0.0)
-    cfg = ChatConfig(research=a.research, max_iterations=2)
-    research_sampling = SamplingConfig(**{**SAMPLING, "num_candidates": 1, "temperature": 0.0})
+    cfg = ChatConfig(research=a.research, max_iterations=2,
+                     research_candidates=a.research_candidates)
+    research_sampling = SamplingConfig(**{**SAMPLING, "num_candidates": cfg.research_candidates,
+                                          "temperature": cfg.research_temperature})
     tools = Tools() if a.research else None
 
     def respond(ctx):
@@ -128,7 +134,9 @@ def main(argv=None) -> None:
     threads = a.threads  # the replicas compute with as many threads as in-process
     concurrent = {"max_ongoing_requests": 128, "max_queued_requests": 256}
     serve.run(Chat.options(ray_actor_options=small, **concurrent,
-                           user_config={"research": a.research, "max_iterations": 2}).bind(
+                           user_config={"research": a.research, "max_iterations": 2,
+                                        "research_candidates": cfg.research_candidates,
+                                        "research_temperature": cfg.research_temperature}).bind(
         Sampler.options(ray_actor_options=small, user_config=SAMPLING, **concurrent).bind(
             export, threads, engine_cfg),
         Ranker.options(ray_actor_options=small, user_config={"safety_threshold": 0.0},
@@ -146,7 +154,7 @@ def main(argv=None) -> None:
     via_serve = [timed(remote) for _ in range(a.turns)]
     local_s, serve_s = statistics.median(in_process), statistics.median(via_serve)
     common = {"model": Path(a.model).name if a.model else a.preset, "threads": a.threads,
-              "research": a.research,
+              "research": a.research, "research_candidates": cfg.research_candidates,
               "prefix_cache_tokens": engine.cfg.prefix_cache_tokens}
     print(json.dumps({"bench": "serve_overhead", **common, **SAMPLING,
                       "in_process_s": round(local_s, 4), "serve_http_s": round(serve_s, 4),

@@ -106,3 +106,41 @@ def test_the_output_layers_positions_come_in_few_shapes_with_the_same_loss():
     opt = build_optimizer(model, TrainConfig(steps=1, lr=0.0, warmup_steps=1))
     stats = train_step(model, opt, [(inputs, targets, mask, None)], 0, TrainConfig(steps=1, lr=0.0))
     assert abs(stats["loss"] - exact) < 1e-5  # train_step rounds (here: to every position)
+
+
+def _bf16_choice(rank: int, port: int, cases: list, out: str) -> None:
+    """A rank of a 2-process gloo group: for each (rank 0 pays, rank 1 pays, decided before)
+    case, the precision the Ray Train loop computes in, and what its train state keeps."""
+    import json
+    import os
+    import torch.distributed as dist
+    import lamda.ray_train as R
+    from lamda.parallel import ParallelConfig
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    spec = R.RunSpec(model=None, train=TrainConfig(), tokenizer=None, parallel=ParallelConfig())
+    got = []
+    for pays, decided in cases:
+        R.cpu_bf16_pays = lambda device: pays[rank]  # this rank's CPU, as it timed it
+        state = R.TrainState(cpu_bf16=decided)
+        got.append([R._compute_in_bf16(spec, state, torch.device("cpu")), state.cpu_bf16])
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(got, f)
+    dist.destroy_process_group()
+
+
+def test_every_rank_computes_in_the_precision_decided_once_for_the_run(tmp_path):
+    """bf16 only where every rank's CPU pays (a rank that timed its CPU busy makes them all
+    compute in float32, not alone), and a resumed run keeps what its train state says."""
+    import json
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cases = [((True, True), None), ((True, False), None), ((False, False), True),
+             ((True, True), False)]
+    mp.spawn(_bf16_choice, args=(port, cases, str(tmp_path / "out")), nprocs=2)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"out.{rank}").read_text())
+        assert got == [[True, True], [False, False], [True, True], [False, False]]
