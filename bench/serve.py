@@ -56,7 +56,7 @@ def random_model(preset: str, tokenizer: Path | None = None, device: str = "cpu"
 
 
 def main(argv=None) -> None:
-    from lamda.turn import ChatConfig, ChatModel, chat_turn
+    from lamda.turn import ChatConfig, ChatModel, chat_turn, research_sampling
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", help="random weights of this size")
     p.add_argument("--model", default=None, help="a trained export instead of random weights")
@@ -104,10 +104,9 @@ def main(argv=None) -> None:
     engine_cfg = {} if a.prefix_cache_tokens is None else {"prefix_cache_tokens": a.prefix_cache_tokens}
     engine = DecodeEngine(model, tok, EngineConfig(**engine_cfg))
     sampling, rank_cfg = SamplingConfig(**SAMPLING), RankConfig(safety_threshold=0.0)
-    cfg = ChatConfig(research=a.research, max_iterations=2,
+    cfg = ChatConfig(sampling=sampling, research=a.research, max_iterations=2,
                      research_candidates=a.research_candidates)
-    research_sampling = SamplingConfig(**{**SAMPLING, "num_candidates": cfg.research_candidates,
-                                          "temperature": cfg.research_temperature})
+    research_cfg = research_sampling(cfg)  # as the served Chat samples research outputs
     tools = Tools() if a.research else None
 
     def respond(ctx):
@@ -117,8 +116,8 @@ def main(argv=None) -> None:
         return ranked, f1 + f2, {**t1, **t2}
 
     def research(ctx, draft, steps):
-        prompt, routes = chat.research_request(ctx, draft, steps, research_sampling)
-        decoded = engine.submit(prompt, research_sampling, routes).result()
+        prompt, routes = chat.research_request(ctx, draft, steps, research_cfg)
+        decoded = engine.submit(prompt, research_cfg, routes).result()
         return chat.research_output(prompt, decoded.candidates)[:2]
 
     def local():

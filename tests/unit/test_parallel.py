@@ -1,8 +1,9 @@
 """parallelize(): in one process, FSDP2 over a 1-rank gloo group, activation checkpointing and
 compile match the plain model; in 4 CPU processes (gloo), tensor parallelism composed with FSDP2
 as a 2 x 2 mesh (dp, tp) trains to the losses, gradient norms and weights of one process, and
-initialises consistently."""
+initialises consistently; in 2, the ranks agree on the CPU precision."""
 
+import json
 import os
 import socket
 
@@ -126,3 +127,31 @@ def test_a_2x2_mesh_trains_as_one_process(tmp_path):
     # near-zero gradient's rounding into a whole step: 2.4e-5 apart on an AMD EPYC, for 1 of 4,096
     for name, w in model.state_dict().items():
         torch.testing.assert_close(full[name], w, atol=5e-5, rtol=0)
+
+
+def bf16_choice(rank: int, port: int, cases: list, out: str) -> None:
+    """A rank of a 2-process gloo group: for each (rank 0 pays, rank 1 pays, decided before)
+    case, the precision the Ray Train loop computes in, and what its train state keeps."""
+    import lamda.ray_train as R
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    spec = R.RunSpec(model=CFG, train=TRAIN, tokenizer=None, parallel=ParallelConfig())
+    got = []
+    for pays, decided in cases:
+        R.cpu_bf16_pays = lambda device: pays[rank]  # this rank's CPU, as it timed it
+        state = R.TrainState(cpu_bf16=decided)
+        got.append([R._compute_in_bf16(spec, state, torch.device("cpu")), state.cpu_bf16])
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(got, f)
+    dist.destroy_process_group()
+
+
+def test_every_rank_computes_in_the_precision_decided_once_for_the_run(tmp_path):
+    """bf16 only where every rank's CPU pays (a rank that timed its CPU busy makes them all
+    compute in float32, not alone), and a resumed run keeps what its train state says."""
+    cases = [((True, True), None), ((True, False), None), ((False, False), True),
+             ((True, True), False)]
+    mp.spawn(bf16_choice, args=(port(), cases, str(tmp_path / "out")), nprocs=2)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"out.{rank}").read_text())
+        assert got == [[True, True], [False, False], [True, True], [False, False]]
