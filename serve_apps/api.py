@@ -135,9 +135,11 @@ class ChatCompletionRequest(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """The native API: one user message, optionally continuing a conversation."""
+    """The native API: one user message, optionally continuing a conversation. It takes no
+    sampling settings (those are the Serve config's, or the OpenAI API's per request), so any
+    other field is refused rather than silently ignored."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=NO_NUL)
     conversation_id: str | None = Field(default=None, max_length=64, pattern=ID_PATTERN)
     model: str = "lamda"

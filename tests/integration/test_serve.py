@@ -156,6 +156,7 @@ def test_openai_client(server):
     ("invalid utf-8", AUTH, None, b'{"message": "\xff\xfe"}', 400),
     ("not an object", AUTH, None, b"[1, 2, 3]", 422),
     ("unknown model", AUTH, {"message": "hi", "model": "gpt-4"}, None, 404),
+    ("a field it does not take", AUTH, {"message": "hi", "top_p": 0.5}, None, 422),
 ])
 def test_bad_requests_get_clean_4xx(server, case, headers, body, raw, status):
     r = post(f"{server['url']}/chat", body, headers, raw)
