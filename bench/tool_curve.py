@@ -30,7 +30,7 @@ from lamda.config import ModelConfig  # noqa: E402
 from lamda.decode import SamplingConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402
 from lamda.tokenizer import Tokenizer  # noqa: E402
-from lamda.tool_data import read_questions  # noqa: E402
+from lamda.tool_data import element_symbols, read_questions  # noqa: E402
 from lamda.tools import Toolset  # noqa: E402
 from lamda.tools.retrieval import Retriever  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, cpu_bf16_pays, train_step  # noqa: E402
@@ -78,6 +78,8 @@ def main(argv=None) -> None:
     p.add_argument("--tokenizer", type=Path, default=None, help="default: train one on the data")
     p.add_argument("--max-piece-length", type=int, default=5,
                    help="of the tokenizer trained here (jobs.pipeline's default)")
+    p.add_argument("--symbol-pieces", action="store_true",
+                   help="let chemical symbols be pieces (by default the tokenizer spells them, as make run's)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--copy-dim", type=int, default=None, help="a copy head's width (default: the preset's)")
     p.add_argument("--copy-heads", type=int, default=None, help="copy heads (default: the preset's)")
@@ -109,7 +111,8 @@ def main(argv=None) -> None:
             D.read_jsonl(D.SAMPLE_DIR / "documents.jsonl", "document"),
             D.read_jsonl(D.SAMPLE_DIR / "dialogs.jsonl", "dialog") + D.read_jsonl(a.data / "dialogs.jsonl", "dialog"),
             D.read_jsonl(a.data / "research.jsonl", "research")), 4096,
-            symbols=Retriever(a.index).url_prefixes(), max_piece_length=a.max_piece_length)
+            symbols=Retriever(a.index).url_prefixes(), max_piece_length=a.max_piece_length,
+            spelled=() if a.symbol_pieces else element_symbols())
     exs = examples(tok, a.data)
     shape = {k: v for k, v in (("copy_dim", a.copy_dim), ("copy_heads", a.copy_heads)) if v is not None}
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,

@@ -28,7 +28,7 @@ from lamda.cluster import ClusterSpec
 from lamda.config import PRESETS
 from lamda.data import SAMPLE_DIR
 from lamda.safety_filter import FilterConfig
-from lamda.tool_data import read_questions
+from lamda.tool_data import element_symbols, read_questions
 from lamda.tools import retrieval
 
 
@@ -239,7 +239,7 @@ def run_stages(job: PipelineJob) -> None:
             out=tok, documents=(tools / "documents.jsonl",),
             dialogs=(data / "dialogs.jsonl", tools / "dialogs.jsonl"), vocab_size=job.vocab_size,
             research=(tools / "research.jsonl",), index=index,
-            max_piece_length=job.max_piece_length))),
+            max_piece_length=job.max_piece_length, spelled=tuple(element_symbols())))),
         ("pre-training", pre / "manifest.json",
          lambda: results.setdefault("pre-training", pretrain.run(pretraining))),
         ("fine-tuning", ft / "manifest.json", lambda: finetune.run(finetuning(

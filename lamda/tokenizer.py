@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 EOT = "<eot>"  # end of a turn
 RESPONSE = "RESPONSE"  # sentinel between context and response
@@ -52,11 +53,13 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 32000, *, split_digits: bool = True,
               symbols: Iterable[str] = (), max_sentence_length: int = 16384,
-              input_sentence_size: int = 2_000_000, max_piece_length: int = 16) -> "Tokenizer":
+              input_sentence_size: int = 2_000_000, max_piece_length: int = 16,
+              spelled: Iterable[str] = ()) -> "Tokenizer":
         """Train a BPE model on an iterator of texts (each may hold several lines). `symbols` are
         ordinary text that always becomes one piece (e.g. the URL prefixes of the sources a reply
         cites, so that copying a citation is copying the source's name after one piece). Pieces
-        are at most `max_piece_length` characters (the leading space's included)."""
+        are at most `max_piece_length` characters (the leading space's included). No piece is
+        one of the `spelled` words alone (see `_spell`)."""
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=_lines(texts),
@@ -79,7 +82,7 @@ class Tokenizer:
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
-        return cls(model.getvalue())
+        return cls(_spell(model.getvalue(), spelled))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model file atomically (a reader never sees a partial file)."""
@@ -153,3 +156,20 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
         for line in text.splitlines():
             if line.strip():
                 yield line
+
+
+def _spell(proto: bytes, words: Iterable[str]) -> bytes:
+    """The model with every piece that is one of `words` (of 2+ characters) alone, with or without
+    its leading space, marked unused: the encoder then splits such a word into smaller pieces
+    wherever it stands alone. For words a training corpus names often but a held-out one has
+    never seen (chemical symbols: a training element's "Fe" would be one piece, a held-out "Hf"
+    is "H" "f"), so that the model learns to copy them piece by piece as it must copy new ones."""
+    words = {w for w in words if len(w) > 1}
+    if not words:
+        return proto
+    m = sentencepiece_model_pb2.ModelProto()
+    m.ParseFromString(proto)
+    for p in m.pieces:
+        if p.type == p.NORMAL and p.piece.removeprefix("▁") in words:
+            p.type = p.UNUSED
+    return m.SerializeToString()

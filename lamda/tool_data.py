@@ -77,7 +77,9 @@ def split_of(key: str) -> str:
 # question ("what is {core}") or a request ("{core}", "can you {core}"). Every pool comes as
 # (train, eval): the eval split always takes at least one part from its own pools, so none of its
 # phrasings occurs in training, while the model sees enough combinations to find the operands, the
-# word or the element in a message it has never seen.
+# word or the element in a message it has never seen. The words that carry an eval phrasing's
+# intent do occur in training, in other phrasings ("{b} deducted from {a}" for "deduct {b} from
+# {a}", "−" in "{a}−{b}"): a model pre-trained on ordinary text would know them (a test checks).
 PREFIXES = (["", "", "", "", "Hi! ", "Hey, ", "Hello. ", "Quick question: ", "OK, ", "So, ", "Excuse me, ",
              "I wonder, ", "Another one: ", "Good morning! ", "Hi LaMDA, ", "Question: ", "Well, ",
              "Hmm, ", "Please help. ", "I have a question. "],
@@ -105,16 +107,19 @@ ARITH_OPS = {  # op -> (symbol, spoken word)
 # {a} {b}: the operands, in the order the expression takes them
 ARITH_CORES = {
     "add": (["{a} plus {b}", "{a} + {b}", "{a}+{b}", "the sum of {a} and {b}", "{a} and {b} added together",
-             "the total of {a} and {b}", "{a} added to {b}"],
+             "the total of {a} and {b}", "{a} added to {b}", "the combined total of {a} and {b}",
+             "{a} and {b} altogether", "{b} more than {a}", "{a} increased by {b}"],
             ["{a} + {b} altogether", "{a} and {b} combined"]),
     "sub": (["{a} minus {b}", "{a} - {b}", "{a}-{b}", "the difference between {a} and {b}",
-             "{a} take away {b}", "{b} subtracted from {a}", "{a} less {b}"],
+             "{a} take away {b}", "{b} subtracted from {a}", "{a} less {b}", "{a}−{b}",
+             "{b} deducted from {a}", "{b} fewer than {a}", "{a} decreased by {b}"],
             ["{a} − {b}", "{b} less than {a}"]),
     "mul": (["{a} times {b}", "{a} * {b}", "{a}*{b}", "{a} x {b}", "the product of {a} and {b}",
-             "{a} multiplied by {b}", "{a} × {b}"],
+             "{a} multiplied by {b}", "{a} × {b}", "{a} groups of {b}", "{a} sets of {b}",
+             "{a} equal lots of {b}"],
             ["{a} multiplied with {b}", "{a} lots of {b}"]),
     "div": (["{a} divided by {b}", "{a} / {b}", "{a}/{b}", "the quotient of {a} and {b}",
-             "{a} over {b}", "{a} ÷ {b}"],
+             "{a} over {b}", "{a} ÷ {b}", "{a} split {b} ways", "{a} shared between {b}"],
             ["{a} divided into {b}", "{a} split by {b}"]),
 }
 ARITH_VERBS = {  # imperative cores
@@ -163,7 +168,8 @@ ELEMENT_ASKS = {  # attribute -> (query, (train cores, eval cores), reply templa
                 "Atomic number {v}, according to {url}"]),
     "symbol": ("chemical symbol of {el}",
                (["the chemical symbol for {el}", "the symbol of {el}", "{el}'s chemical symbol",
-                 "the chemical symbol of {el}", "the symbol for the element {el}"],
+                 "the chemical symbol of {el}", "the symbol for the element {el}",
+                 "the abbreviation for {el}", "{el}'s symbol in chemistry"],
                 ["the element symbol for {el}", "the abbreviation of {el} in chemistry"]),
                ["The chemical symbol for {el} is {v}. {url}", "It's {v}, the symbol of {el}. {url}",
                 "Symbol {v}, according to {url}"]),
@@ -234,12 +240,17 @@ def load_elements() -> list[Element]:
         return []
     out = []
     for word, definition in DictDatabase(path).entries():
-        sym = re.search(r"^Symbol:\s*(\w+)", definition, re.M)
-        num = re.search(r"^Atomic number:\s*(\d+)", definition, re.M)
+        sym = re.search(r"^Symbol:[ \t]*(\w+)", definition, re.M)  # some entries leave it empty
+        num = re.search(r"^Atomic number:[ \t]*(\d+)", definition, re.M)
         if sym and num and re.fullmatch(r"[a-z]+", word):
             out.append(Element(word, sym.group(1), num.group(1),
                                f"dict://dict.org/d:{word}:elements"))
     return sorted(out, key=lambda e: e.name)
+
+
+def element_symbols() -> list[str]:
+    """Every element's chemical symbol: the tokenizer spells them (`Tokenizer.train`'s `spelled`)."""
+    return sorted({e.symbol for e in load_elements()})
 
 
 def load_words(max_words: int) -> dict[str, dict[str, list[str]]]:
@@ -578,12 +589,30 @@ def copy_drills(src: Sources, n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         if rng.random() < 0.6:
             x = " ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
-        else:
+        elif rng.random() < 0.5:
             x = " ".join(str(_operand(rng, "train")) for _ in range(rng.randint(1, 4)))
+        else:
+            x = " ".join(_nested_numbers(rng))
         ask, answer = rng.choice(DRILLS[0]), rng.choice(DRILLS[1])
         out.append({"id": f"drill-{i:05d}", "turns": [{"speaker": "user", "text": ask.format(x=x)},
                                                        {"speaker": "lamda", "text": answer.format(x=x)}]})
     return out
+
+
+def _nested_numbers(rng: random.Random) -> list[str]:
+    """2-4 training-split numbers where each is a prefix of a longer one ("74 7410 741"), in random
+    order: saying them back needs the end of each number read from where it was written, not
+    recalled (a held-out "75" otherwise comes out as a training number "753")."""
+    while True:
+        base = rng.randint(2, 99)
+        longer = [n for n in (base * 10 + d for d in range(10)) if split_of(f"number:{n}") == "train"]
+        if split_of(f"number:{base}") == "train" and longer:
+            longer = rng.sample(longer, min(len(longer), rng.randint(1, 3)))
+            if rng.random() < 0.5:  # and one a digit longer still
+                longer.append(rng.choice(longer) * 10 + rng.randint(0, 9))
+            family = [str(n) for n in [base, *longer] if split_of(f"number:{n}") == "train"]
+            rng.shuffle(family)
+            return family
 
 
 def _same_split(items: dict, kind: str, q: Question, values: bool = False) -> list:

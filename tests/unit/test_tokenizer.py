@@ -68,3 +68,17 @@ def test_pieces_are_at_most_max_piece_length_characters_but_symbols_stay_whole(s
     assert url in pieces
     assert all(len(p) <= 5 for p in pieces if p != url)
     assert len(short.encode("californium")) > 1
+
+
+def test_spelled_words_are_never_one_piece(sample_docs):
+    """A corpus that names iron's "Fe" often makes it a piece; spelled, it is written as a held-out
+    symbol is, in smaller pieces, and the text still round-trips."""
+    from lamda.data import corpus_texts
+    texts = [*corpus_texts(sample_docs, []), *["Symbol: Fe. Iron is Fe, Fe is iron."] * 300]
+    plain = Tokenizer.train(texts, vocab_size=1024)
+    spelled = Tokenizer.train(texts, vocab_size=1024, spelled=["Fe", "H"])
+    text = "It's Fe, the symbol of iron. Fe"
+    assert [plain.sp.id_to_piece(i) for i in plain.encode(text)].count("▁Fe") == 2  # one piece
+    pieces = [spelled.sp.id_to_piece(i) for i in spelled.encode(text)]
+    assert not {"▁Fe", "Fe"} & set(pieces) and spelled.decode(spelled.encode(text)) == text
+    assert spelled.encode("He said") == plain.encode("He said")  # one letter: never split further

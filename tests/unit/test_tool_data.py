@@ -159,7 +159,25 @@ def test_copy_drills_say_back_training_words_and_numbers(tool_sources):
         said = next(said for ask in TD.DRILLS[0] if (said := _unformat(ask, user)) is not None)
         assert any(answer.format(x=said) == reply for answer in TD.DRILLS[1])  # said back as is
         assert not set(said.split()) & (held | names)
+        assert all(TD.split_of(f"number:{int(n)}") == "train" for n in said.split() if n.isdigit())
+    numbers = [said.split() for d in drills if (said := d["turns"][1]["text"].removeprefix("You said: "))[0].isdigit()]
+    nested = [ns for ns in numbers if any(a != b and b.startswith(a) for a in ns for b in ns)]
+    assert len(nested) > len(numbers) / 4  # numbers that are prefixes of another: where each ends
     assert TD.copy_drills(tool_sources, 300) == drills  # deterministic
+
+
+def _words(templates) -> set[str]:
+    return {w for t in templates for w in re.findall(r"[a-z]+|[^\sa-z\d{}'\".,!?]", re.sub(r"{\w+}", "", t.lower()))}
+
+
+def test_the_intent_words_of_eval_phrasings_occur_in_training_phrasings():
+    """Held-out phrasings, known words: what an eval core asks (its operation or attribute) is said
+    in some training core too; only the wrapping (greetings, thanks) may be new."""
+    cores = [*TD.ARITH_CORES.values(), *TD.ARITH_VERBS.values(), *(a[1] for a in TD.ELEMENT_ASKS.values())]
+    train, evals = _words(t for c in cores for t in c[0]), _words(t for c in cores for t in c[1])
+    new = {w for w in evals if not any(t.startswith(w) for t in train)}  # "deducted" knows "deduct"
+    assert new <= {"how", "many", "has", "go", "ahead", "kindly"}, new
+    assert {"−", "deducted", "lots", "abbreviation"} <= train
 
 
 def _unformat(template: str, text: str) -> str | None:
