@@ -589,30 +589,12 @@ def copy_drills(src: Sources, n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         if rng.random() < 0.6:
             x = " ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
-        elif rng.random() < 0.5:
-            x = " ".join(str(_operand(rng, "train")) for _ in range(rng.randint(1, 4)))
         else:
-            x = " ".join(_nested_numbers(rng))
+            x = " ".join(str(_operand(rng, "train")) for _ in range(rng.randint(1, 4)))
         ask, answer = rng.choice(DRILLS[0]), rng.choice(DRILLS[1])
         out.append({"id": f"drill-{i:05d}", "turns": [{"speaker": "user", "text": ask.format(x=x)},
                                                        {"speaker": "lamda", "text": answer.format(x=x)}]})
     return out
-
-
-def _nested_numbers(rng: random.Random) -> list[str]:
-    """2-4 training-split numbers where each is a prefix of a longer one ("74 7410 741"), in random
-    order: saying them back needs the end of each number read from where it was written, not
-    recalled (a held-out "75" otherwise comes out as a training number "753")."""
-    while True:
-        base = rng.randint(2, 99)
-        longer = [n for n in (base * 10 + d for d in range(10)) if split_of(f"number:{n}") == "train"]
-        if split_of(f"number:{base}") == "train" and longer:
-            longer = rng.sample(longer, min(len(longer), rng.randint(1, 3)))
-            if rng.random() < 0.5:  # and one a digit longer still
-                longer.append(rng.choice(longer) * 10 + rng.randint(0, 9))
-            family = [str(n) for n in [base, *longer] if split_of(f"number:{n}") == "train"]
-            rng.shuffle(family)
-            return family
 
 
 def _same_split(items: dict, kind: str, q: Question, values: bool = False) -> list:

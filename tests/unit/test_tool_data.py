@@ -160,9 +160,6 @@ def test_copy_drills_say_back_training_words_and_numbers(tool_sources):
         assert any(answer.format(x=said) == reply for answer in TD.DRILLS[1])  # said back as is
         assert not set(said.split()) & (held | names)
         assert all(TD.split_of(f"number:{int(n)}") == "train" for n in said.split() if n.isdigit())
-    numbers = [said.split() for d in drills if (said := d["turns"][1]["text"].removeprefix("You said: "))[0].isdigit()]
-    nested = [ns for ns in numbers if any(a != b and b.startswith(a) for a in ns for b in ns)]
-    assert len(nested) > len(numbers) / 4  # numbers that are prefixes of another: where each ends
     assert TD.copy_drills(tool_sources, 300) == drills  # deterministic
 
 
