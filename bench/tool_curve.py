@@ -1,7 +1,8 @@
 """Held-out accuracy against training steps: the fine-tuning mixture of `make run` (tool-use
 research transcripts, generative dialogs, copy drills, rater-labelled responses), trained in one
 process without Ray, evaluated at the --eval-at steps through a whole chat turn (sample-and-rank
-draft, greedy research, real tools) on the held-out questions. Prints one JSON line per evaluation.
+draft, research sampled as the chat app's ChatConfig does, real tools) on the held-out
+questions. Prints one JSON line per evaluation.
 
     python -m jobs.tool_data --index runs/local/index.sqlite --out runs/local/data
     python bench/tool_curve.py --data runs/local/data --index runs/local/index.sqlite --steps 1500
@@ -91,6 +92,8 @@ def main(argv=None) -> None:
                    help="learning-rate multiplier of the relative-bias table")
     p.add_argument("--eval-at", type=lambda s: {int(x) for x in s.split(",")}, default={300, 600, 1200},
                    help="steps after which to evaluate (comma-separated; the last step always)")
+    p.add_argument("--questions", type=Path, default=None,
+                   help="held-out questions to grade on (default: DATA/heldout.jsonl)")
     p.add_argument("--per-kind", type=int, default=50,
                    help="held-out questions per kind (make run's file has 50-83, small talk 33)")
     p.add_argument("--candidates", type=int, default=8)
@@ -123,7 +126,7 @@ def main(argv=None) -> None:
                       bias_lr_scale=a.bias_lr_scale)
     opt = build_optimizer(model, cfg)
     by_kind = defaultdict(list)
-    for q in read_questions(a.data / "heldout.jsonl"):
+    for q in read_questions(a.questions or a.data / "heldout.jsonl"):
         by_kind[q.kind].append(q)
     questions = [q for qs in by_kind.values() for q in qs[:a.per_kind]]
     toolset = Toolset(retriever=Retriever(a.index)).warm_up()
