@@ -211,8 +211,13 @@ class ChatModel:
             text = text if stopped is None else stopped
             ids = self.tok.encode(text)
             if max_tokens is not None and len(ids) > max_tokens:
-                ids, cut = ids[:max_tokens], True
-                text = self.tok.decode(ids)
+                cut, keep = True, max_tokens
+                text = self.tok.decode(ids[:keep])
+                # not half a character (its bytes decode to U+FFFD, which re-encodes longer)
+                while keep and (text.endswith("\ufffd") or len(self.tok.encode(text)) > max_tokens):
+                    keep -= 1
+                    text = self.tok.decode(ids[:keep])
+                ids = self.tok.encode(text)
             out.append({"text": text, "tokens": len(ids), "finish_reason": "length" if cut else "stop"})
         if top_logprobs is not None:
             for o, lp in zip(out, self.reply_logprobs(context, [o["text"] for o in out], top_logprobs)):
@@ -220,10 +225,13 @@ class ChatModel:
         return out
 
     def piece(self, token_id: int) -> dict:
-        """A token as OpenAI reports it: its text (a word-initial piece with its space) and bytes."""
+        """A token as OpenAI reports it: its text (a word-initial piece with its space) and bytes.
+        A byte piece of an ASCII character is that character; one byte of a longer character
+        keeps its piece's name ("<0xE2>"), and the client joins the bytes."""
         piece = self.tok.sp.id_to_piece(token_id)
         if self.tok.sp.is_byte(token_id):
-            return {"token": piece, "bytes": [int(piece[3:5], 16)]}
+            byte = int(piece[3:5], 16)
+            return {"token": chr(byte) if byte < 0x80 else piece, "bytes": [byte]}
         text = piece.replace("\u2581", " ")
         return {"token": text, "bytes": list(text.encode())}
 

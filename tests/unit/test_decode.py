@@ -326,6 +326,17 @@ def test_reply_logprobs_are_the_models_per_token_likelihood(model, tok):
             assert e["top_logprobs"][0]["logprob"] == pytest.approx(float(logp[len(prompt) - 1 + j].max()), abs=1e-4)
 
 
+def test_logprob_tokens_of_byte_pieces_read_as_text(model, tok):
+    """A character the tokenizer falls back to bytes for: an ASCII one is its own token text ("*",
+    not "<0x2A>"); a longer one's bytes join into it, as an OpenAI client joins them."""
+    from lamda.turn import ChatModel
+    reply = "5 * 3 is 15 \u2603."
+    assert tok.sp.is_byte(tok.encode("*")[-1])
+    (lp,) = ChatModel(model, tok).reply_logprobs(CONTEXTS[0], [reply])
+    assert "*" in [e["token"] for e in lp]
+    assert bytes(b for e in lp for b in e["bytes"]).decode().strip() == reply
+
+
 def test_finish_cuts_replies_and_says_why(model, tok):
     from lamda.turn import ChatModel
     chat = ChatModel(model, tok)
@@ -337,6 +348,9 @@ def test_finish_cuts_replies_and_says_why(model, tok):
     assert stopped["text"] == "hello " and stopped["finish_reason"] == "stop"
     (lp,) = chat.finish(CONTEXTS[0], ["hi"], [False], top_logprobs=0)
     assert len(lp["logprobs"]) == lp["tokens"] and lp["logprobs"][0]["top_logprobs"] == []
+    # a cut inside a character's bytes ends before the character, not with U+FFFD (4 tokens)
+    (snow,) = chat.finish(CONTEXTS[0], ["\u2603 and more"], [False], max_tokens=2, top_logprobs=0)
+    assert snow["text"] == "" and snow["tokens"] == len(snow["logprobs"]) == 0
 
 
 def test_a_long_context_is_fitted_to_the_model_from_its_latest_turns(model, tok):
