@@ -56,9 +56,9 @@ def deploy(serve, work, num_candidates=4):
 
 def research_trained_model(tok, records, steps=120):
     """A debug model briefly fine-tuned on tool-use transcripts, so that it routes to the toolset
-    ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised (at 60 steps it gave
-    "User," 4-8% of the mass, enough for a sampled research output to answer without a tool; at
-    120 under 0.1%)."""
+    ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised (at 60 steps the first
+    research token was "TS," with p 0.50-0.60 and "User," 0.02-0.04, enough for a sampled research
+    output to answer without a tool; at 120 steps 0.93 and under 0.001)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size))
     examples = [research_example(tok, r) for r in records if r.steps]
