@@ -188,8 +188,7 @@ def text_only_mask(tok: Tokenizer, vocab_size: int, device=None) -> Tensor:
     mask = torch.zeros(vocab_size, device=device)
     banned = [i for i in tok.special_ids.values() if i != tok.eot_id]
     banned += [tok.pad_id, tok.eos_id, tok.sp.unk_id(), tok.sp.bos_id()]
-    banned += [i for i in range(tok.vocab_size)
-               if tok.sp.is_byte(i) and int(tok.sp.id_to_piece(i)[1:-1], 16) in CONTROL_BYTES]
+    banned += [i for i in range(tok.vocab_size) if tok.byte_value(i) in CONTROL_BYTES]
     mask[torch.tensor([i for i in banned if 0 <= i < vocab_size], device=device)] = float("-inf")
     mask[tok.vocab_size:] = float("-inf")
     return mask

@@ -150,6 +150,10 @@ class Tokenizer:
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
 
+    def byte_value(self, i: int) -> int | None:
+        """The byte a byte piece ("<0x2A>") stands for; None for any other piece."""
+        return int(self.piece(i)[3:5], 16) if self.sp.is_byte(int(i)) else None
+
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:
     for text in texts:

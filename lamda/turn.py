@@ -228,9 +228,8 @@ class ChatModel:
         """A token as OpenAI reports it: its text (a word-initial piece with its space) and bytes.
         A byte piece of an ASCII character is that character; one byte of a longer character
         keeps its piece's name ("<0xE2>"), and the client joins the bytes."""
-        piece = self.tok.sp.id_to_piece(token_id)
-        if self.tok.sp.is_byte(token_id):
-            byte = int(piece[3:5], 16)
+        piece, byte = self.tok.piece(token_id), self.tok.byte_value(token_id)
+        if byte is not None:
             return {"token": chr(byte) if byte < 0x80 else piece, "bytes": [byte]}
         text = piece.replace("\u2581", " ")
         return {"token": text, "bytes": list(text.encode())}
