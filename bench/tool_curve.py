@@ -64,6 +64,7 @@ def evaluate(chat: ChatModel, questions, toolset: Toolset, cfg: ChatConfig, tag:
         if dump:
             print(json.dumps({"step": tag, "id": q.id, "kind": q.kind, "text": q.text,
                               "want_query": q.query, "answers": q.answers, "url": q.url,
+                              "draft": research.draft if research else a.reply,
                               "queries": [s.query for s in research.steps] if research else [],
                               "reply": a.reply, "correct": graded[-1].correct,
                               "cited": graded[-1].cites_source}), file=dump, flush=True)

@@ -21,6 +21,7 @@ element's dictionary entry, the FreeDict entries of the word, the document's fac
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -38,6 +39,7 @@ KINDS = ("arithmetic", "element", "translation", "document", "chat")
 LANGUAGES = ("French", "German", "Spanish")
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.15  # share of entities (numbers, elements, words, documents) held out for eval
+MISLEADING_DRAFTS = 0.5  # share of training transcripts whose draft misleads (misleading_draft)
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,13 @@ def split_of(key: str) -> str:
 # phrasings occurs in training, while the model sees enough combinations to find the operands, the
 # word or the element in a message it has never seen. The words that carry an eval phrasing's
 # intent do occur in training, in other phrasings ("{b} deducted from {a}" for "deduct {b} from
-# {a}", "−" in "{a}−{b}"): a model pre-trained on ordinary text would know them (a test checks).
+# {a}", "−" in "{a}−{b}"), and so do the words of the eval prefixes ("curiosity" in "Pure
+# curiosity: " for "Out of curiosity, "): a model pre-trained on ordinary text would know them
+# (tests check), and a word it has never seen looks like the entity to copy.
 PREFIXES = (["", "", "", "", "Hi! ", "Hey, ", "Hello. ", "Quick question: ", "OK, ", "So, ", "Excuse me, ",
              "I wonder, ", "Another one: ", "Good morning! ", "Hi LaMDA, ", "Question: ", "Well, ",
-             "Hmm, ", "Please help. ", "I have a question. "],
+             "Hmm, ", "Please help. ", "I have a question. ", "Pure curiosity: ", "Sorry if I bother you, ",
+             "Hi there. ", "Just one thing: "],
             ["Sorry to bother you, ", "Hey there! ", "One more thing: ", "Out of curiosity, "])
 QUESTION_ENDINGS = (["?", "?", "?", "", " please?", ", please?", " for me?", "??", "? Thanks!"],
                     ["? Thank you.", ", thanks?"])
@@ -603,8 +608,59 @@ def _same_split(items: dict, kind: str, q: Question, values: bool = False) -> li
     return [v if values else k for k, v in items.items() if split_of(f"{kind}:{k}") == split]
 
 
-def build(src: Sources, toolset: Toolset, split: str = "train", seed: int = 0, **counts) -> list[dict]:
-    """Research records (lamda.data's schema) for every answerable question of the split. A
+def miscopy(text: str, rng: random.Random) -> str:
+    """`text` with its longest word or number copied wrong, as a model's draft gets an unfamiliar
+    one wrong: a character dropped, doubled, changed or added, or the word cut short."""
+    runs = list(re.finditer(r"[^\W_]+", text))
+    if not runs:
+        return text
+    m = max(runs, key=lambda r: len(r.group(0)))
+    w, i = m.group(0), rng.randrange(len(m.group(0)))
+    pool = "0123456789" if w.isdigit() else "abcdefghijklmnopqrstuvwxyz"
+    how = rng.choice(["drop", "double", "change", "add", "cut"] if len(w) > 2 else ["double", "change", "add"])
+    w = {"drop": w[:i] + w[i + 1:], "double": w[:i + 1] + w[i:], "change": w[:i] + rng.choice(pool.replace(w[i], "")) + w[i + 1:],
+         "add": w + rng.choice(pool), "cut": w[:max(2, i)]}[how]
+    return text[:m.start()] + w + text[m.end():]
+
+
+def miscopied_query(q: Question, src: Sources, rng: random.Random, tries: int = 5) -> str | None:
+    """The question's precise query with its entity (an operand, the element, the word) copied
+    wrong (miscopy), never into a real word, an element or one of the other split's numbers; None
+    when `tries` miscopies all were."""
+    split = q.id.split("-")[1]
+    for _ in range(tries):
+        if q.kind == "arithmetic":
+            a, op, b = q.query.split()
+            a, b = (int(miscopy(a, rng)), int(b)) if rng.random() < 0.5 else (int(a), int(miscopy(b, rng)))
+            if all(split_of(f"number:{n}") == split for n in (a, b)):
+                return f"{a} {op} {b}"
+            continue
+        head, sep, tail = q.query.rpartition(" of " if q.kind == "element" else " in ")
+        entity = miscopy(tail if q.kind == "element" else head, rng)
+        name = entity.strip("'\"").lower()
+        if name not in src.words and name not in {e.name for e in src.elements}:
+            return head + sep + entity if q.kind == "element" else entity + sep + tail
+    return None
+
+
+def misleading_draft(q: Question, src: Sources, rng: random.Random, drafts: list[str]) -> str:
+    """A draft that does not show the research what to ask: this question's with the entity
+    copied wrong (miscopied_query), or another question's (another kind, another entity, small
+    talk). At inference LaMDA-Base drafts the reply to a question it has never seen, and such
+    drafts are what it writes; a research task trained only on drafts that name the right entity
+    copies the draft's mistakes into its query."""
+    query = miscopied_query(q, src, rng) if q.kind != "document" and rng.random() < 0.5 else None
+    if query is None:
+        return rng.choice(drafts)
+    if q.kind == "arithmetic":  # as LaMDA-Base replies to it
+        return rng.choice(["{q} = {r}.", "{q} is {r}."]).format(q=query, r=rng.randint(0, 9999))
+    return draft(dataclasses.replace(q, query=query), src, rng)
+
+
+def build(src: Sources, toolset: Toolset, split: str = "train", seed: int = 0,
+          misleading_drafts: float = MISLEADING_DRAFTS, **counts) -> list[dict]:
+    """Research records (lamda.data's schema) for every answerable question of the split, where
+    `misleading_drafts` of the tool questions get a misleading draft (misleading_draft). A
     transcript where a tool happened to return another split's element or document is left out, so
     no held-out entity occurs in a training file."""
     rng = random.Random(f"{seed}:records")
@@ -614,5 +670,10 @@ def build(src: Sources, toolset: Toolset, split: str = "train", seed: int = 0, *
         rec = research_record(q, src, toolset, rng)
         if rec is not None and not any(u in r for s in rec["steps"] for r in s["results"]
                                        for u in other):
-            out.append(rec)
-    return out
+            out.append((q, rec))
+    mislead = random.Random(f"{seed}:drafts")  # its own stream: the transcripts stay the same
+    drafts = [rec["draft"] for _, rec in out]
+    for q, rec in out:
+        if rec["steps"] and mislead.random() < misleading_drafts:
+            rec["draft"] = misleading_draft(q, src, mislead, drafts)
+    return [rec for _, rec in out]

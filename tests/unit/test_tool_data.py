@@ -136,6 +136,42 @@ def test_one_sequence_trains_every_research_output(research_records, tok):
         assert ex.ids[:start] == research_prompt(tok, rec.context, rec.draft, rec.steps[:i])
 
 
+def test_miscopy_gets_the_longest_word_or_number_wrong_and_keeps_the_rest():
+    rng = random.Random(0)
+    for text in ("chemical symbol of hafnium", "'river' in French", "135 + 7721", "93 - 7"):
+        words = re.findall(r"\w+", text)
+        at = words.index(max(words, key=len))
+        for _ in range(50):
+            out = re.findall(r"\w+", TD.miscopy(text, rng))
+            assert len(out) == len(words) and out[at] != words[at]
+            assert out[:at] + out[at + 1:] == words[:at] + words[at + 1:]
+
+
+def test_a_misleading_draft_never_names_the_entity_nor_another(tool_sources):
+    """This question's draft with the entity copied wrong, or another question's: the research
+    must find the entity in the user's message, as it must when LaMDA-Base drafts a question it
+    has never seen. A miscopied entity is no real word, element or held-out number."""
+    qs = [q for q in TD.build_questions(tool_sources, "train", n_arithmetic=60, per_element=1,
+                                        per_word=1, max_words=60, chat_repeats=1, unknown_elements=0)
+          if q.kind in ENTITY_KINDS]
+    known = {e.name for e in tool_sources.elements} | set(tool_sources.words)
+    others = ["Hi! Happy to chat.", "Bye for now."]
+    rng, miscopied = random.Random(0), 0
+    for q in qs:
+        query = TD.miscopied_query(q, tool_sources, rng)
+        if q.kind == "arithmetic":
+            assert query.split()[1] == q.query.split()[1] and query != q.query
+            assert all(TD.split_of(f"number:{n}") == "train" for n in query.split()[::2])
+        else:
+            entity = query.rsplit(" of ", 1)[1] if q.kind == "element" else query.rsplit(" in ", 1)[0]
+            assert entity.strip("'\"").lower() not in known, query
+        draft = TD.misleading_draft(q, tool_sources, rng, others)
+        miscopied += draft not in others
+        entity = q.query.rsplit(" of ", 1)[1] if q.kind == "element" else q.query.rsplit(" in ", 1)[0]
+        assert not re.search(rf"(?<![\w.]){re.escape(entity)}(?!\w)", draft, re.I), (q.query, draft)
+    assert 0.3 * len(qs) < miscopied < 0.7 * len(qs)
+
+
 def test_safety_labels_rate_replies_and_drafts_safe_and_nothing_else(tok):
     user = [{"speaker": "user", "text": "What is 2 + 2?"}]
     records = [{"id": "res-arith-1", "context": user, "draft": "It's 5.", "steps": [], "reply": "It's 4."},
@@ -175,6 +211,9 @@ def test_the_intent_words_of_eval_phrasings_occur_in_training_phrasings():
     new = {w for w in evals if not any(t.startswith(w) for t in train)}  # "deducted" knows "deduct"
     assert new <= {"how", "many", "has", "go", "ahead", "kindly"}, new
     assert {"−", "deducted", "lots", "abbreviation"} <= train
+    wrapping = (TD.PREFIXES, TD.QUESTION_FRAMES, TD.REQUEST_FRAMES, TD.VERB_FRAMES)
+    known = train | _words(t for pool in wrapping for t in pool[0])
+    assert _words(TD.PREFIXES[1]) <= known  # "curiosity", "bother": not entities to copy
 
 
 def _unformat(template: str, text: str) -> str | None:
