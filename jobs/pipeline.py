@@ -38,9 +38,10 @@ from lamda.tools import retrieval
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
 MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes before the budget)
 # seconds for what follows the fine-tuning's steps: its start, safe-data filtering, the fine-tuning
-# on safe data, evaluation and the served check (about 130 s on the 2-core machine of
-# bench/RESULTS.md, mostly inference, which bf16 training does not speed up); with a margin
-RESERVE_S = 150.0
+# on safe data, evaluation and the served check: about 130 s on the 2-core machine of
+# bench/RESULTS.md, whose pre-training step took REFERENCE_STEP_S; mostly model work, so a slower
+# machine takes longer in proportion (177 s on a day its step took 1.15 s)
+RESERVE_S, REFERENCE_STEP_S = 130.0, 0.73
 # the fine-tuning stage's time per step against a pre-training step of the same rows: its steps
 # run the output layer and the copy head only at the loss positions (faster), and it adds its
 # start, checkpoints and evaluation losses (0.78 in the 14-minute make run of bench/RESULTS.md
@@ -84,7 +85,7 @@ class PipelineJob:
 def finetune_steps_for(minutes: float, elapsed_s: float, step_s: float) -> int:
     """The fine-tuning steps that end the pipeline within `minutes`, `elapsed_s` into it, for
     pre-training steps of `step_s` seconds (the same rows); at least MIN_FINETUNE_STEPS."""
-    left_s = minutes * 60 - elapsed_s - RESERVE_S
+    left_s = minutes * 60 - elapsed_s - RESERVE_S * max(1.0, step_s / REFERENCE_STEP_S)
     return max(MIN_FINETUNE_STEPS, int(left_s / (step_s * FINETUNE_STEP_COST)))
 
 

@@ -3,14 +3,16 @@ pipeline within --minutes at the pre-training's measured rate, decided once per 
 
 from types import SimpleNamespace
 
-from jobs.pipeline import (FINETUNE_STEP_COST, MIN_FINETUNE_STEPS, RESERVE_S, PipelineJob,
-                           budgeted_steps, finetune_steps_for)
+from jobs.pipeline import (FINETUNE_STEP_COST, MIN_FINETUNE_STEPS, REFERENCE_STEP_S, RESERVE_S,
+                           PipelineJob, budgeted_steps, finetune_steps_for)
 
 
 def test_the_steps_fill_what_the_budget_leaves():
     # a fine-tuning step is priced at FINETUNE_STEP_COST pre-training steps
-    assert finetune_steps_for(14, 75, 1.0) == int((840 - 75 - RESERVE_S) / FINETUNE_STEP_COST)
     assert finetune_steps_for(14, 75, 0.5) == int(2 * (840 - 75 - RESERVE_S) / FINETUNE_STEP_COST)
+    # what follows the fine-tuning takes longer in proportion on a slower machine
+    slow = RESERVE_S * 1.0 / REFERENCE_STEP_S
+    assert finetune_steps_for(14, 75, 1.0) == int((840 - 75 - slow) / FINETUNE_STEP_COST)
     assert finetune_steps_for(14, 600, 2.0) == MIN_FINETUNE_STEPS  # a slow one: the floor
 
 
