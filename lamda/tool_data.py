@@ -618,7 +618,8 @@ def miscopy(text: str, rng: random.Random) -> str:
     w, i = m.group(0), rng.randrange(len(m.group(0)))
     pool = "0123456789" if w.isdigit() else "abcdefghijklmnopqrstuvwxyz"
     how = rng.choice(["drop", "double", "change", "add", "cut"] if len(w) > 2 else ["double", "change", "add"])
-    w = {"drop": w[:i] + w[i + 1:], "double": w[:i + 1] + w[i:], "change": w[:i] + rng.choice(pool.replace(w[i], "")) + w[i + 1:],
+    w = {"drop": w[:i] + w[i + 1:], "double": w[:i + 1] + w[i:],
+         "change": w[:i] + rng.choice(pool.replace(w[i], "")) + w[i + 1:],
          "add": w + rng.choice(pool), "cut": w[:max(2, i)]}[how]
     return text[:m.start()] + w + text[m.end():]
 
