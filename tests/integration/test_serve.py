@@ -3,8 +3,10 @@ OpenAI-compatible APIs (with the official `openai` client), limits and errors, a
 a replica killed under load, live reconfiguration, and a real Prometheus scraping the metrics."""
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -56,12 +58,18 @@ def deploy(serve, work, num_candidates=4):
 
 def research_trained_model(tok, records, steps=120):
     """A debug model briefly fine-tuned on tool-use transcripts, so that it routes to the toolset
-    ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised (at 60 steps the first
-    research token was "TS," with p 0.50-0.60 and "User," 0.02-0.04, enough for a sampled research
-    output to answer without a tool; at 120 steps 0.93 and under 0.001)."""
+    ("TS, ...") like a fine-tuned LaMDA, and the tool path gets exercised. It learns no replies, so
+    its own drafts are noise ("1111111111"); half its transcripts get a draft of random
+    characters, or it takes such a draft for a tool result and answers without a tool (3 of 10
+    sampled turns of the first test's request without them, 0 of 10 with them)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size))
-    examples = [research_example(tok, r) for r in records if r.steps]
+    rng = random.Random(0)
+    def noisy(r):
+        return dataclasses.replace(r, draft="".join(rng.choices("abcdefghij0123456789 .'+*", k=rng.randint(4, 24))))
+
+    noise = [noisy(r) if rng.random() < 0.5 else r for r in records if r.steps]
+    examples = [research_example(tok, r) for r in noise]
     cfg = TrainConfig(steps=steps, lr=3e-3, warmup_steps=5, batch_size=16)
     opt = build_optimizer(model, cfg)
     for step in range(steps):
