@@ -22,6 +22,7 @@ element's dictionary entry, the FreeDict entries of the word, the document's fac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -56,6 +57,15 @@ class Question:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
+
+    def slots(self) -> dict[str, str]:
+        """The entity of an element or translation query and what is asked of it: {"el", "attr"}
+        for "atomic number of argon", {"word", "lang"} for "river in French"."""
+        if self.kind == "element":
+            return {"el": self.query.rsplit(" of ", 1)[1],
+                    "attr": "number" if self.query.startswith("atomic") else "symbol"}
+        word, lang = self.query.rsplit(" in ", 1)
+        return {"word": word, "lang": lang}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Question":
@@ -231,6 +241,10 @@ class Sources:
         names = {e.name for e in elements} | {w.lower() for d in docs for w in (d.entity, d.group)}
         words = {w: t for w, t in load_words(max_words).items() if w not in names}
         return cls(elements, words, docs, chat_pairs())
+
+    @functools.cached_property
+    def element_names(self) -> set[str]:
+        return {e.name for e in self.elements}
 
     def held_out_urls(self, split: str) -> set[str]:
         """The source URLs of the other split's elements and documents."""
@@ -529,12 +543,10 @@ def reply(q: Question, results: list[str], rng: random.Random) -> str:
     if q.kind == "arithmetic":
         return rng.choice(ARITH_REPLIES).format(r=results[0], q=q.query)
     if q.kind == "translation":
-        word, lang = q.query.rsplit(" in ", 1)
-        return rng.choice(TRANSLATION_REPLIES).format(word=word, lang=lang, t=results[0])
+        return rng.choice(TRANSLATION_REPLIES).format(**q.slots(), t=results[0])
     if q.kind == "element":
-        attr = "number" if q.query.startswith("atomic") else "symbol"
-        el = q.query.rsplit(" of ", 1)[1]
-        return _fill(rng.choice(ELEMENT_ASKS[attr][2]), el=el, v=q.answers[0], url=q.url)
+        s = q.slots()
+        return _fill(rng.choice(ELEMENT_ASKS[s["attr"]][2]), el=s["el"], v=q.answers[0], url=q.url)
     hit = next(r for r in results if q.url in r and _has([r], q.answers[0]))
     return hit  # a document's sentence with its URL
 
@@ -563,15 +575,14 @@ def draft(q: Question, src: Sources, rng: random.Random) -> str:
         wrong = fmt_number(arithmetic_value(op, int(a), int(b)) + rng.choice([-10, -2, -1, 1, 3, 10, 100]))
         return rng.choice(ARITH_DRAFTS).format(w=wrong, a=a, b=b, word=ARITH_OPS[op][1])
     if q.kind == "translation":
-        word, lang = q.query.rsplit(" in ", 1)
-        other = src.words[rng.choice(_same_split(src.words, "word", q))][lang.capitalize()][0]
-        return rng.choice(TRANSLATION_REPLIES).format(word=word, lang=lang, t=other)
+        s = q.slots()
+        other = src.words[rng.choice(_same_split(src.words, "word", q))][s["lang"].capitalize()][0]
+        return rng.choice(TRANSLATION_REPLIES).format(**s, t=other)
     if q.kind == "element":
-        attr = "number" if q.query.startswith("atomic") else "symbol"
-        el = q.query.rsplit(" of ", 1)[1]
+        s = q.slots()
         other = rng.choice(_same_split({e.name: e for e in src.elements}, "element", q, values=True))
-        w = other.number if attr == "number" else other.symbol
-        return _fill(rng.choice(ELEMENT_DRAFTS[attr]), el=el, w=w)
+        w = other.number if s["attr"] == "number" else other.symbol
+        return _fill(rng.choice(ELEMENT_DRAFTS[s["attr"]]), el=s["el"], w=w)
     return document_of(q, src).wrong
 
 
@@ -636,11 +647,12 @@ def miscopied_query(q: Question, src: Sources, rng: random.Random, tries: int = 
             if all(split_of(f"number:{n}") == split for n in (a, b)):
                 return f"{a} {op} {b}"
             continue
-        head, sep, tail = q.query.rpartition(" of " if q.kind == "element" else " in ")
-        entity = miscopy(tail if q.kind == "element" else head, rng)
-        name = entity.strip("'\"").lower()
-        if name not in src.words and name not in {e.name for e in src.elements}:
-            return head + sep + entity if q.kind == "element" else entity + sep + tail
+        entity = q.slots()["el" if q.kind == "element" else "word"]
+        wrong = miscopy(entity, rng)
+        name = wrong.strip("'\"").lower()
+        if name not in src.words and name not in src.element_names:
+            return (q.query[:-len(entity)] + wrong if q.kind == "element"
+                    else wrong + q.query[len(entity):])
     return None
 
 

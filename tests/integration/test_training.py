@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 STEPS, SEQ = 30, 64
 TRAIN_FLAGS = ["--preset", "debug", "--workers", "2", "--steps", str(STEPS), "--seq-len", str(SEQ),
                "--batch-size", "8", "--lr", "3e-3", "--checkpoint-every", "10", "--eval-every", "10",
-               "--log-every", "5", "--export-shard-mb", "0.1"]
+               "--log-every", "5", "--export-shard-mb", "0.1", "--no-cpu-bf16"]
+# float32 throughout: each run decides bf16 at its first start by timing its CPU, and the runs
+# compared here must compute alike (a busy 2-core CPU can time either way)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,8 +137,8 @@ def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1):
     spec = R.RunSpec(model=R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size),
                      train=R.TrainConfig(steps=STEPS, batch_size=8, seq_len=SEQ, lr=3e-3,
                                          warmup_steps=3, log_every=5),
-                     tokenizer=tok, parallel=R.ParallelConfig(tp=tp), checkpoint_every=10,
-                     eval_every=10, export_to=export,
+                     tokenizer=tok, parallel=R.ParallelConfig(tp=tp, cpu_bf16=False),
+                     checkpoint_every=10, eval_every=10, export_to=export,
                      after_step=KillWorker(15, str(marker)) if marker else None)
     ds = RD.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
@@ -192,14 +194,17 @@ def test_resume_is_exact_on_data_of_many_blocks(pretrained, tok, work):
 
 def test_a_2x2_mesh_trains_resumes_exactly_and_exports(pretrained, tok, work):
     """4 workers as 2 (FSDP) x 2 (tensor parallel): the loss falls as with FSDP alone, a killed
-    worker resumes onto the uninterrupted curve, and the sharded export loads whole."""
+    worker resumes onto the uninterrupted curve, and the sharded export loads whole. The curves
+    agree to float noise, not bit for bit: one CI machine's differed by 7.7e-5 (relative) ten
+    steps after the restart, while the loss of one batch and the next differ by 0.5% or more."""
     whole = crash_run(tok, str(work / "runs"), "tp", None, export=str(work / "tp-export"), tp=2)
     resumed = crash_run(tok, str(work / "runs"), "tp-crash", work / "crashed-tp", tp=2)
     assert resumed.metrics["restarts"] == [10] and whole.metrics["step"] == STEPS
     assert whole.metrics["tokens"] == STEPS * 2 * 8 * SEQ  # two groups' batches per step
     assert whole.metrics["loss"] < pretrained.metrics["loss"] + 0.3
     after = {s: v for s, v in losses(resumed).items() if s > 10}
-    assert after == pytest.approx({s: losses(whole)[s] for s in after}, rel=1e-5)
+    assert sorted(after) == [20, 30]
+    assert after == pytest.approx({s: losses(whole)[s] for s in after}, rel=1e-3)
     model, _ = load_export(work / "tp-export")
     assert model.blocks[0].attn.q.weight.shape == (model.cfg.d_attn, model.cfg.d_model)
 
