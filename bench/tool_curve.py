@@ -85,6 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--copy-dim", type=int, default=None, help="a copy head's width (default: the preset's)")
     p.add_argument("--copy-heads", type=int, default=None, help="copy heads (default: the preset's)")
+    p.add_argument("--shape", default="", help="other ModelConfig fields, e.g. n_layer=8,d_model=192")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
     p.add_argument("--seq-len", type=int, default=256)
@@ -119,6 +120,7 @@ def main(argv=None) -> None:
             spelled=() if a.symbol_pieces else element_symbols())
     exs = examples(tok, a.data)
     shape = {k: v for k, v in (("copy_dim", a.copy_dim), ("copy_heads", a.copy_heads)) if v is not None}
+    shape.update({k: int(v) for k, v in (kv.split("=") for kv in a.shape.split(",") if kv)})
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                               max_seq_len=max(a.seq_len, 256), **shape), device=a.device)
     if a.device.startswith("cuda"):
@@ -149,7 +151,7 @@ def main(argv=None) -> None:
             t1 = time.perf_counter()
             trained += t1 - t0
             result = evaluate(chat, questions, toolset, chat_cfg, tag=str(step + 1), dump=dump)
-            print(json.dumps({"bench": "tool_curve", "preset": a.preset, "device": a.device,
+            print(json.dumps({"bench": "tool_curve", "preset": a.preset, "shape": a.shape, "device": a.device,
                               "bf16": bf16, "step": step + 1, "examples": (step + 1) * take,
                               "loss": round(m["loss"], 4), "train_seconds": round(trained, 1),
                               "eval_seconds": round(time.perf_counter() - t1, 1),

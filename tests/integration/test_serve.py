@@ -65,10 +65,9 @@ def research_trained_model(tok, records, steps=120):
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name("debug", vocab_size=tok.vocab_size))
     rng = random.Random(0)
-    def noisy(r):
-        return dataclasses.replace(r, draft="".join(rng.choices("abcdefghij0123456789 .'+*", k=rng.randint(4, 24))))
-
-    noise = [noisy(r) if rng.random() < 0.5 else r for r in records if r.steps]
+    chars = "abcdefghij0123456789 .'+*"
+    noise = [dataclasses.replace(r, draft="".join(rng.choices(chars, k=rng.randint(4, 24))))
+             if rng.random() < 0.5 else r for r in records if r.steps]
     examples = [research_example(tok, r) for r in noise]
     cfg = TrainConfig(steps=steps, lr=3e-3, warmup_steps=5, batch_size=16)
     opt = build_optimizer(model, cfg)
