@@ -69,9 +69,9 @@ class Device:
 # "A Domain-Specific Supercomputer for Training Deep Neural Networks", CACM 2020), the whole
 # 1,024-chip pod on ICI. MFU: 56.2% measured for `2b` on one H200 (bench/RESULTS.md; the H100's
 # 53.5% predates the last flex settings, A100 not measured: 56.2% assumed for both); 56.5% the
-# paper's 137B run (§10), which counts the FLOPs executed; CPU: `tiny` at 4,275
-# tokens/s on 2 cores (bench/RESULTS.md) against accounting's nominal 1 TFLOP/s. The CPU row is
-# nominal: one 16 GiB machine, gloo over shared memory and 10 Gb Ethernet.
+# paper's 137B run (§10), which counts the FLOPs executed; CPU: `tiny` (4 x 256 then) at
+# 4,275 tokens/s on 2 cores (bench/RESULTS.md) against accounting's nominal 1 TFLOP/s. The CPU
+# row is nominal: one 16 GiB machine, gloo over shared memory and 10 Gb Ethernet.
 DEVICES: dict[str, Device] = {
     "h100": Device(memory_gib=79.6, node=8, intra_gbs=450.0, inter_gbs=50.0, mfu=0.562),
     "h200": Device(memory_gib=140.4, node=8, intra_gbs=450.0, inter_gbs=50.0, mfu=0.562),
