@@ -83,9 +83,8 @@ def main(argv=None) -> None:
     p.add_argument("--symbol-pieces", action="store_true",
                    help="let chemical symbols be pieces (by default the tokenizer spells them, as make run's)")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--copy-dim", type=int, default=None, help="a copy head's width (default: the preset's)")
-    p.add_argument("--copy-heads", type=int, default=None, help="copy heads (default: the preset's)")
-    p.add_argument("--shape", default="", help="other ModelConfig fields, e.g. n_layer=8,d_model=192")
+    p.add_argument("--shape", default="",
+                   help="ModelConfig fields over the preset's, e.g. n_layer=8,d_model=192,copy_dim=16")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
     p.add_argument("--seq-len", type=int, default=256)
@@ -119,8 +118,7 @@ def main(argv=None) -> None:
             symbols=Retriever(a.index).url_prefixes(), max_piece_length=a.max_piece_length,
             spelled=() if a.symbol_pieces else element_symbols())
     exs = examples(tok, a.data)
-    shape = {k: v for k, v in (("copy_dim", a.copy_dim), ("copy_heads", a.copy_heads)) if v is not None}
-    shape.update({k: int(v) for k, v in (kv.split("=") for kv in a.shape.split(",") if kv)})
+    shape = {k: int(v) for k, v in (kv.split("=") for kv in a.shape.split(",") if kv)}
     model = build_model(ModelConfig.from_name(a.preset, vocab_size=tok.vocab_size,
                                               max_seq_len=max(a.seq_len, 256), **shape), device=a.device)
     if a.device.startswith("cuda"):
