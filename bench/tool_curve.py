@@ -32,7 +32,7 @@ from lamda.decode import SamplingConfig  # noqa: E402
 from lamda.model import build_model  # noqa: E402
 from lamda.tokenizer import Tokenizer  # noqa: E402
 from lamda.tool_data import element_symbols, read_questions  # noqa: E402
-from lamda.tools import Toolset, calculator  # noqa: E402
+from lamda.tools import Toolset  # noqa: E402
 from lamda.tools.retrieval import Retriever  # noqa: E402
 from lamda.training import TrainConfig, build_optimizer, cpu_bf16_pays, train_step  # noqa: E402
 from lamda.turn import ChatConfig, ChatModel, local_turn  # noqa: E402
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
             D.read_jsonl(D.SAMPLE_DIR / "documents.jsonl", "document"),
             D.read_jsonl(D.SAMPLE_DIR / "dialogs.jsonl", "dialog") + D.read_jsonl(a.data / "dialogs.jsonl", "dialog"),
             D.read_jsonl(a.data / "research.jsonl", "research")), 4096,
-            symbols=[*calculator.SYMBOLS, *Retriever(a.index).url_prefixes()], max_piece_length=a.max_piece_length,
+            symbols=Retriever(a.index).url_prefixes(), max_piece_length=a.max_piece_length,
             spelled=() if a.symbol_pieces else element_symbols())
     exs = examples(tok, a.data)
     shape = {k: int(v) for k, v in (kv.split("=") for kv in a.shape.split(",") if kv)}

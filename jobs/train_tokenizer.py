@@ -13,20 +13,18 @@ from jobs.flags import parse
 
 from lamda.data import SAMPLE_DIR, corpus_texts, read_jsonl
 from lamda.tokenizer import Tokenizer
-from lamda.tools import calculator
 from lamda.tools.retrieval import Retriever
 
 
 def train_tokenizer(documents: Sequence[Path], dialogs: Sequence[Path], vocab_size: int, out: Path,
                     research: Sequence[Path] = (), index: Path | None = None,
                     max_piece_length: int = 16, spelled: Sequence[str] = ()) -> Tokenizer:
-    """A BPE tokenizer on the texts; the calculator's operator symbols and the URL prefixes of the
-    retrieval `index` become single pieces (lamda.tools.retrieval.Retriever.url_prefixes); no
-    piece is a `spelled` word alone."""
+    """A BPE tokenizer on the texts; the URL prefixes of the retrieval `index` become single
+    pieces (lamda.tools.retrieval.Retriever.url_prefixes); no piece is a `spelled` word alone."""
     docs = [d for p in documents for d in read_jsonl(p, "document")]
     dlgs = [d for p in dialogs for d in read_jsonl(p, "dialog")]
     res = [r for p in research for r in read_jsonl(p, "research")]
-    symbols = [*calculator.SYMBOLS, *(Retriever(index).url_prefixes() if index else [])]
+    symbols = Retriever(index).url_prefixes() if index else []
     tok = Tokenizer.train(corpus_texts(docs, dlgs, res), vocab_size=vocab_size, symbols=symbols,
                           max_piece_length=max_piece_length, spelled=spelled)
     tok.save(out)

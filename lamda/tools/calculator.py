@@ -38,8 +38,6 @@ BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
           ast.Pow: operator.pow}
 
-SYMBOLS = ("−", "×", "÷", "·")  # the operators beyond ASCII: a tokenizer keeps each one piece,
-#                                  as it does "+" (lamda.tokenizer: byte pieces otherwise)
 WORDS = [  # spoken forms -> symbols, applied before parsing
     (r"\bmultiplied by\b|\btimes\b|×|·", "*"), (r"\bdivided by\b|÷", "/"), (r"\bplus\b", "+"),
     (r"\bminus\b|−", "-"), (r"\bto the power of\b|\^", "**"),

@@ -82,17 +82,3 @@ def test_spelled_words_are_never_one_piece(sample_docs):
     pieces = [spelled.sp.id_to_piece(i) for i in spelled.encode(text)]
     assert not {"▁Fe", "Fe"} & set(pieces) and spelled.decode(spelled.encode(text)) == text
     assert spelled.encode("He said") == plain.encode("He said")  # one letter: never split further
-
-
-def test_the_calculators_operator_symbols_are_pieces_spaced_or_not(tmp_path):
-    """"9484 − 908" and "9484−908" share the minus sign's one piece (rare in the corpus, it would
-    be three byte pieces, with or without a space before it)."""
-    from jobs.train_tokenizer import train_tokenizer
-    from lamda.data import SAMPLE_DIR
-    from lamda.tools.calculator import SYMBOLS
-    tok = train_tokenizer([SAMPLE_DIR / "documents.jsonl"], [SAMPLE_DIR / "dialogs.jsonl"], 1024,
-                          tmp_path / "tok.model")
-    for op in SYMBOLS:
-        spaced, tight = (tok.encode(f"9484{gap}{op}{gap}908") for gap in (" ", ""))
-        assert tok.sp.piece_to_id(op) in set(spaced) & set(tight), op
-        assert not any(tok.sp.is_byte(i) for i in spaced + tight), op
