@@ -638,11 +638,14 @@ def miscopy(text: str, rng: random.Random) -> str:
 def miscopied_query(q: Question, src: Sources, rng: random.Random, tries: int = 5) -> str | None:
     """The question's precise query with its entity (an operand, the element, the word) copied
     wrong (miscopy), never into a real word, an element or one of the other split's numbers; None
-    when `tries` miscopies all were."""
+    when `tries` miscopies all were. Half the arithmetic ones misread the operator instead, as
+    LaMDA-Base's drafts do: the research then reads the operator from the user's message."""
     split = q.id.split("-")[1]
     for _ in range(tries):
         if q.kind == "arithmetic":
             a, op, b = q.query.split()
+            if rng.random() < 0.5:
+                return f"{a} {rng.choice([s for s, _ in ARITH_OPS.values() if s != op])} {b}"
             a, b = (int(miscopy(a, rng)), int(b)) if rng.random() < 0.5 else (int(a), int(miscopy(b, rng)))
             if all(split_of(f"number:{n}") == split for n in (a, b)):
                 return f"{a} {op} {b}"

@@ -148,20 +148,23 @@ def test_miscopy_gets_the_longest_word_or_number_wrong_and_keeps_the_rest():
 
 
 def test_a_misleading_draft_never_names_the_entity_nor_another(tool_sources):
-    """This question's draft with the entity copied wrong, or another question's: the research
-    must find the entity in the user's message, as it must when LaMDA-Base drafts a question it
-    has never seen. A miscopied entity is no real word, element or held-out number."""
+    """This question's draft with the entity copied wrong (or the operator misread), or another
+    question's: the research must find the entity and the operator in the user's message, as it
+    must when LaMDA-Base drafts a question it has never seen. A miscopied entity is no real word,
+    element or held-out number."""
     qs = [q for q in TD.build_questions(tool_sources, "train", n_arithmetic=60, per_element=1,
                                         per_word=1, max_words=60, chat_repeats=1, unknown_elements=0)
           if q.kind in ENTITY_KINDS]
     known = {e.name for e in tool_sources.elements} | set(tool_sources.words)
     others = ["Hi! Happy to chat.", "Bye for now."]
-    rng, miscopied = random.Random(0), 0
+    rng, miscopied, ops = random.Random(0), 0, [0, 0]
     for q in qs:
         query = TD.miscopied_query(q, tool_sources, rng)
-        if q.kind == "arithmetic":
-            assert query.split()[1] == q.query.split()[1] and query != q.query
-            assert all(TD.split_of(f"number:{n}") == "train" for n in query.split()[::2])
+        if q.kind == "arithmetic":  # an operand miscopied, or the operator misread
+            (a, op, b), (a2, op2, b2) = q.query.split(), query.split()
+            assert (op2 == op) != ((a2, b2) == (a, b)), (q.query, query)
+            ops[op2 == op] += 1
+            assert all(TD.split_of(f"number:{n}") == "train" for n in (a2, b2))
         else:
             entity = query.rsplit(" of ", 1)[1] if q.kind == "element" else query.rsplit(" in ", 1)[0]
             assert entity.strip("'\"").lower() not in known, query
@@ -170,6 +173,7 @@ def test_a_misleading_draft_never_names_the_entity_nor_another(tool_sources):
         entity = q.query.rsplit(" of ", 1)[1] if q.kind == "element" else q.query.rsplit(" in ", 1)[0]
         assert not re.search(rf"(?<![\w.]){re.escape(entity)}(?!\w)", draft, re.I), (q.query, draft)
     assert 0.3 * len(qs) < miscopied < 0.7 * len(qs)
+    assert min(ops) > 0.3 * sum(ops)  # operators misread and operands miscopied
 
 
 def test_safety_labels_rate_replies_and_drafts_safe_and_nothing_else(tok):
