@@ -44,11 +44,11 @@ MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes bef
 RESERVE_S, REFERENCE_STEP_S = 130.0, 0.73
 # the fine-tuning stage's time per step against a pre-training step of the same rows: its steps
 # run the output layer and the copy head only at the loss positions (faster), and it adds its
-# start, checkpoints and evaluation losses (0.78 in the 14-minute make run of bench/RESULTS.md
-# with `tiny`'s copy head, 1.0 before it; 0.86 with the 8-layer `tiny`, whose output layer is a
-# smaller share: its run took 14 min 11 s, within the 15; the pre-training's rate, from its last
-# 10 steps, varies by a few percent between runs)
-FINETUNE_STEP_COST = 0.78
+# start, checkpoints and evaluation losses (0.78 with the 4-layer `tiny`'s copy head, 1.0 before
+# it; 0.86 with the 8-layer `tiny`, whose output layer is a smaller share: priced at 0.78, its
+# clean-clone run took 899 s, at the edge of the 15 minutes; the pre-training's rate, from its
+# last 10 steps, varies by a few percent between runs)
+FINETUNE_STEP_COST = 0.86
 
 
 @dataclass(frozen=True, kw_only=True)
