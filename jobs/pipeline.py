@@ -47,7 +47,8 @@ RESERVE_S, REFERENCE_STEP_S = 130.0, 0.73
 # start, checkpoints and evaluation losses (0.78 with the 4-layer `tiny`'s copy head, 1.0 before
 # it; 0.86 with the 8-layer `tiny`, whose output layer is a smaller share: priced at 0.78, its
 # clean-clone run took 899 s, at the edge of the 15 minutes; the pre-training's rate, from its
-# last 10 steps, varies by a few percent between runs)
+# last 10 steps, usually varies by a few percent between runs, but one run measured 1.9 s a step
+# against 1.5 s and planned 267 steps where about 430 fitted: bench/RESULTS.md)
 FINETUNE_STEP_COST = 0.86
 
 
