@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -16,7 +17,7 @@ from lamda.cluster import ClusterSpec, storage_uri
 from lamda.parallel import ParallelConfig
 from lamda.storage import fetch_file, join
 from lamda.tokenizer import Tokenizer
-from lamda.training import TrainConfig
+from lamda.training import StepBudget, TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +29,7 @@ class TrainJob:
     #                             else a local Ray started for this job
     cluster: ClusterSpec = field(default=ClusterSpec(), metadata={"skip": ("run_name",)})
     train: TrainConfig  # each job gives its own defaults
+    budget: StepBudget = StepBudget()  # with minutes: the steps re-planned to end in time
     parallel: ParallelConfig = field(default=ParallelConfig(), metadata={"skip": ("fsdp", "bf16")})
     export: str | None = None  # where to write the safetensors export (default: <storage>/<run>/export)
     export_shard_mb: float = 2048  # at most this many MB per export file (the export is sharded)
@@ -100,6 +102,10 @@ class TrainProgress:
         for step in restarts[-1:] if self.restarts is None else restarts[len(self.restarts):]:
             self.bar.write(f"  resumed from the checkpoint at step {step}", file=sys.stdout)
         self.restarts = restarts
+        if m.get("steps", self.bar.total) != self.bar.total:
+            self.bar.write(f"  {m['steps']} steps fit the time budget (planned from the "
+                           f"training's own rate)", file=sys.stdout)
+            self.bar.total = m["steps"]
         tps = m["tokens_per_s"]
         eta = (self.bar.total - m["step"]) * m["tokens"] / m["step"] / tps if tps else None
         shown = [f"ETA {tqdm.format_interval(eta) if eta is not None else '?'}",
@@ -128,7 +134,8 @@ def train(job: TrainJob, model, tok: Tokenizer, ds, stage: str, init_from: str |
                      async_checkpoint=not job.sync_checkpoints,
                      checkpoint_every=job.checkpoint_every, eval_every=job.eval_every,
                      peak_flops=job.peak_tflops and job.peak_tflops * 1e12, watts=job.watts,
-                     stage=stage, tokens=tokens, mixture=mixture)
+                     stage=stage, tokens=tokens, mixture=mixture, budget=job.budget,
+                     deadline=time.time() + job.budget.minutes * 60 if job.budget.minutes else None)
     cluster = dataclasses.replace(job.cluster, run_name=job.run_name)
     progress = TrainProgress(stage, job.train.steps)
     try:

@@ -29,27 +29,22 @@ from lamda.config import PRESETS
 from lamda.data import SAMPLE_DIR
 from lamda.safety_filter import FilterConfig
 from lamda.tool_data import element_symbols, read_questions
+from lamda.training import StepBudget
 from lamda.tools import retrieval
 
 
 # Training budget of the embedded default (`tiny` on 2 CPU workers): see bench/RESULTS.md for the
 # held-out accuracy these reach and the curve against steps. The fine-tuning's steps are, unless
-# given, as many as fit the time budget (finetune_steps_for).
+# given, as many as end the pipeline within --minutes (finetune_budget).
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
 MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes before the budget)
-# seconds for what follows the fine-tuning's steps: its start, safe-data filtering, the fine-tuning
-# on safe data, evaluation and the served check: about 130 s on the 2-core machine of
-# bench/RESULTS.md, whose pre-training step took REFERENCE_STEP_S; mostly model work, so a slower
-# machine takes longer in proportion (177 s on a day its step took 1.15 s)
-RESERVE_S, REFERENCE_STEP_S = 130.0, 0.73
-# the fine-tuning stage's time per step against a pre-training step of the same rows: its steps
-# run the output layer and the copy head only at the loss positions (faster), and it adds its
-# start, checkpoints and evaluation losses (0.78 with the 4-layer `tiny`'s copy head, 1.0 before
-# it; 0.86 with the 8-layer `tiny`, whose output layer is a smaller share: priced at 0.78, its
-# clean-clone run took 899 s, at the edge of the 15 minutes; the pre-training's rate, from its
-# last 10 steps, usually varies by a few percent between runs, but one run measured 1.9 s a step
-# against 1.5 s and planned 267 steps where about 430 fitted: bench/RESULTS.md)
-FINETUNE_STEP_COST = 0.86
+MAX_FINETUNE_STEPS = 1800  # however fast (the longest curve of bench/RESULTS.md)
+FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps that fit here)
+# the time of what follows the fine-tuning's steps, in its steps: its export, safe-data
+# filtering, the fine-tuning on safe data, evaluation and the served check took 215 s and 225 s
+# after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md; mostly
+# model work, so it scales with the step time
+RESERVE_STEPS = 180
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +62,7 @@ class PipelineJob:
     pretrain_steps: int = PRETRAIN_STEPS  # pre-training steps
     finetune_steps: int = 0  # fine-tuning steps (0: as many as fit `minutes`)
     minutes: float = 14.0  # with finetune_steps 0: the time the stages may take in all (the
-    #                        fine-tuning gets what the others leave, at the pre-training's rate)
+    #                        fine-tuning gets what the others leave, at its own rate)
     safe_finetune_steps: int = SAFE_FINETUNE_STEPS  # steps of the fine-tuning on safe data
     finetune_lr: float = 2e-3  # peak learning rate of the fine-tuning (tiny learns tool use at 2e-3)
     safe_finetune_lr: float = 2e-4  # peak learning rate of the fine-tuning on safe data: it goes on
@@ -84,32 +79,15 @@ class PipelineJob:
     address: str | None = None  # Ray address (default: the job's cluster or a local Ray)
 
 
-def finetune_steps_for(minutes: float, elapsed_s: float, step_s: float) -> int:
-    """The fine-tuning steps that end the pipeline within `minutes`, `elapsed_s` into it, for
-    pre-training steps of `step_s` seconds (the same rows); at least MIN_FINETUNE_STEPS."""
-    left_s = minutes * 60 - elapsed_s - RESERVE_S * max(1.0, step_s / REFERENCE_STEP_S)
-    return max(MIN_FINETUNE_STEPS, int(left_s / (step_s * FINETUNE_STEP_COST)))
-
-
-def budgeted_steps(job: "PipelineJob", plan: Path, pretrained, elapsed_s: float) -> int:
-    """`job.finetune_steps`, or those that fit `job.minutes` (finetune_steps_for, at the
-    pre-training Result's last rate), decided once and kept in `plan` (JSON), so that an
-    interrupted fine-tuning resumes with the same steps."""
+def finetune_budget(job: "PipelineJob", elapsed_s: float) -> tuple[int, StepBudget]:
+    """The fine-tuning's steps and time limit, `elapsed_s` into the pipeline: `job.finetune_steps`,
+    or the steps that end the pipeline within `job.minutes`, re-planned by the fine-tuning from its
+    own rate after its first 50 steps (a resumed fine-tuning keeps them)."""
     if job.finetune_steps:
-        return job.finetune_steps
-    if plan.exists():
-        return json.loads(plan.read_text())["finetune_steps"]
-    if pretrained is None:  # pre-trained by an earlier run, which set no plan: no rate measured
-        steps, step_s = MIN_FINETUNE_STEPS, None
-    else:
-        rows = job.batch_size * job.seq_len * job.cluster.workers
-        step_s = rows / pretrained.metrics["tokens_per_s"]
-        steps = finetune_steps_for(job.minutes, elapsed_s, step_s)
-    plan.write_text(json.dumps({"finetune_steps": steps, "minutes": job.minutes,
-                                "elapsed_s": round(elapsed_s, 1), "pretrain_step_s": step_s}))
-    print(f"  fine-tuning steps: {steps} (to end within {job.minutes:g} minutes; "
-          f"--finetune-steps sets them)", flush=True)
-    return steps
+        return job.finetune_steps, StepBudget()
+    left_s = max(1.0, job.minutes * 60 - elapsed_s)  # a past deadline: the floor of steps
+    return MAX_FINETUNE_STEPS, StepBudget(minutes=left_s / 60, min_steps=MIN_FINETUNE_STEPS,
+                                          reserve_steps=RESERVE_STEPS)
 
 
 def deploy(work: Path, port: int) -> str:
@@ -216,15 +194,25 @@ def run_stages(job: PipelineJob) -> None:
         documents=(str(tools / "documents.jsonl"),), dialogs=(str(data / "dialogs.jsonl"),),
         train=replace(pretrain.TRAIN, steps=job.pretrain_steps, **rows))
     generated = (str(tools / "dialogs.jsonl"), str(tools / "drills.jsonl"))
-    start, results = time.perf_counter(), {}
+    start = time.perf_counter()
 
     def finetuning(name: str, init_from: Path, dialogs: tuple[str, ...], steps: int, export: Path,
-                   lr: float = job.finetune_lr):
+                   lr: float = job.finetune_lr, budget: StepBudget = StepBudget()):
         return finetune.FinetuneJob(
             run_name=name, init_from=str(init_from), export=str(export), cluster=cluster,
             labelled=(str(data / "labelled.jsonl"), str(tools / "labelled.jsonl")),
-            research=(str(tools / "research.jsonl"),),
-            dialogs=dialogs, train=replace(finetune.TRAIN, steps=steps, lr=lr, **rows))
+            research=(str(tools / "research.jsonl"),), dialogs=dialogs, budget=budget,
+            train=replace(finetune.TRAIN, steps=steps, lr=lr, **rows,
+                          warmup_steps=FINETUNE_WARMUP if budget.minutes else None))
+
+    def budgeted_finetuning():
+        steps, budget = finetune_budget(job, time.perf_counter() - start)
+        if budget.minutes:
+            print(f"  fine-tuning steps: as many as end the pipeline within {job.minutes:g} "
+                  f"minutes, planned from the fine-tuning's rate after {budget.replan_after} "
+                  f"steps ({MIN_FINETUNE_STEPS} to {steps}; --finetune-steps sets them)",
+                  flush=True)
+        return finetune.run(finetuning("finetune", pre, generated, steps, ft, budget=budget))
 
     def filtering(out: Path):
         return filter_safe.FilterJob(
@@ -244,11 +232,8 @@ def run_stages(job: PipelineJob) -> None:
             research=(tools / "research.jsonl",), index=index,
             max_piece_length=job.max_piece_length, spelled=tuple(element_symbols())))),
         ("pre-training", pre / "manifest.json",
-         lambda: results.setdefault("pre-training", pretrain.run(pretraining))),
-        ("fine-tuning", ft / "manifest.json", lambda: finetune.run(finetuning(
-            "finetune", pre, generated, budgeted_steps(job, work / "finetune_plan.json",
-                                                       results.get("pre-training"),
-                                                       time.perf_counter() - start), ft))),
+         lambda: pretrain.run(pretraining)),
+        ("fine-tuning", ft / "manifest.json", budgeted_finetuning),
         ("safe-data filtering", safe,
          lambda: complete(safe, lambda tmp: filter_safe.run(filtering(tmp)))),
         ("fine-tuning on safe data", ft2 / "manifest.json", lambda: finetune.run(finetuning(

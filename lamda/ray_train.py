@@ -68,7 +68,8 @@ from lamda.model import build_model, lm_loss
 from lamda.parallel import ParallelConfig, init_weights, parallelize
 from lamda.ray_data import token_sources
 from lamda.tokenizer import Tokenizer
-from lamda.training import TrainConfig, build_optimizer, cpu_bf16_pays, cpu_bf16_speedup, train_step
+from lamda.training import (StepBudget, TrainConfig, build_optimizer, cpu_bf16_pays,
+                            cpu_bf16_speedup, steps_within, train_step)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class RunSpec:
     tokens: str | None = None  # a tokenised corpus (jobs.tokenize), read by each rank itself
     mixture: dict[str, float] | None = None  # with `tokens`: each source's share of the rows
     async_checkpoint: bool = True  # upload checkpoints while training goes on (after the first)
+    budget: StepBudget = StepBudget()  # a time limit on the steps (re-planned once from the rate)
+    deadline: float | None = None  # with budget.minutes: the Unix time the job's steps end by
     # called by every worker after each step with (step, rank, world size); must pickle (a test's
     # fault injection: tests/integration/conftest.py KillWorker)
     after_step: Callable[[int, int, int], None] | None = None
@@ -119,6 +122,7 @@ class TrainState:
     # [epoch, window, row] (token_stream.SourceStream.position), gathered at each checkpoint
     draws: int = 0  # tokens: micro-batches drawn
     cpu_bf16: bool | None = None  # computing in bf16 on CPU: decided at the run's first start
+    steps: int | None = None  # the steps re-planned to end by RunSpec.deadline (None: not yet)
 
 
 def _batches(shard, spec: RunSpec, state: TrainState, device, every: int = 1, offset: int = 0):
@@ -378,9 +382,13 @@ def train_worker(config: dict) -> None:
             f"(its bf16 matrix products are {cpu_bf16_speedup():.1f}x as fast)"))
     t_last, tokens_last = time.perf_counter(), state.tokens
     energy_base, in_a_row, saved = state.energy_kwh, 0, state.step
-    while state.step < tc.steps:
-        stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step, tc,
-                           loss_fn, bf16)
+    # the learning-rate schedule ends at the planned steps; its warm-up stays as first planned
+    schedule = dataclasses.replace(tc, steps=state.steps or tc.steps, warmup_steps=(
+        tc.warmup_steps if tc.warmup_steps is not None else max(1, tc.steps // 10)))
+    timed = None  # (step, time) at this run's first log step: the re-plan's rate is timed from it
+    while state.step < schedule.steps:
+        stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step,
+                           schedule, loss_fn, bf16)
         state.step += 1
         state.tokens += stats["tokens"] * dp
         in_a_row = in_a_row + 1 if stats["skipped"] else 0
@@ -401,11 +409,17 @@ def train_worker(config: dict) -> None:
         if spec.after_step is not None:
             spec.after_step(state.step, rank, world)
 
-        last = state.step == tc.steps
+        last = state.step == schedule.steps
         do_ckpt = last or state.step % spec.checkpoint_every == 0
         do_eval = eval_batches is not None and (last or state.step % spec.eval_every == 0)
         if not (do_ckpt or do_eval or state.step % tc.log_every == 0):
             continue
+        if spec.deadline is not None and state.steps is None:  # saved by this step's checkpoint
+            timed = timed or (state.step, time.perf_counter())
+            if state.step - timed[0] >= spec.budget.replan_after:
+                step_s = (time.perf_counter() - timed[1]) / (state.step - timed[0])
+                state.steps = _replan(spec, state.step, step_s, tc.steps, rank)
+                schedule = dataclasses.replace(schedule, steps=state.steps)
         loss = torch.tensor(stats["loss"], device=device)
         dist.all_reduce(loss)
         energy = torch.tensor(meter.kwh(), device=device, dtype=torch.float64)
@@ -413,9 +427,10 @@ def train_worker(config: dict) -> None:
         state.energy_kwh = energy_base + float(energy)
         now = time.perf_counter()
         tps = (state.tokens - tokens_last) / (now - t_last)
-        m = {"step": state.step, "loss": float(loss) / world, "lr": stats["lr"],
-             "grad_norm": stats["grad_norm"], "tokens": state.tokens, "tokens_per_s": tps,
-             "energy_kwh": state.energy_kwh, "epoch": state.epoch, "restarts": list(state.restarts),
+        m = {"step": state.step, "steps": schedule.steps, "loss": float(loss) / world,
+             "lr": stats["lr"], "grad_norm": stats["grad_norm"], "tokens": state.tokens,
+             "tokens_per_s": tps, "energy_kwh": state.energy_kwh, "epoch": state.epoch,
+             "restarts": list(state.restarts),
              "skipped": state.skipped, "checkpoint_s": state.checkpoint_s,
              "sources": {k: s.position for k, s in streams.items()},  # this rank's
              "param_shards": shard_sizes}
@@ -436,7 +451,7 @@ def train_worker(config: dict) -> None:
                 metrics.eval_loss.set(m["eval_loss"])
             if "mfu" in m:
                 metrics.mfu.set(m["mfu"])
-            log.info(f"[{spec.stage}] step {state.step}/{tc.steps}  loss {m['loss']:.4f}"
+            log.info(f"[{spec.stage}] step {state.step}/{schedule.steps}  loss {m['loss']:.4f}"
                      + (f"  eval {m['eval_loss']:.4f}" if m.get("eval_loss") is not None else "")
                      + f"  {tps:,.0f} tok/s" + (f"  MFU {m['mfu']:.1%}" if "mfu" in m else "")
                      + f"  {state.energy_kwh * 1000:.3f} Wh")
@@ -462,6 +477,17 @@ def train_worker(config: dict) -> None:
                             extra={"stage": spec.stage, "step": state.step, "tokens": state.tokens})
         if rank == 0:
             log.info(f"[{spec.stage}] exported to {spec.export_to}")
+
+
+def _replan(spec: RunSpec, step: int, step_s: float, most: int, rank: int) -> int:
+    """The steps that end by spec.deadline at rank 0's rate of `step_s` seconds a step (every
+    rank gets rank 0's figure)."""
+    steps = [steps_within(spec.budget, spec.deadline - time.time(), step, step_s, most)]
+    dist.broadcast_object_list(steps, src=0)
+    if rank == 0:
+        log.info(f"[{spec.stage}] {steps[0]} steps end by the deadline at {step_s:.2f} s a step "
+                 f"(re-planned at step {step}; at most {most})")
+    return steps[0]
 
 
 # -- the trainer --------------------------------------------------------------------------------

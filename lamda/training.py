@@ -38,6 +38,28 @@ class TrainConfig:
     seed: int = 0  # initial weights, data order, evaluation split
 
 
+@dataclass(frozen=True)
+class StepBudget:
+    """A time limit on the steps: after `replan_after` steps the run re-plans them once from its
+    own rate, so that they end within `minutes` of the job's start (TrainConfig.steps stays the
+    most). The re-planned steps are saved with the checkpoints: a resumed run keeps them."""
+
+    minutes: float = 0.0  # the time the job's steps may take, start-up included (0: no limit)
+    replan_after: int = 50  # steps of this run timed before the re-plan (checkpoints and
+    #                         evaluations among them)
+    min_steps: int = 1  # steps however slow the rate
+    reserve_steps: int = 0  # the time of this many steps is left after the last (for the work
+    #                         that follows in a pipeline)
+
+
+def steps_within(budget: StepBudget, left_s: float, step: int, step_s: float, most: int) -> int:
+    """The steps of a run `step` steps in, at `step_s` seconds a step, with `left_s` seconds
+    left: those that fit, less budget.reserve_steps; at most `most`, at least budget.min_steps and
+    one more than `step` (the last step checkpoints)."""
+    fit = step + int(left_s / step_s) - budget.reserve_steps
+    return min(most, max(budget.min_steps, step + 1, fit))
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on weight matrices, none on norms, embeddings and the bias table.
 

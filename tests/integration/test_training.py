@@ -130,16 +130,20 @@ def test_finetuning_starts_from_the_pretrained_export(pretrained, work):
     assert not torch.equal(tuned.embed.weight, base.embed.weight)
 
 
-def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1):
+def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1, steps=STEPS,
+              budget=None):
     """The pre-training run of `pretrained`, with its last worker killed at step 15 (none when
     `marker` is None); `blocks`: the training rows cut into that many blocks, each delayed by a
-    random time on every pass; `tp` > 1: 2 x tp workers, tensor parallelism inside pairs."""
+    random time on every pass; `tp` > 1: 2 x tp workers, tensor parallelism inside pairs;
+    `budget`: a StepBudget, its minutes counted from now."""
     spec = R.RunSpec(model=R.ModelConfig.from_name("debug", vocab_size=tok.vocab_size),
-                     train=R.TrainConfig(steps=STEPS, batch_size=8, seq_len=SEQ, lr=3e-3,
+                     train=R.TrainConfig(steps=steps, batch_size=8, seq_len=SEQ, lr=3e-3,
                                          warmup_steps=3, log_every=5),
                      tokenizer=tok, parallel=R.ParallelConfig(tp=tp, cpu_bf16=False),
                      checkpoint_every=10, eval_every=10, export_to=export,
-                     after_step=KillWorker(15, str(marker)) if marker else None)
+                     after_step=KillWorker(15, str(marker)) if marker else None,
+                     budget=budget or R.StepBudget(),
+                     deadline=time.time() + budget.minutes * 60 if budget else None)
     ds = RD.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
     train, evaluation = RD.split_eval(ds, 0.05)
@@ -161,6 +165,19 @@ def test_a_killed_worker_is_replaced_and_training_resumes(pretrained, tok, work)
     assert m["restarts"] == [10] and m["step"] == STEPS
     # same data position and state after the restart: the loss curve is the uninterrupted one
     assert m["loss"] == pytest.approx(pretrained.metrics["loss"], rel=1e-4)
+
+
+def test_steps_replanned_for_a_deadline_are_kept_by_a_resumed_run(pretrained, tok, work):
+    """After `replan_after` steps the run re-plans its steps to end by the deadline (here one
+    already past: the floor, 18 steps, not the 200 given). A worker killed at step 15 resumes from
+    the checkpoint at 10, which holds the plan: the run ends at 18. Re-planned again (a new
+    timing from step 15, at step 20), it would have ended at 21."""
+    budget = R.StepBudget(minutes=0.01, replan_after=5, min_steps=18)
+    result = crash_run(tok, str(work / "runs"), "deadline", work / "crashed-deadline", steps=200,
+                       budget=budget)
+    assert (work / "crashed-deadline").read_text() == "15"
+    m = result.metrics
+    assert m["restarts"] == [10] and m["step"] == m["steps"] == 18
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_clear_error(pretrained, tok, work):

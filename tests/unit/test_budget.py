@@ -1,27 +1,25 @@
-"""The pipeline's time budget (jobs.pipeline): the fine-tuning gets the steps that end the
-pipeline within --minutes at the pre-training's measured rate, decided once per run."""
+"""The time budget of training: the steps re-planned from a run's own rate
+(lamda.training.steps_within), and the pipeline's budget for its fine-tuning (jobs.pipeline)."""
 
-from types import SimpleNamespace
-
-from jobs.pipeline import (FINETUNE_STEP_COST, MIN_FINETUNE_STEPS, REFERENCE_STEP_S, RESERVE_S,
-                           PipelineJob, budgeted_steps, finetune_steps_for)
-
-
-def test_the_steps_fill_what_the_budget_leaves():
-    # a fine-tuning step is priced at FINETUNE_STEP_COST pre-training steps
-    assert finetune_steps_for(14, 75, 0.5) == int(2 * (840 - 75 - RESERVE_S) / FINETUNE_STEP_COST)
-    # what follows the fine-tuning takes longer in proportion on a slower machine
-    slow = RESERVE_S * 1.0 / REFERENCE_STEP_S
-    assert finetune_steps_for(14, 75, 1.0) == int((840 - 75 - slow) / FINETUNE_STEP_COST)
-    assert finetune_steps_for(14, 600, 2.0) == MIN_FINETUNE_STEPS  # a slow one: the floor
+from jobs.pipeline import (MAX_FINETUNE_STEPS, MIN_FINETUNE_STEPS, RESERVE_STEPS, PipelineJob,
+                           finetune_budget)
+from lamda.training import StepBudget, steps_within
 
 
-def test_the_steps_are_decided_once_and_kept_for_a_resumed_run(tmp_path):
-    job, plan = PipelineJob(minutes=14), tmp_path / "plan.json"
-    rows = job.batch_size * job.seq_len * job.cluster.workers
-    pretrained = SimpleNamespace(metrics={"tokens_per_s": rows / 1.0})  # 1 s per step
-    steps = budgeted_steps(job, plan, pretrained, 75.0)
-    assert steps == finetune_steps_for(14, 75.0, 1.0) and plan.exists()
-    assert budgeted_steps(job, plan, None, 500.0) == steps  # resumed: the same steps
-    assert budgeted_steps(PipelineJob(finetune_steps=7), plan, pretrained, 0.0) == 7
-    assert budgeted_steps(job, tmp_path / "other.json", None, 0.0) == MIN_FINETUNE_STEPS
+def test_the_steps_fill_the_time_left_less_the_reserve():
+    budget = StepBudget(minutes=10, reserve_steps=100)
+    # 50 steps done, 600 s left at 1.2 s a step: 500 more fit, 100 of them kept for what follows
+    assert steps_within(budget, 600.0, 50, 1.2, most=2000) == 50 + 500 - 100
+    assert steps_within(budget, 600.0, 50, 1.2, most=300) == 300  # never past the most
+    # a past deadline or a slow machine: the floor, and always one more step (it checkpoints)
+    assert steps_within(StepBudget(min_steps=250), -5.0, 50, 1.2, most=2000) == 250
+    assert steps_within(StepBudget(), -5.0, 50, 1.2, most=2000) == 51
+
+
+def test_the_pipeline_gives_the_fine_tuning_the_time_the_other_stages_leave():
+    steps, budget = finetune_budget(PipelineJob(minutes=14), elapsed_s=120.0)
+    assert steps == MAX_FINETUNE_STEPS and budget.minutes == 12.0
+    assert (budget.min_steps, budget.reserve_steps) == (MIN_FINETUNE_STEPS, RESERVE_STEPS)
+    late = finetune_budget(PipelineJob(minutes=1), elapsed_s=120.0)[1]
+    assert 0 < late.minutes * 60 <= 1  # a past deadline still limits the steps (to the floor)
+    assert finetune_budget(PipelineJob(finetune_steps=7), 120.0) == (7, StepBudget())
