@@ -27,6 +27,10 @@ A step with a non-finite loss or gradient norm is skipped (lamda.training.train_
 counted (`lamda_train_skipped_steps`); after `TrainConfig.max_nonfinite_steps` in a row every rank
 stops without writing a checkpoint (the failure policy restarts from the last one, which clears a
 transient fault) and `fit` raises NonFiniteTraining naming it.
+
+With a time budget (`RunSpec.budget`, lamda.training.StepBudget), the steps are re-planned once,
+after `replan_after` steps timed from the first log interval, to end by `RunSpec.deadline` at
+rank 0's rate; every rank takes rank 0's figure, and `train_state.json` keeps it for a resumed run.
 """
 
 from __future__ import annotations
