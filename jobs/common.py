@@ -66,10 +66,18 @@ def init_ray(address: str | None, cpus: float = 2.0) -> bool:
         ray.init(address=address)
         return False
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    slow_machine_serve()
     ctx = ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus) + 2),
                    include_dashboard=True, log_to_driver=False, logging_level=logging.WARNING)
     print(f"local Ray, logs in {ctx.address_info['session_dir']}/logs", flush=True)
     return True
+
+
+def slow_machine_serve() -> None:
+    """Give a Serve proxy 60 s to start (Ray's default is 5 s) in the local Ray about to start:
+    on a busy 2-core machine one took longer, and Serve killed it, which made `serve.start` fail
+    with ActorDiedError."""
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
 
 def shutdown_ray() -> None:

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 
+from jobs.common import slow_machine_serve
+
+slow_machine_serve()  # for every Ray these tests start (`ray.init` and `ray start` inherit it)
+
 
 @dataclass(frozen=True)
 class KillWorker:
