@@ -131,7 +131,7 @@ ARITH_CORES = {
             ["{a} − {b}", "{b} less than {a}"]),
     "mul": (["{a} times {b}", "{a} * {b}", "{a}*{b}", "{a} x {b}", "the product of {a} and {b}",
              "{a} multiplied by {b}", "{a} × {b}", "{a} groups of {b}", "{a} sets of {b}",
-             "{a} equal lots of {b}", "{a} and {b} multiplied together"],
+             "{a} equal lots of {b}"],
             ["{a} multiplied with {b}", "{a} lots of {b}"]),
     "div": (["{a} divided by {b}", "{a} / {b}", "{a}/{b}", "the quotient of {a} and {b}",
              "{a} over {b}", "{a} ÷ {b}", "{a} split {b} ways", "{a} shared between {b}"],
@@ -140,14 +140,11 @@ ARITH_CORES = {
 ARITH_VERBS = {  # imperative cores
     "add": (["add {a} and {b}", "add {a} to {b}", "sum {a} and {b}", "add up {a} and {b}"],
             ["add together {a} and {b}"]),
-    "sub": (["subtract {b} from {a}", "take {b} away from {a}", "take {b} from {a}",
-             "subtract the number {b} from {a}"],
+    "sub": (["subtract {b} from {a}", "take {b} away from {a}", "take {b} from {a}"],
             ["deduct {b} from {a}"]),
-    "mul": (["multiply {a} by {b}", "multiply {a} and {b}", "multiply {a} with {b}",
-             "multiply the numbers {a} and {b}"],
+    "mul": (["multiply {a} by {b}", "multiply {a} and {b}", "multiply {a} with {b}"],
             ["multiply together {a} and {b}"]),
-    "div": (["divide {a} by {b}", "divide {a} into {b} parts", "divide the number {a} by {b}"],
-            ["split {a} into {b} parts"]),
+    "div": (["divide {a} by {b}", "divide {a} into {b} parts"], ["split {a} into {b} parts"]),
 }
 ARITH_REPLIES = ["That's {r}.", "The answer is {r}.", "It's {r}.", "{q} = {r}.", "It comes to {r}.",
                  "{q} is {r}."]
