@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -143,7 +142,7 @@ def train(job: TrainJob, model, tok: Tokenizer, ds, stage: str, init_from: str |
                      checkpoint_every=job.checkpoint_every, eval_every=job.eval_every,
                      peak_flops=job.peak_tflops and job.peak_tflops * 1e12, watts=job.watts,
                      stage=stage, tokens=tokens, mixture=mixture, budget=job.budget,
-                     deadline=time.time() + job.budget.minutes * 60 if job.budget.minutes else None)
+                     deadline=job.budget.deadline())
     cluster = dataclasses.replace(job.cluster, run_name=job.run_name)
     progress = TrainProgress(stage, job.train.steps)
     try:

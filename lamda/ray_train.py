@@ -73,7 +73,7 @@ from lamda.parallel import ParallelConfig, init_weights, parallelize
 from lamda.ray_data import token_sources
 from lamda.tokenizer import Tokenizer
 from lamda.training import (StepBudget, TrainConfig, build_optimizer, cpu_bf16_pays,
-                            cpu_bf16_speedup, steps_within, train_step)
+                            cpu_bf16_speedup, steps_within, train_step, warmup_steps)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class RunSpec:
     mixture: dict[str, float] | None = None  # with `tokens`: each source's share of the rows
     async_checkpoint: bool = True  # upload checkpoints while training goes on (after the first)
     budget: StepBudget = StepBudget()  # a time limit on the steps (re-planned once from the rate)
-    deadline: float | None = None  # with budget.minutes: the Unix time the job's steps end by
+    deadline: float | None = None  # the Unix time the job's steps end by (budget.deadline())
     # called by every worker after each step with (step, rank, world size); must pickle (a test's
     # fault injection: tests/integration/conftest.py KillWorker)
     after_step: Callable[[int, int, int], None] | None = None
@@ -387,8 +387,7 @@ def train_worker(config: dict) -> None:
     t_last, tokens_last = time.perf_counter(), state.tokens
     energy_base, in_a_row, saved = state.energy_kwh, 0, state.step
     # the learning-rate schedule ends at the planned steps; its warm-up stays as first planned
-    schedule = dataclasses.replace(tc, steps=state.steps or tc.steps, warmup_steps=(
-        tc.warmup_steps if tc.warmup_steps is not None else max(1, tc.steps // 10)))
+    schedule = dataclasses.replace(tc, steps=state.steps or tc.steps, warmup_steps=warmup_steps(tc))
     timed = None  # (step, time) at this run's first log step: the re-plan's rate is timed from it
     while state.step < schedule.steps:
         stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step,

@@ -51,6 +51,10 @@ class StepBudget:
     reserve_steps: int = 0  # the time of this many steps is left after the last (for the work
     #                         that follows in a pipeline)
 
+    def deadline(self) -> float | None:
+        """The Unix time the steps end by, counted from now (the job's start); None: no limit."""
+        return time.time() + self.minutes * 60 if self.minutes else None
+
 
 def steps_within(budget: StepBudget, left_s: float, step: int, step_s: float, most: int) -> int:
     """The steps of a run `step` steps in, at `step_s` seconds a step, with `left_s` seconds
@@ -88,9 +92,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
+def warmup_steps(cfg: TrainConfig) -> int:
+    """cfg.warmup_steps, or a tenth of the steps (at least 1)."""
+    return cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.steps."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 10)
+    warmup = warmup_steps(cfg)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))

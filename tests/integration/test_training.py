@@ -142,8 +142,7 @@ def crash_run(tok, storage, name, marker, export=None, blocks=None, tp=1, steps=
                      tokenizer=tok, parallel=R.ParallelConfig(tp=tp, cpu_bf16=False),
                      checkpoint_every=10, eval_every=10, export_to=export,
                      after_step=KillWorker(15, str(marker)) if marker else None,
-                     budget=budget or R.StepBudget(),
-                     deadline=time.time() + budget.minutes * 60 if budget else None)
+                     budget=budget or R.StepBudget(), deadline=budget and budget.deadline())
     ds = RD.pretraining_dataset(tok, [str(SAMPLE_DIR / "documents.jsonl")],
                                [str(SAMPLE_DIR / "dialogs.jsonl")], SEQ, 0.5)
     train, evaluation = RD.split_eval(ds, 0.05)
