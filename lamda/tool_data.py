@@ -58,6 +58,11 @@ class Question:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
+    @property
+    def split(self) -> str:
+        """"train" or "eval", from the id ("arith-eval-00012")."""
+        return self.id.split("-")[1]
+
     def slots(self) -> dict[str, str]:
         """The entity of an element or translation query and what is asked of it: {"el", "attr"}
         for "atomic number of argon", {"word", "lang"} for "river in French"."""
@@ -228,6 +233,7 @@ class Sources:
     words: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # word -> lang -> FreeDict's
     documents: list[DocumentQA] = field(default_factory=list)
     chat: list[tuple[str, str]] = field(default_factory=list)  # (user message, reply)
+    _splits: dict = field(default_factory=dict, repr=False, compare=False)  # (kind, split) -> items
 
     @classmethod
     def load(cls, doc_questions: str | Path | None = None, max_words: int = 4000) -> "Sources":
@@ -245,6 +251,19 @@ class Sources:
     @functools.cached_property
     def element_names(self) -> set[str]:
         return {e.name for e in self.elements}
+
+    def words_in(self, split: str) -> list[str]:
+        """The words of one split, in FreeDict's order (drafts borrow only from their own split)."""
+        return self._in_split("word", split, list(self.words), str)
+
+    def elements_in(self, split: str) -> list[Element]:
+        """The elements of one split, in the dictionary's order."""
+        return self._in_split("element", split, self.elements, lambda e: e.name)
+
+    def _in_split(self, kind: str, split: str, items: list, name: Callable) -> list:
+        if (kind, split) not in self._splits:  # computed once: drafts ask thousands of times
+            self._splits[kind, split] = [x for x in items if split_of(f"{kind}:{name(x)}") == split]
+        return self._splits[kind, split]
 
     def held_out_urls(self, split: str) -> set[str]:
         """The source URLs of the other split's elements and documents."""
@@ -576,11 +595,11 @@ def draft(q: Question, src: Sources, rng: random.Random) -> str:
         return rng.choice(ARITH_DRAFTS).format(w=wrong, a=a, b=b, word=ARITH_OPS[op][1])
     if q.kind == "translation":
         s = q.slots()
-        other = src.words[rng.choice(_same_split(src.words, "word", q))][s["lang"].capitalize()][0]
+        other = src.words[rng.choice(src.words_in(q.split))][s["lang"].capitalize()][0]
         return rng.choice(TRANSLATION_REPLIES).format(**s, t=other)
     if q.kind == "element":
         s = q.slots()
-        other = rng.choice(_same_split({e.name: e for e in src.elements}, "element", q, values=True))
+        other = rng.choice(src.elements_in(q.split))
         w = other.number if s["attr"] == "number" else other.symbol
         return _fill(rng.choice(ELEMENT_DRAFTS[s["attr"]]), el=s["el"], w=w)
     return document_of(q, src).wrong
@@ -613,12 +632,6 @@ def copy_drills(src: Sources, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def _same_split(items: dict, kind: str, q: Question, values: bool = False) -> list:
-    """Keys (or values) of `items` in the question's split: drafts borrow only from there."""
-    split = q.id.split("-")[1]
-    return [v if values else k for k, v in items.items() if split_of(f"{kind}:{k}") == split]
-
-
 def miscopy(text: str, rng: random.Random) -> str:
     """`text` with its longest word or number copied wrong, as a model's draft gets an unfamiliar
     one wrong: a character dropped, doubled, changed or added, or the word cut short."""
@@ -640,7 +653,7 @@ def miscopied_query(q: Question, src: Sources, rng: random.Random, tries: int = 
     wrong (miscopy), never into a real word, an element or one of the other split's numbers; None
     when `tries` miscopies all were. Half the arithmetic ones misread the operator instead, as
     LaMDA-Base's drafts do: the research then reads the operator from the user's message."""
-    split = q.id.split("-")[1]
+    split = q.split
     for _ in range(tries):
         if q.kind == "arithmetic":
             a, op, b = q.query.split()
