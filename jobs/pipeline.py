@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,9 +43,10 @@ MAX_FINETUNE_STEPS = 1800  # however fast (the longest curve of bench/RESULTS.md
 FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps that fit here)
 # the time of what follows the fine-tuning's steps, in its steps: its export, safe-data
 # filtering, the fine-tuning on safe data, evaluation and the served check took 215 s and 225 s
-# after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md; mostly
-# model work, so it scales with the step time
-RESERVE_STEPS = 180
+# after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md, less
+# the 60 s the served check saves by sending 4 questions at a time (139 s -> 79 s); mostly model
+# work, so it scales with the step time
+RESERVE_STEPS = 130
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,7 @@ class PipelineJob:
     tool_data_fraction: float = 1.0  # scale of the tool-use training split (1: about 12,000 transcripts)
     eval_per_kind: int = 4  # held-out questions of each kind in the evaluation stage
     check_per_kind: int = 20  # held-out questions of each kind sent to the served app (with --serve)
+    check_clients: int = 4  # of those, sent at a time (the app batches concurrent conversations)
     serve: bool = False  # finish by deploying the chat app
     block: bool = False  # with --serve: keep serving until Ctrl-C
     port: int = 8000  # HTTP port of the chat app (127.0.0.1)
@@ -118,16 +121,25 @@ def complete(out: Path, build) -> None:
     tmp.rename(out)
 
 
-def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
-    """Held-out questions through the served POST /chat (model "lamda"), graded against their
-    known answers; prints the figures and one example turn per tool, writes `out`."""
+def served_check(url: str, questions: Path, per_kind: int, out: Path, clients: int = 4) -> dict:
+    """Held-out questions through the served POST /chat (model "lamda"), `clients` at a time,
+    graded against their known answers; prints the figures and one example turn per tool, writes
+    `out`."""
     import httpx
-    graded, turns = [], []
-    for q in evaluate.sample_questions(read_questions(questions), per_kind):
+
+    def ask(q):
         r = httpx.post(f"{url}/chat", json={"message": q.text, "model": "lamda", "trace": True},
                        timeout=300)
         r.raise_for_status()
-        body = r.json()
+        return r.json()
+
+    sample = evaluate.sample_questions(read_questions(questions), per_kind)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        bodies = list(pool.map(ask, sample))
+    seconds = time.perf_counter() - t0
+    graded, turns = [], []
+    for q, body in zip(sample, bodies):
         calls = body["trace"]["tool_calls"]
         g = E.grade(q.kind, q.answers, q.url, body["reply"], body["trace"]["citations"], len(calls),
                     body["trace"]["fallback"])
@@ -140,8 +152,8 @@ def served_check(url: str, questions: Path, per_kind: int, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"url": url, "metrics": metrics, "turns": turns}, indent=2,
                               ensure_ascii=False))
-    print(f"  held-out questions through POST {url}/chat ({len(graded)}; answers checked against "
-          f"their sources):")
+    print(f"  held-out questions through POST {url}/chat ({len(graded)}, {clients} at a time, "
+          f"{seconds:.0f} s; answers checked against their sources):")
     for kind in ("arithmetic", "element", "translation", "document", "chat"):
         if f"accuracy_{kind}" in metrics:
             n = sum(g.kind == kind for g in graded)
@@ -258,7 +270,8 @@ def run_stages(job: PipelineJob) -> None:
         print(f"[{total}/{total}] chat server", flush=True)
         url = deploy(work, job.port)
         print(f"  serving on {url} (OpenAI API at {url}/v1, docs at {url}/docs)")
-        served_check(url, tools / "heldout.jsonl", job.check_per_kind, work / "eval" / "served.json")
+        served_check(url, tools / "heldout.jsonl", job.check_per_kind, work / "eval" / "served.json",
+                     job.check_clients)
         body = {"message": "What is 135+7721?", "model": "lamda"}
         print(f"  try: curl -s {url}/chat -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
         print("  chat in a terminal: .venv/bin/python -m serve_apps.client --model lamda --trace")
