@@ -38,15 +38,15 @@ from lamda.tools import retrieval
 # held-out accuracy these reach and the curve against steps. The fine-tuning's steps are, unless
 # given, as many as end the pipeline within --minutes (finetune_budget).
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
-MIN_FINETUNE_STEPS = 250  # however slow the machine (what fitted 15 minutes before the budget)
+MIN_FINETUNE_STEPS = 200  # however slow the machine (at 1.9 s a step, 250 ended the pipeline at 966 s)
 MAX_FINETUNE_STEPS = 1800  # however fast (the longest curve of bench/RESULTS.md)
 FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps that fit here)
 # the time of what follows the fine-tuning's steps, in its steps: its export, safe-data
 # filtering, the fine-tuning on safe data, evaluation and the served check took 215 s and 225 s
-# after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md, less
-# the 60 s the served check saves by sending 4 questions at a time (139 s -> 79 s); mostly model
-# work, so it scales with the step time
-RESERVE_STEPS = 130
+# after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md (175-180
+# steps), and 296 s after steps of 1.9 s with the served check sending 4 questions at a time
+# (156 steps; 139 s -> 79 s for the check alone); mostly model work, so it scales with the step time
+RESERVE_STEPS = 150
 
 
 @dataclass(frozen=True, kw_only=True)
