@@ -44,9 +44,10 @@ FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps t
 # the time of what follows the fine-tuning's steps, in its steps: its export, safe-data
 # filtering, the fine-tuning on safe data, evaluation and the served check took 215 s and 225 s
 # after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md (175-180
-# steps), and 296 s after steps of 1.9 s with the served check sending 4 questions at a time
-# (156 steps; 139 s -> 79 s for the check alone); mostly model work, so it scales with the step time
-RESERVE_STEPS = 150
+# steps), and 268 s after steps of 1.9 s with the served check sending 4 questions at a time,
+# where 150 steps ended the pipeline at 902 s: the fine-tuning's own end (its last checkpoint and
+# export) comes on top; mostly model work, so it scales with the step time
+RESERVE_STEPS = 180
 
 
 @dataclass(frozen=True, kw_only=True)
