@@ -233,7 +233,8 @@ class Sources:
     words: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # word -> lang -> FreeDict's
     documents: list[DocumentQA] = field(default_factory=list)
     chat: list[tuple[str, str]] = field(default_factory=list)  # (user message, reply)
-    _splits: dict = field(default_factory=dict, repr=False, compare=False)  # (kind, split) -> items
+    # (kind, split) -> its items, listed once (words_in, elements_in)
+    _splits: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, doc_questions: str | Path | None = None, max_words: int = 4000) -> "Sources":
