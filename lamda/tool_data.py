@@ -482,17 +482,16 @@ def build_questions(src: Sources, split: str, seed: int = 0, n_arithmetic: int =
     """Questions of one split. Eval: pass small counts (e.g. n_arithmetic=40, per_element=1)."""
     rng = random.Random(f"{seed}:{split}")
     qs: list[Question] = [arithmetic_question(rng, split, i) for i in range(n_arithmetic)]
-    for el in src.elements:
-        if split_of(f"element:{el.name}") == split:
-            for _ in range(per_element):
-                for attr in ELEMENT_ASKS:
-                    qs.append(element_question(el, attr, rng, split, len(qs)))
+    for el in src.elements_in(split):
+        for _ in range(per_element):
+            for attr in ELEMENT_ASKS:
+                qs.append(element_question(el, attr, rng, split, len(qs)))
     if split == "train":  # element questions about words that name no element: nothing to find
-        words = [w for w in src.words if split_of(f"word:{w}") == split]
+        words = src.words_in(split)
         for word in rng.sample(words, min(len(words), unknown_elements)):
             qs.append(element_question(Element(word, "", "", ""), rng.choice(list(ELEMENT_ASKS)), rng,
                                        split, len(qs)))
-    words = [w for w in src.words if split_of(f"word:{w}") == split][:max_words]
+    words = src.words_in(split)[:max_words]
     for word in words:
         for lang in rng.sample(LANGUAGES, per_word):
             translations = src.words[word][lang]
@@ -620,7 +619,7 @@ def copy_drills(src: Sources, n: int, seed: int = 0) -> list[dict]:
     so these pay for the copying the research task needs (words and numbers into queries, tool
     results into replies) from the first steps."""
     rng = random.Random(f"{seed}:drills")
-    words = [w for w in src.words if split_of(f"word:{w}") == "train"]
+    words = src.words_in("train")
     out = []
     for i in range(n):
         if rng.random() < 0.6:
