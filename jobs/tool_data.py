@@ -63,7 +63,8 @@ def generative_dialogs(records: list[dict], rng: random.Random, n: int) -> list[
 
 def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: int = 0,
           generative: int = 1500, fraction: float = 1.0, drills: int = 2000,
-          safety_labels: int = 750, misleading_drafts: float = TD.MISLEADING_DRAFTS) -> dict:
+          safety_labels: int = 750, misleading_drafts: float = TD.MISLEADING_DRAFTS,
+          made_up: int = 600) -> dict:
     """Write the six files; returns counts. `fraction` < 1 makes a smaller training split (tests)."""
     src = TD.Sources.load(doc_questions)
     if not src.elements or not src.words:
@@ -74,7 +75,8 @@ def build(index: Path, out: Path, doc_questions: Path, documents: Path, seed: in
     records = TD.build(src, toolset, "train", seed, n_arithmetic=int(3000 * fraction),
                        per_element=max(1, round(6 * fraction)), per_word=2,
                        max_words=int(4000 * fraction), chat_repeats=max(1, round(5 * fraction)),
-                       unknown_elements=int(600 * fraction), misleading_drafts=misleading_drafts)
+                       unknown_elements=int(600 * fraction), made_up=int(made_up * fraction),
+                       misleading_drafts=misleading_drafts)
     heldout = TD.build_questions(src, "eval", seed, **HELDOUT)
     words = [q for q in heldout if q.kind == "translation"][:MAX_HELDOUT_WORDS]
     heldout = [q for q in heldout if q.kind != "translation"] + words
@@ -116,11 +118,12 @@ class ToolDataJob:
     safety_labels: int = 750  # transcripts whose reply and draft are labelled safe
     misleading_drafts: float = TD.MISLEADING_DRAFTS  # share of tool transcripts whose draft
     #                  misleads (another question's, or the entity copied wrong): lamda.tool_data
+    made_up: int = 600  # element questions about made-up element names (TD.made_up_elements)
 
 
 def run(job: ToolDataJob) -> dict:
     return build(job.index, job.out, job.doc_questions, job.documents, job.seed, job.generative,
-                 job.fraction, job.drills, job.safety_labels, job.misleading_drafts)
+                 job.fraction, job.drills, job.safety_labels, job.misleading_drafts, job.made_up)
 
 
 def main(argv=None) -> dict:

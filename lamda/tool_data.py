@@ -447,6 +447,39 @@ def arithmetic_question(rng: random.Random, split: str, i: int) -> Question:
                     (fmt_number(arithmetic_value(op, a, b)),), "", template, f"{a} {symbol} {b}")
 
 
+def made_up_elements(src: Sources, n: int, rng: random.Random) -> list[str]:
+    """n names that look like an element's but name none: the start of one training element
+    glued to the end of another ("sodi" + "gnesium"). Asked about them, the model can only repeat
+    the name by copying it from the message, from its first piece on, as a held-out element's name
+    must be; the training elements' own names it can also recall from memory. Built from training
+    elements only, never a dictionary word or near a real element's name."""
+    names = [e.name for e in src.elements_in("train")]
+    out: set[str] = set()
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        a, b = rng.sample(names, 2)
+        if len(a) < 5 or len(b) < 5:
+            continue
+        name = a[:rng.randint(2, len(a) - 3)] + b[rng.randint(2, len(b) - 3):]
+        if (5 <= len(name) <= 14 and name not in src.words
+                and all(edit_distance(name, e) > 2 for e in src.element_names)):
+            out.add(name)  # not a real element's name, nor a letter or two off one
+    return sorted(out)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (at least the difference of the lengths, found without the table)."""
+    if abs(len(a) - len(b)) > 2:
+        return abs(len(a) - len(b))
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
 def element_question(el: Element, attr: str, rng: random.Random, split: str, i: int) -> Question:
     """The precise query copies the element's name as the user wrote it. An Element without a
     URL is a word that names no element: the sources have no answer (answers empty)."""
@@ -478,18 +511,23 @@ def translation_question(word: str, lang: str, translations: list[str], rng: ran
 
 def build_questions(src: Sources, split: str, seed: int = 0, n_arithmetic: int = 4000,
                     per_element: int = 6, per_word: int = 1, chat_repeats: int = 3,
-                    max_words: int | None = None, unknown_elements: int = 600) -> list[Question]:
-    """Questions of one split. Eval: pass small counts (e.g. n_arithmetic=40, per_element=1)."""
+                    max_words: int | None = None, unknown_elements: int = 600,
+                    made_up: int = 0) -> list[Question]:
+    """Questions of one split. Eval: pass small counts (e.g. n_arithmetic=40, per_element=1).
+    Training questions also ask about `unknown_elements` words and `made_up` made-up names that
+    name no element (made_up_elements)."""
     rng = random.Random(f"{seed}:{split}")
     qs: list[Question] = [arithmetic_question(rng, split, i) for i in range(n_arithmetic)]
     for el in src.elements_in(split):
         for _ in range(per_element):
             for attr in ELEMENT_ASKS:
                 qs.append(element_question(el, attr, rng, split, len(qs)))
-    if split == "train":  # element questions about words that name no element: nothing to find
+    if split == "train":  # element questions about names of no element: nothing to find
         words = src.words_in(split)
-        for word in rng.sample(words, min(len(words), unknown_elements)):
-            qs.append(element_question(Element(word, "", "", ""), rng.choice(list(ELEMENT_ASKS)), rng,
+        names = rng.sample(words, min(len(words), unknown_elements))
+        names += made_up_elements(src, made_up, rng)
+        for name in names:
+            qs.append(element_question(Element(name, "", "", ""), rng.choice(list(ELEMENT_ASKS)), rng,
                                        split, len(qs)))
     words = src.words_in(split)[:max_words]
     for word in words:

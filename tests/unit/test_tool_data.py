@@ -203,6 +203,27 @@ def test_copy_drills_say_back_training_words_and_numbers(tool_sources):
     assert TD.copy_drills(tool_sources, 300) == drills  # deterministic
 
 
+def test_edit_distance():
+    assert [TD.edit_distance(a, b) for a, b in (("acmium", "cadmium"), ("sodium", "sodium"),
+            ("sadium", "sodium"), ("kitten", "sitting"), ("", "abc"), ("ab", "abcdefg"))] == [2, 0, 1, 3, 3, 5]
+
+
+def test_made_up_elements_join_training_elements_and_name_none(tool_sources):
+    names = TD.made_up_elements(tool_sources, 200, random.Random(0))
+    assert len(set(names)) == 200 and names == TD.made_up_elements(tool_sources, 200, random.Random(0))
+    train = [e.name for e in tool_sources.elements_in("train")]
+    real = tool_sources.element_names
+    for name in names:
+        assert name not in real and name not in tool_sources.words
+        assert all(TD.edit_distance(name, e) > 2 for e in real), name  # not a letter or two off one
+        assert any(name.startswith(a[:2]) for a in train) and any(name.endswith(b[-3:]) for b in train)
+    qs = TD.build_questions(tool_sources, "train", n_arithmetic=0, per_element=0, max_words=0,
+                            chat_repeats=0, unknown_elements=0, made_up=50)
+    made_up = [q for q in qs if q.kind == "element"]
+    assert len(made_up) == 50 and not any(q.answers or q.url for q in made_up)
+    assert not {q.slots()["el"] for q in made_up} & (real | set(tool_sources.words))
+
+
 def _words(templates) -> set[str]:
     return {w for t in templates for w in re.findall(r"[a-z]+|[^\sa-z\d{}'\".,!?]", re.sub(r"{\w+}", "", t.lower()))}
 
