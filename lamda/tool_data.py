@@ -469,7 +469,8 @@ def made_up_elements(src: Sources, n: int, rng: random.Random) -> list[str]:
 
 
 def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (at least the difference of the lengths, found without the table)."""
+    """Levenshtein distance; where the lengths differ by more than 2, only that difference (a
+    lower bound, which is all made_up_elements asks: is it more than 2)."""
     if abs(len(a) - len(b)) > 2:
         return abs(len(a) - len(b))
     row = list(range(len(b) + 1))
