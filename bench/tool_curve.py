@@ -86,8 +86,8 @@ def main(argv=None) -> None:
     p.add_argument("--shape", default="",
                    help="ModelConfig fields over the preset's, e.g. n_layer=8,d_model=192,copy_dim=16")
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=16, help="packed rows of --seq-len tokens per step")
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32, help="packed rows of --seq-len tokens per step")
+    p.add_argument("--seq-len", type=int, default=128, help="as make run's fine-tuning rows")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--bias-lr-scale", type=float, default=TrainConfig.bias_lr_scale,
                    help="learning-rate multiplier of the relative-bias table")

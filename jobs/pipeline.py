@@ -38,16 +38,18 @@ from lamda.tools import retrieval
 # held-out accuracy these reach and the curve against steps. The fine-tuning's steps are, unless
 # given, as many as end the pipeline within --minutes (finetune_budget).
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
-MIN_FINETUNE_STEPS = 200  # however slow the machine (at 1.9 s a step, 250 ended the pipeline at 966 s)
+MIN_FINETUNE_STEPS = 200  # however slow the machine (at 1.9 s a step of rows of 256 tokens, 250
+#                            ended the pipeline at 966 s)
 MAX_FINETUNE_STEPS = 1800  # however fast (the longest curve of bench/RESULTS.md)
-FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps that fit here)
+FINETUNE_WARMUP = 60  # learning-rate warm-up steps (a tenth of the ~600 steps that fit here)
 # the time of what follows the fine-tuning's steps, in its steps: its export, safe-data
 # filtering, the fine-tuning on safe data, evaluation and the served check took 215 s and 225 s
 # after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md (175-180
 # steps), and 268 s after steps of 1.9 s with the served check sending 4 questions at a time,
 # where 150 steps ended the pipeline at 902 s: the fine-tuning's own end (its last checkpoint and
-# export) comes on top; mostly model work, so it scales with the step time
-RESERVE_STEPS = 180
+# export) comes on top; mostly model work, so it scales with the step time. Those steps were of
+# rows of 256 tokens; a step of rows of 128 (finetune_seq_len) takes about 0.7 of one
+RESERVE_STEPS = 260
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +73,11 @@ class PipelineJob:
     safe_finetune_lr: float = 2e-4  # peak learning rate of the fine-tuning on safe data: it goes on
     #                                 from the first, which ended at a tenth of its peak
     top_fraction: float = 0.5  # safe-data filtering keeps this
-    batch_size: int = 8  # rows per worker (fine-tuning packs several examples into a row)
-    seq_len: int = 256  # tokens per row
+    batch_size: int = 8  # pre-training rows per worker (the fine-tunings take as many tokens a step)
+    seq_len: int = 256  # pre-training tokens per row
+    finetune_seq_len: int = 128  # fine-tuning tokens per row, each row packed with several
+    #                              examples: 99.8% of the tool-use examples fit, and a shorter row
+    #                              costs attention less per token (bench/RESULTS.md)
     tool_data_fraction: float = 1.0  # scale of the tool-use training split (1: about 12,000 transcripts)
     eval_per_kind: int = 4  # held-out questions of each kind in the evaluation stage
     check_per_kind: int = 20  # held-out questions of each kind sent to the served app (with --serve)
@@ -92,6 +97,13 @@ def finetune_budget(job: "PipelineJob", elapsed_s: float) -> tuple[int, StepBudg
     left_s = max(1.0, job.minutes * 60 - elapsed_s)  # a past deadline: the floor of steps
     return MAX_FINETUNE_STEPS, StepBudget(minutes=left_s / 60, min_steps=MIN_FINETUNE_STEPS,
                                           reserve_steps=RESERVE_STEPS)
+
+
+def finetune_rows(job: "PipelineJob") -> dict[str, int]:
+    """The fine-tunings' rows: `finetune_seq_len` tokens (at most the pre-training's), as many per
+    worker as give the pre-training's tokens a step."""
+    seq_len = min(job.seq_len, job.finetune_seq_len)
+    return {"batch_size": max(1, job.batch_size * job.seq_len // seq_len), "seq_len": seq_len}
 
 
 def deploy(work: Path, port: int) -> str:
@@ -201,7 +213,7 @@ def run_stages(job: PipelineJob) -> None:
                                       work / "finetuned_safe", work / "index.sqlite")
     tools = work / "data"  # research, dialogs, drills, labelled and heldout .jsonl
     cluster = replace(job.cluster, storage_path=str(work / "ray"))  # safe-data filtering's actors too
-    rows = {"batch_size": job.batch_size, "seq_len": job.seq_len}
+    rows, ft_rows = {"batch_size": job.batch_size, "seq_len": job.seq_len}, finetune_rows(job)
     pretraining = pretrain.PretrainJob(
         run_name="pretrain", preset=job.preset, tokenizer=str(tok), export=str(pre), cluster=cluster,
         documents=(str(tools / "documents.jsonl"),), dialogs=(str(data / "dialogs.jsonl"),),
@@ -215,7 +227,7 @@ def run_stages(job: PipelineJob) -> None:
             run_name=name, init_from=str(init_from), export=str(export), cluster=cluster,
             labelled=(str(data / "labelled.jsonl"), str(tools / "labelled.jsonl")),
             research=(str(tools / "research.jsonl"),), dialogs=dialogs, budget=budget,
-            train=replace(finetune.TRAIN, steps=steps, lr=lr, **rows,
+            train=replace(finetune.TRAIN, steps=steps, lr=lr, **ft_rows,
                           warmup_steps=FINETUNE_WARMUP if budget.minutes else None))
 
     def budgeted_finetuning():

@@ -2,7 +2,7 @@
 (lamda.training.steps_within), and the pipeline's budget for its fine-tuning (jobs.pipeline)."""
 
 from jobs.pipeline import (MAX_FINETUNE_STEPS, MIN_FINETUNE_STEPS, RESERVE_STEPS, PipelineJob,
-                           finetune_budget)
+                           finetune_budget, finetune_rows)
 from lamda.training import StepBudget, steps_within
 
 
@@ -23,3 +23,10 @@ def test_the_pipeline_gives_the_fine_tuning_the_time_the_other_stages_leave():
     late = finetune_budget(PipelineJob(minutes=1), elapsed_s=120.0)[1]
     assert 0 < late.minutes * 60 <= 1  # a past deadline still limits the steps (to the floor)
     assert finetune_budget(PipelineJob(finetune_steps=7), 120.0) == (7, StepBudget())
+
+
+def test_the_fine_tuning_takes_shorter_rows_with_the_pre_training_s_tokens_a_step():
+    assert finetune_rows(PipelineJob()) == {"batch_size": 16, "seq_len": 128}  # 8 rows of 256
+    assert finetune_rows(PipelineJob(batch_size=4, seq_len=512, finetune_seq_len=64)) == \
+        {"batch_size": 32, "seq_len": 64}
+    assert finetune_rows(PipelineJob(seq_len=64)) == {"batch_size": 8, "seq_len": 64}  # never longer
