@@ -76,8 +76,8 @@ class PipelineJob:
     batch_size: int = 8  # pre-training rows per worker (the fine-tunings take as many tokens a step)
     seq_len: int = 256  # pre-training tokens per row
     finetune_seq_len: int = 128  # fine-tuning tokens per row, each row packed with several
-    #                              examples: 99.8% of the tool-use examples fit, and a shorter row
-    #                              costs attention less per token (bench/RESULTS.md)
+    #                              examples: 99.8% of the tool-use examples fit (the rest are left
+    #                              out), and a shorter row costs attention less per token
     tool_data_fraction: float = 1.0  # scale of the tool-use training split (1: about 12,000 transcripts)
     eval_per_kind: int = 4  # held-out questions of each kind in the evaluation stage
     check_per_kind: int = 20  # held-out questions of each kind sent to the served app (with --serve)

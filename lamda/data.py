@@ -356,12 +356,18 @@ def pack_examples(examples: list[Example], seq_len: int, pad_id: int
     Examples are packed into rows, each into the first row with room for it (first fit, in the
     given order); `segments` numbers them 1, 2, ... within a row, 0 on padding. With the segment
     mask in attention (LaMDA.forward) an example trains exactly as if it stood alone, while the
-    rows carry little padding. An example longer than seq_len + 1 keeps its last seq_len + 1 tokens.
+    rows carry little padding. An example longer than a row (seq_len + 1) is left out: cut to its
+    end, a research transcript loses the question its queries answer, and 0.2% of the tool-use
+    examples cut so cost held-out element facts 12 points (bench/RESULTS.md, "Rows of 128
+    tokens"). A ValueError if none fits.
     """
     width = seq_len + 1
     rows: list[tuple[list[int], list[int], list[int]]] = []
-    for ex in examples:
-        ids, m = ex.ids[-width:], [0, *ex.loss_mask[-width:][1:]]  # its first token: no context
+    fitting = [ex for ex in examples if len(ex.ids) <= width]
+    if examples and not fitting:
+        raise ValueError(f"every example is longer than a row of {width} tokens: raise seq_len")
+    for ex in fitting:
+        ids, m = ex.ids, [0, *ex.loss_mask[1:]]  # its first token: no context
         row = next((r for r in rows if len(r[0]) + len(ids) <= width), None)
         if row is None:
             row = ([], [], [])

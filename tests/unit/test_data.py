@@ -105,6 +105,10 @@ def test_packing_examples_first_fit_with_segments():
     assert segments.tolist() == [[1] * 6 + [2] * 3, [1] * 5 + [2] * 2 + [0] * 2]
     assert tokens[0].tolist() == [1, 2, 3, 4, 5, 6, 1, 2, 3]
     assert mask.sum() == 4 and mask[0, 5] == 1 and mask[0, 8] == 1
+    long = D.Example(list(range(1, 11)), [1] * 10)  # 10 tokens: longer than a row of 9
+    assert D.pack_examples([long, *exs], seq_len=8, pad_id=0)[0].tolist() == tokens.tolist()
+    with pytest.raises(ValueError, match="longer than a row of 9 tokens"):
+        D.pack_examples([long], seq_len=8, pad_id=0)
 
 
 def test_a_packed_example_trains_as_if_it_stood_alone(tok):
