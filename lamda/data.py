@@ -357,9 +357,9 @@ def pack_examples(examples: list[Example], seq_len: int, pad_id: int
     given order); `segments` numbers them 1, 2, ... within a row, 0 on padding. With the segment
     mask in attention (LaMDA.forward) an example trains exactly as if it stood alone, while the
     rows carry little padding. An example longer than a row (seq_len + 1) is left out: cut to its
-    end, a research transcript loses the question its queries answer, and 0.2% of the tool-use
-    examples cut so cost held-out element facts 12 points (bench/RESULTS.md, "Rows of 128
-    tokens"). A ValueError if none fits.
+    end, a research transcript loses the question its queries answer: 0.2% of the tool-use
+    examples cut so cost held-out element facts 8-12 points against leaving them out
+    (bench/RESULTS.md, "Rows of 128 tokens"). A ValueError if none fits.
     """
     width = seq_len + 1
     rows: list[tuple[list[int], list[int], list[int]]] = []
