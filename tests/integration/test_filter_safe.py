@@ -58,7 +58,7 @@ def test_filter_keeps_exactly_the_turns_that_pass(ray_cluster, export, tok, tmp_
     assert len(examples) == 1 and sum(examples[0].loss_mask) == len(tok.encode(rec["turns"][-1]["text"])) + 1
 
     from lamda.ray_data import finetune_dataset
-    packed = finetune_dataset(tok, 64, dialogs=[str(out)]).take_all()  # jobs.finetune reads it
+    packed = finetune_dataset(tok, 256, dialogs=[str(out)]).take_all()  # jobs.finetune reads it
     assert sum(int(r["segments"].max()) for r in packed) == len(records)  # one packed example each
 
     top = filter_safe.main(["--model", str(path), "--dialogs", str(src), "--out", str(tmp_path / "top"),

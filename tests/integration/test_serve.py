@@ -73,7 +73,7 @@ def research_trained_model(tok, records, steps=120):
     opt = build_optimizer(model, cfg)
     for step in range(steps):
         batch = [examples[(step * 16 + i) * 7 % len(examples)] for i in range(16)]
-        train_step(model, opt, [collate(batch, 128, tok.pad_id, packed=True)], step, cfg)
+        train_step(model, opt, [collate(batch, 256, tok.pad_id, packed=True)], step, cfg)
     return model.eval()
 
 
@@ -149,7 +149,8 @@ def test_openai_client(server):
                                             messages=[{"role": "user", "content": "Any jazz?"}])
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert chunks[-1].choices[0].finish_reason == "stop" and isinstance(text, str)
+    # the stream ends with its reason: the reply's end, or max_tokens (this model may ramble)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length") and isinstance(text, str)
     assert [m.id for m in client.models.list()][:1] == ["lamda"]
 
 
