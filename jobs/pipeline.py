@@ -41,15 +41,16 @@ PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
 MIN_FINETUNE_STEPS = 200  # however slow the machine (at 1.9 s a step of rows of 256 tokens, 250
 #                            ended the pipeline at 966 s)
 MAX_FINETUNE_STEPS = 1800  # however fast (the longest curve of bench/RESULTS.md)
-FINETUNE_WARMUP = 60  # learning-rate warm-up steps (a tenth of the ~600 steps that fit here)
+FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps that fit here)
 # the time of what follows the fine-tuning's steps, in its steps: its export, safe-data
 # filtering, the fine-tuning on safe data, evaluation and the served check took 215 s and 225 s
 # after steps of 1.23 s and 1.25 s in two runs on the 2-core machine of bench/RESULTS.md (175-180
 # steps), and 268 s after steps of 1.9 s with the served check sending 4 questions at a time,
 # where 150 steps ended the pipeline at 902 s: the fine-tuning's own end (its last checkpoint and
 # export) comes on top; mostly model work, so it scales with the step time. Those steps were of
-# rows of 256 tokens; a step of rows of 128 (finetune_seq_len) takes about 0.7 of one
-RESERVE_STEPS = 260
+# rows of 256 tokens; in the Ray Train loop a step of rows of 128 (finetune_seq_len) takes about
+# 0.9 of one (bench/RESULTS.md, "Rows of 128 tokens"), and 260 steps of it ended at 759 s
+RESERVE_STEPS = 200
 
 
 @dataclass(frozen=True, kw_only=True)
