@@ -2,6 +2,8 @@
 
     python bench/train_ray.py --preset tiny --workers 1 2 --steps 30 [--checkpoint-every 5]
     python bench/train_ray.py --workers 1 --cpus-per-worker 2 --batch-size 16  # one 2-thread worker
+    python bench/train_ray.py --finetune runs/local/data --tokenizer runs/local/tokenizer.model \
+        --batch-size 16 --seq-len 128  # make run's fine-tuning rows (a loss mask, packed examples)
 
 tokens/s is the mean of the rates reported after the first logging interval (warm-up excluded),
 over all workers together. With --checkpoint-every, each worker count runs twice, uploading
@@ -33,6 +35,12 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="0: only at the end")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="(Ray gives each worker as many "
                    "torch threads)")
+    p.add_argument("--finetune", type=Path, help="rows of the fine-tuning examples in this directory "
+                   "(jobs.tool_data's research, dialogs and drills) instead of pre-training rows")
+    p.add_argument("--tokenizer", type=Path, help="with --finetune: the tokenizer (default: trained "
+                   "on the sample data)")
+    p.add_argument("--no-reshard", action="store_true", help="FSDP2 keeps each block's gathered "
+                   "parameters from forward to backward (ParallelConfig.reshard_after_forward)")
     p.add_argument("--cpu-fp32", action="store_true",
                    help="train in float32 on CPU even where bf16 pays (lamda.training.cpu_bf16_pays)")
     a = p.parse_args(argv)
@@ -47,9 +55,16 @@ def main(argv=None) -> None:
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     docs = [str(SAMPLE_DIR / "documents.jsonl")]
     dlgs = [str(SAMPLE_DIR / "dialogs.jsonl")]
-    tok = Tokenizer.train(corpus_texts(read_jsonl(docs[0], "document"), read_jsonl(dlgs[0], "dialog")),
-                          vocab_size=a.vocab_size)
-    train = RD.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5).materialize()
+    tok = Tokenizer.load(a.tokenizer) if a.tokenizer else Tokenizer.train(
+        corpus_texts(read_jsonl(docs[0], "document"), read_jsonl(dlgs[0], "dialog")),
+        vocab_size=a.vocab_size)
+    if a.finetune:
+        train = RD.finetune_dataset(tok, a.seq_len, research=[str(a.finetune / "research.jsonl")],
+                                    dialogs=[str(a.finetune / f) for f in ("dialogs.jsonl",
+                                                                            "drills.jsonl")])
+    else:
+        train = RD.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5)
+    train = train.materialize()
     log_every = max(1, a.steps // 6)
     every = a.checkpoint_every or a.steps
     for workers, upload_async in [(w, m) for w in a.workers
@@ -60,7 +75,8 @@ def main(argv=None) -> None:
                                              log_every=log_every),
                          tokenizer=tok, checkpoint_every=every, eval_every=0,
                          async_checkpoint=upload_async,
-                         parallel=R.ParallelConfig(cpu_bf16=not a.cpu_fp32))
+                         parallel=R.ParallelConfig(cpu_bf16=not a.cpu_fp32,
+                                                   reshard_after_forward=not a.no_reshard))
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             result = R.fit(spec, R.ClusterSpec(workers=workers, cpus_per_worker=a.cpus_per_worker,
@@ -72,6 +88,8 @@ def main(argv=None) -> None:
         tokens_per_step = workers * a.batch_size * a.seq_len
         print(json.dumps({"bench": "train_ray", "preset": a.preset, "workers": workers,
                           "cpus_per_worker": a.cpus_per_worker, "cpu_fp32": a.cpu_fp32,
+                          "rows": "finetune" if a.finetune else "pretrain",
+                          "reshard_after_forward": not a.no_reshard,
                           "batch_per_worker": a.batch_size, "seq_len": a.seq_len, "steps": a.steps,
                           "tokens_per_s": round(sum(rates) / len(rates), 1),
                           "checkpoints": checkpoints,

@@ -34,7 +34,7 @@ from lamda.training import StepBudget
 from lamda.tools import retrieval
 
 
-# Training budget of the embedded default (`tiny` on 2 CPU workers): see bench/RESULTS.md for the
+# Training budget of the embedded default (`tiny` on one 2-CPU worker): see bench/RESULTS.md for the
 # held-out accuracy these reach and the curve against steps. The fine-tuning's steps are, unless
 # given, as many as end the pipeline within --minutes (finetune_budget).
 PRETRAIN_STEPS, SAFE_FINETUNE_STEPS = 20, 30
@@ -51,6 +51,11 @@ FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps t
 # rows of 256 tokens; in the Ray Train loop a step of rows of 128 (finetune_seq_len) takes about
 # 0.9 of one (bench/RESULTS.md, "Rows of 128 tokens"), and 260 steps of it ended at 759 s
 RESERVE_STEPS = 200
+# one Ray Train worker with both CPUs: on the 2-core machine its steps were 1.14x (fine-tuning
+# rows) and 1.10x (pre-training rows) as fast as two one-CPU workers', whose FSDP2 gathers and
+# reductions over gloo wait for each other block by block (bench/RESULTS.md, "One worker with
+# both CPUs"); --workers N --cpus-per-worker M for a larger machine or cluster
+ONE_WORKER = ClusterSpec(workers=1, cpus_per_worker=2.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +68,7 @@ class PipelineJob:
     vocab_size: int = 4096  # tokenizer vocabulary
     max_piece_length: int = 5  # longest tokenizer piece: names the tool data repeats (elements)
     #                            stay several pieces, as unseen ones are (bench/RESULTS.md)
-    cluster: ClusterSpec = field(default=ClusterSpec(),
+    cluster: ClusterSpec = field(default=ONE_WORKER,
                                  metadata={"skip": ("storage_path", "run_name")})  # in the workdir
     pretrain_steps: int = PRETRAIN_STEPS  # pre-training steps
     finetune_steps: int = 0  # fine-tuning steps (0: as many as fit `minutes`)
@@ -74,7 +79,8 @@ class PipelineJob:
     safe_finetune_lr: float = 2e-4  # peak learning rate of the fine-tuning on safe data: it goes on
     #                                 from the first, which ended at a tenth of its peak
     top_fraction: float = 0.5  # safe-data filtering keeps this
-    batch_size: int = 8  # pre-training rows per worker (the fine-tunings take as many tokens a step)
+    batch_size: int = 16  # pre-training rows a step, dealt among the workers (the fine-tunings
+    #                       take as many tokens a step)
     seq_len: int = 256  # pre-training tokens per row
     finetune_seq_len: int = 128  # fine-tuning tokens per row, each row packed with several
     #                              examples: 99.8% of the tool-use examples fit (the rest are left
@@ -100,11 +106,25 @@ def finetune_budget(job: "PipelineJob", elapsed_s: float) -> tuple[int, StepBudg
                                           reserve_steps=RESERVE_STEPS)
 
 
+def pretrain_rows(job: "PipelineJob") -> dict[str, int]:
+    """The pre-training's rows per worker: `batch_size` a step, dealt among the workers."""
+    return {"batch_size": per_worker(job.batch_size, job.cluster.workers), "seq_len": job.seq_len}
+
+
 def finetune_rows(job: "PipelineJob") -> dict[str, int]:
-    """The fine-tunings' rows: `finetune_seq_len` tokens (at most the pre-training's), as many per
-    worker as give the pre-training's tokens a step."""
+    """The fine-tunings' rows per worker: `finetune_seq_len` tokens (at most the pre-training's),
+    as many a step as give the pre-training's tokens a step."""
     seq_len = min(job.seq_len, job.finetune_seq_len)
-    return {"batch_size": max(1, job.batch_size * job.seq_len // seq_len), "seq_len": seq_len}
+    rows = max(1, job.batch_size * job.seq_len // seq_len)
+    return {"batch_size": per_worker(rows, job.cluster.workers), "seq_len": seq_len}
+
+
+def per_worker(rows: int, workers: int) -> int:
+    """`rows` a step dealt evenly among `workers`."""
+    if rows % workers:
+        raise ValueError(f"{rows} rows a step do not deal evenly among {workers} workers; give "
+                         f"--batch-size a multiple of --workers")
+    return rows // workers
 
 
 def deploy(work: Path, port: int) -> str:
@@ -214,7 +234,7 @@ def run_stages(job: PipelineJob) -> None:
                                       work / "finetuned_safe", work / "index.sqlite")
     tools = work / "data"  # research, dialogs, drills, labelled and heldout .jsonl
     cluster = replace(job.cluster, storage_path=str(work / "ray"))  # safe-data filtering's actors too
-    rows, ft_rows = {"batch_size": job.batch_size, "seq_len": job.seq_len}, finetune_rows(job)
+    rows, ft_rows = pretrain_rows(job), finetune_rows(job)
     pretraining = pretrain.PretrainJob(
         run_name="pretrain", preset=job.preset, tokenizer=str(tok), export=str(pre), cluster=cluster,
         documents=(str(tools / "documents.jsonl"),), dialogs=(str(data / "dialogs.jsonl"),),

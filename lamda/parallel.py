@@ -36,6 +36,8 @@ class ParallelConfig:
     """How the model is split and run across the ranks."""
 
     fsdp: bool = True  # shard parameters, gradients and optimizer state across ranks
+    reshard_after_forward: bool = True  # free each block's gathered parameters after its forward
+    #                                     (False: keep them for backward, one all-gather less)
     tp: int = 1  # tensor-parallel degree: each block split over this many ranks (of one node)
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile each block
@@ -66,7 +68,8 @@ def parallelize(model: LaMDA, cfg: ParallelConfig, device_type: str,
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.bf16 \
             else MixedPrecisionPolicy()
         for block in model.blocks:
-            fully_shard(block, mesh=mesh["dp"], mp_policy=mp)
+            fully_shard(block, mesh=mesh["dp"], mp_policy=mp,
+                        reshard_after_forward=cfg.reshard_after_forward)
         fully_shard(model, mesh=mesh["dp"], mp_policy=mp, reshard_after_forward=False)
     return mesh
 

@@ -1,8 +1,11 @@
 """The time budget of training: the steps re-planned from a run's own rate
 (lamda.training.steps_within), and the pipeline's budget for its fine-tuning (jobs.pipeline)."""
 
+import pytest
+
 from jobs.pipeline import (MAX_FINETUNE_STEPS, MIN_FINETUNE_STEPS, RESERVE_STEPS, PipelineJob,
-                           finetune_budget, finetune_rows)
+                           finetune_budget, finetune_rows, pretrain_rows)
+from lamda.cluster import ClusterSpec
 from lamda.training import StepBudget, steps_within
 
 
@@ -26,7 +29,17 @@ def test_the_pipeline_gives_the_fine_tuning_the_time_the_other_stages_leave():
 
 
 def test_the_fine_tuning_takes_shorter_rows_with_the_pre_training_s_tokens_a_step():
-    assert finetune_rows(PipelineJob()) == {"batch_size": 16, "seq_len": 128}  # 8 rows of 256
+    assert finetune_rows(PipelineJob()) == {"batch_size": 32, "seq_len": 128}  # 16 rows of 256
     assert finetune_rows(PipelineJob(batch_size=4, seq_len=512, finetune_seq_len=64)) == \
         {"batch_size": 32, "seq_len": 64}
-    assert finetune_rows(PipelineJob(seq_len=64)) == {"batch_size": 8, "seq_len": 64}  # never longer
+    assert finetune_rows(PipelineJob(batch_size=8, seq_len=64)) == \
+        {"batch_size": 8, "seq_len": 64}  # never longer
+
+
+def test_the_rows_of_a_step_are_dealt_among_the_workers():
+    four = ClusterSpec(workers=4)
+    assert pretrain_rows(PipelineJob()) == {"batch_size": 16, "seq_len": 256}  # one worker
+    assert pretrain_rows(PipelineJob(cluster=four)) == {"batch_size": 4, "seq_len": 256}
+    assert finetune_rows(PipelineJob(cluster=four)) == {"batch_size": 8, "seq_len": 128}
+    with pytest.raises(ValueError, match="multiple of --workers"):
+        pretrain_rows(PipelineJob(batch_size=6, cluster=four))
