@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="(Ray gives each worker as many "
                    "torch threads)")
     p.add_argument("--finetune", type=Path, help="rows of the fine-tuning examples in this directory "
-                   "(jobs.tool_data's research, dialogs and drills) instead of pre-training rows")
+                   "(jobs.tool_data's research, dialogs, drills and labelled) instead of pre-training rows")
     p.add_argument("--tokenizer", type=Path, help="with --finetune: the tokenizer (default: trained "
                    "on the sample data)")
     p.add_argument("--no-reshard", action="store_true", help="FSDP2 keeps each block's gathered "
@@ -59,9 +59,11 @@ def main(argv=None) -> None:
         corpus_texts(read_jsonl(docs[0], "document"), read_jsonl(dlgs[0], "dialog")),
         vocab_size=a.vocab_size)
     if a.finetune:
-        train = RD.finetune_dataset(tok, a.seq_len, research=[str(a.finetune / "research.jsonl")],
-                                    dialogs=[str(a.finetune / f) for f in ("dialogs.jsonl",
-                                                                            "drills.jsonl")])
+        train = RD.finetune_dataset(
+            tok, a.seq_len, labelled=[str(SAMPLE_DIR / "labelled.jsonl"),
+                                      str(a.finetune / "labelled.jsonl")],
+            research=[str(a.finetune / "research.jsonl")],
+            dialogs=[str(a.finetune / f) for f in ("dialogs.jsonl", "drills.jsonl")])[0]
     else:
         train = RD.pretraining_dataset(tok, docs, dlgs, a.seq_len, 0.5)
     train = train.materialize()

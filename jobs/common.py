@@ -127,9 +127,11 @@ class TrainProgress:
 
 
 def train(job: TrainJob, model, tok: Tokenizer, ds, stage: str, init_from: str | None = None,
-          tokens: str | None = None, mixture: dict[str, float] | None = None):
+          tokens: str | None = None, mixture: dict[str, float] | None = None,
+          deadline: float | None = None):
     """Hold out the evaluation rows, then train on Ray Train as `job` says; returns the Result.
-    With `tokens` (a tokenised corpus, no `ds`), the sources are mixed as `mixture` says."""
+    With `tokens` (a tokenised corpus, no `ds`), the sources are mixed as `mixture` says.
+    `deadline`: job.budget's, taken when the job started (default: now)."""
     from lamda import ray_data as RD
     from lamda import ray_train as R
     held_out = job.eval_fraction if job.eval_every and ds is not None else 0.0  # no rows unused
@@ -142,7 +144,7 @@ def train(job: TrainJob, model, tok: Tokenizer, ds, stage: str, init_from: str |
                      checkpoint_every=job.checkpoint_every, eval_every=job.eval_every,
                      peak_flops=job.peak_tflops and job.peak_tflops * 1e12, watts=job.watts,
                      stage=stage, tokens=tokens, mixture=mixture, budget=job.budget,
-                     deadline=job.budget.deadline())
+                     deadline=deadline or job.budget.deadline())
     cluster = dataclasses.replace(job.cluster, run_name=job.run_name)
     progress = TrainProgress(stage, job.train.steps)
     try:

@@ -38,14 +38,19 @@ class FinetuneJob(TrainJob):
 
 
 def run(job: FinetuneJob):
+    deadline = job.budget.deadline()  # its data's packing counts against the budget
     model, tok = read_export_header(job.init_from)  # fails early and clearly when it is not there
     init_ray(job.address, job.cluster.workers * job.cluster.cpus_per_worker)
     ray_data_quiet()
     from lamda import ray_data as RD
     seq_len = job.train.seq_len
-    ds = RD.finetune_dataset(tok, seq_len, job.labelled, job.research, job.dialogs, job.train.seed)
+    ds, counts = RD.finetune_dataset(tok, seq_len, job.labelled, job.research, job.dialogs,
+                                     job.train.seed)
+    print(f"  {counts['examples']:,} fine-tuning examples" + (
+        f"; {counts['left_out']:,} longer than a row of {seq_len + 1} tokens left out (raise "
+        f"--seq-len to keep them)" if counts["left_out"] else ""), flush=True)
     model = model.replace(max_seq_len=max(model.max_seq_len, seq_len))
-    return train(job, model, tok, ds, "finetune", init_from=job.init_from)
+    return train(job, model, tok, ds, "finetune", init_from=job.init_from, deadline=deadline)
 
 
 def main(argv=None):

@@ -98,7 +98,7 @@ class PipelineJob:
 def finetune_budget(job: "PipelineJob", elapsed_s: float) -> tuple[int, StepBudget]:
     """The fine-tuning's steps and time limit, `elapsed_s` into the pipeline: `job.finetune_steps`,
     or the steps that end the pipeline within `job.minutes`, re-planned by the fine-tuning from its
-    own rate after its first 50 steps (a resumed fine-tuning keeps them)."""
+    own rate over 50 steps after its first checkpoint (a resumed fine-tuning keeps them)."""
     if job.finetune_steps:
         return job.finetune_steps, StepBudget()
     left_s = max(1.0, job.minutes * 60 - elapsed_s)  # a past deadline: the floor of steps
@@ -255,8 +255,9 @@ def run_stages(job: PipelineJob) -> None:
         steps, budget = finetune_budget(job, time.perf_counter() - start)
         if budget.minutes:
             print(f"  fine-tuning steps: as many as end the pipeline within {job.minutes:g} "
-                  f"minutes, planned from the fine-tuning's rate after {budget.replan_after} "
-                  f"steps ({MIN_FINETUNE_STEPS} to {steps}; --finetune-steps sets them)",
+                  f"minutes, planned from the fine-tuning's rate over {budget.replan_after} "
+                  f"steps after its first checkpoint ({MIN_FINETUNE_STEPS} to {steps}; "
+                  f"--finetune-steps sets them)",
                   flush=True)
         return finetune.run(finetuning("finetune", pre, generated, steps, ft, budget=budget))
 

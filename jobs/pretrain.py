@@ -45,6 +45,7 @@ class PretrainJob(TrainJob):
 
 
 def run(job: PretrainJob):
+    deadline = job.budget.deadline()  # its data's preparation counts against the budget
     tok = load_tokenizer(job.tokenizer)
     init_ray(job.address, job.cluster.workers * job.cluster.cpus_per_worker)
     ray_data_quiet()
@@ -57,9 +58,10 @@ def run(job: PretrainJob):
         mixture = {"document": 1 - fraction, "dialog": fraction}
         sources = RD.token_sources(job.tokens, tok)
         return train(job, model, tok, None, "pretrain", tokens=job.tokens,
-                     mixture={k: mixture[k] for k in sources if mixture[k] > 0})
+                     mixture={k: mixture[k] for k in sources if mixture[k] > 0},
+                     deadline=deadline)
     ds = RD.pretraining_dataset(tok, job.documents, job.dialogs, seq_len, fraction, job.train.seed)
-    return train(job, model, tok, ds, "pretrain")
+    return train(job, model, tok, ds, "pretrain", deadline=deadline)
 
 
 def main(argv=None):

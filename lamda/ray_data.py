@@ -90,9 +90,10 @@ def pretraining_dataset(tok: Tokenizer, documents: Sequence[str], dialogs: Seque
 
 def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: Sequence[str] = (),
                      research: Sequence[str] = (), dialogs: Sequence[str] = (),
-                     seed: int = 0) -> ray.data.Dataset:
+                     seed: int = 0) -> tuple[ray.data.Dataset, dict[str, int]]:
     """Rows {"tokens", "mask", "segments"}: generative, discriminative and research-format examples
-    mixed, packed several to a row (lamda.data.pack_examples)."""
+    mixed, packed several to a row (lamda.data.pack_examples), shuffled; and the count of the
+    examples, {"examples": n, "left_out": k}, k of them longer than a row and left out."""
     parts = []
     for paths, kind in ((labelled, "labelled"), (research, "research"), (dialogs, "dialog")):
         ds = read_records(paths)
@@ -103,13 +104,19 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: Sequence[str] = (),
             recs = D.parse_json_records(batch["record"], kind, batch["source"])
             exs = [ex for r in recs for ex in D.finetune_examples(tok, r, kind)]
             tokens, mask, segments = D.pack_examples(exs, seq_len, tok.pad_id)
-            return {"tokens": tokens, "mask": mask, "segments": segments}
+            counts = np.zeros((2, len(tokens)), dtype=np.int64)  # the batch's, on its first row
+            if len(tokens):
+                counts[:, 0] = len(exs), sum(len(ex.ids) > seq_len + 1 for ex in exs)
+            return {"tokens": tokens, "mask": mask, "segments": segments,
+                    "examples": counts[0], "left_out": counts[1]}
 
         parts.append(ds.map_batches(to_examples, batch_size=256, batch_format="numpy"))
     if not parts:
         raise ValueError("no fine-tuning data: give labelled, research and/or dialog files")
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return ds.random_shuffle(seed=seed)
+    ds = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).materialize()
+    counts = ds.sum(["examples", "left_out"]) if ds.count() else {}
+    counts = {k: int(counts.get(f"sum({k})") or 0) for k in ("examples", "left_out")}
+    return ds.drop_columns(["examples", "left_out"]).random_shuffle(seed=seed), counts
 
 
 # -- a tokenised corpus (jobs.tokenize): tokenised once, then read by each rank (token_stream) ------

@@ -29,8 +29,9 @@ stops without writing a checkpoint (the failure policy restarts from the last on
 transient fault) and `fit` raises NonFiniteTraining naming it.
 
 With a time budget (`RunSpec.budget`, lamda.training.StepBudget), the steps are re-planned once,
-after `replan_after` steps timed from the first log interval, to end by `RunSpec.deadline` at
-rank 0's rate; every rank takes rank 0's figure, and `train_state.json` keeps it for a resumed run.
+after `replan_after` steps timed from the first log interval (after the first checkpoint, where one
+comes within those steps), to end by `RunSpec.deadline` at rank 0's rate; every rank takes rank
+0's figure, and `train_state.json` keeps it for a resumed run.
 """
 
 from __future__ import annotations
@@ -388,7 +389,12 @@ def train_worker(config: dict) -> None:
     energy_base, in_a_row, saved = state.energy_kwh, 0, state.step
     # the learning-rate schedule ends at the planned steps; its warm-up stays as first planned
     schedule = dataclasses.replace(tc, steps=state.steps or tc.steps, warmup_steps=warmup_steps(tc))
-    timed = None  # (step, time) at this run's first log step: the re-plan's rate is timed from it
+    # (step, time) at this run's first log step, after the first checkpoint where one comes within
+    # the re-plan's steps: the re-plan's rate is timed from it. Steps after a checkpoint ran
+    # slower than those before: on the 2-core machine 0.78 s against 0.61 after a DCP save in one
+    # process, 0.83-0.87 s against 0.65 in make run's fine-tuning (bench/RESULTS.md, "One worker
+    # with both CPUs"; the cause was not found)
+    timed, time_after_save = None, spec.checkpoint_every <= spec.budget.replan_after
     while state.step < schedule.steps:
         stats = train_step(model, opt, (next(batches) for _ in range(tc.grad_accum)), state.step,
                            schedule, loss_fn, bf16)
@@ -417,8 +423,8 @@ def train_worker(config: dict) -> None:
         do_eval = eval_batches is not None and (last or state.step % spec.eval_every == 0)
         if not (do_ckpt or do_eval or state.step % tc.log_every == 0):
             continue
-        if spec.deadline is not None and state.steps is None:  # saved by this step's checkpoint
-            timed = timed or (state.step, time.perf_counter())
+        if spec.deadline is not None and state.steps is None and (saved or not time_after_save):
+            timed = timed or (state.step, time.perf_counter())  # saved by this step's checkpoint
             if state.step - timed[0] >= spec.budget.replan_after:
                 step_s = (time.perf_counter() - timed[1]) / (state.step - timed[0])
                 state.steps = _replan(spec, state.step, step_s, tc.steps, rank)

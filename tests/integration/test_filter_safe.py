@@ -58,8 +58,16 @@ def test_filter_keeps_exactly_the_turns_that_pass(ray_cluster, export, tok, tmp_
     assert len(examples) == 1 and sum(examples[0].loss_mask) == len(tok.encode(rec["turns"][-1]["text"])) + 1
 
     from lamda.ray_data import finetune_dataset
-    packed = finetune_dataset(tok, 256, dialogs=[str(out)]).take_all()  # jobs.finetune reads it
-    assert sum(int(r["segments"].max()) for r in packed) == len(records)  # one packed example each
+    packed, packing = finetune_dataset(tok, 256, dialogs=[str(out)])  # jobs.finetune reads it
+    assert sum(int(r["segments"].max()) for r in packed.take_all()) == len(records)  # one each
+    assert packing == {"examples": len(records), "left_out": 0}
+    # rows shorter than some examples: those are left out, and counted
+    lengths = sorted(len(finetune_examples(tok, parse_dialog(r), "dialog")[0].ids) for r in records)
+    width = lengths[len(lengths) // 2]
+    packed, packing = finetune_dataset(tok, width - 1, dialogs=[str(out)])
+    longer = sum(n > width for n in lengths)
+    assert packing == {"examples": len(records), "left_out": longer} and longer > 0
+    assert sum(int(r["segments"].max()) for r in packed.take_all()) == len(records) - longer
 
     top = filter_safe.main(["--model", str(path), "--dialogs", str(src), "--out", str(tmp_path / "top"),
                             "--max-unsafe", "1.0", "--top-fraction", "0.25", "--batch-size", "16"])

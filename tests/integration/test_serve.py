@@ -141,16 +141,20 @@ def test_terminal_client(server):
     assert "safe" in proc.stdout  # the trace's candidate lines
 
 
-def test_openai_client(server):
+def test_openai_client(server, tok):
     client = openai.OpenAI(base_url=f"{server['url']}/v1", api_key=KEY)
     done = client.chat.completions.create(model="lamda", messages=[{"role": "user", "content": "Hi!"}])
     assert done.choices[0].message.role == "assistant" and done.usage.completion_tokens > 0
-    stream = client.chat.completions.create(model="lamda-music", stream=True,
+    stream = client.chat.completions.create(model="lamda-music", stream=True, max_tokens=8,
+                                            stream_options={"include_usage": True},
                                             messages=[{"role": "user", "content": "Any jazz?"}])
-    chunks = list(stream)
+    *chunks, last = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    # the stream ends with its reason: the reply's end, or max_tokens (this model may ramble)
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length") and isinstance(text, str)
+    # the stream ends with its reason: the reply's end, or max_tokens when it was cut there (a
+    # token or two short of it where the cut would split a character); then the usage
+    reason, tokens = chunks[-1].choices[0].finish_reason, last.usage.completion_tokens
+    assert not last.choices and len(tok.encode(text)) == tokens <= 8
+    assert reason == "stop" or (reason == "length" and tokens >= 6)
     assert [m.id for m in client.models.list()][:1] == ["lamda"]
 
 
