@@ -49,7 +49,9 @@ FINETUNE_WARMUP = 40  # learning-rate warm-up steps (a tenth of the ~450 steps t
 # where 150 steps ended the pipeline at 902 s: the fine-tuning's own end (its last checkpoint and
 # export) comes on top; mostly model work, so it scales with the step time. Those steps were of
 # rows of 256 tokens; in the Ray Train loop a step of rows of 128 (finetune_seq_len) takes about
-# 0.9 of one (bench/RESULTS.md, "Rows of 128 tokens"), and 260 steps of it ended at 759 s
+# 0.9 of one (bench/RESULTS.md, "Rows of 128 tokens"), and 260 steps of it ended at 759 s. On
+# one worker (ONE_WORKER), 200 steps of 0.85 s ended the pipeline at 812 s (what follows the
+# steps took about 140 s)
 RESERVE_STEPS = 200
 # one Ray Train worker with both CPUs: on the 2-core machine its steps were 1.14x (fine-tuning
 # rows) and 1.10x (pre-training rows) as fast as two one-CPU workers', whose FSDP2 gathers and
