@@ -179,6 +179,18 @@ def test_steps_replanned_for_a_deadline_are_kept_by_a_resumed_run(pretrained, to
     assert m["restarts"] == [10] and m["step"] == m["steps"] == 18
 
 
+def test_the_replan_times_the_steps_after_the_first_checkpoint(pretrained, tok, work):
+    """With a checkpoint within the re-plan's steps (every 10, re-plan after 10), the rate is timed
+    from the first log step after it (15), so the steps are re-planned at 25: the checkpoint at 20
+    still has the 200 given, the one at 30 ends the run at the floor. Timed from the first log
+    step (5), the re-plan would have come at 15, before the checkpoint at 20."""
+    budget = R.StepBudget(minutes=0.01, replan_after=10, min_steps=30)
+    result = crash_run(tok, str(work / "runs"), "replan", None, steps=200, budget=budget)
+    # the checkpoints kept (the last two) with their metrics
+    planned = {int(r["step"]): int(r["steps"]) for _, r in result.metrics_dataframe.iterrows()}
+    assert planned == {20: 200, 30: 30} and result.metrics["step"] == 30
+
+
 def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_clear_error(pretrained, tok, work):
     """Weights that make every loss NaN (one NaN in the final norm): each step is skipped on
     both ranks, and after max_nonfinite_steps in a row the run stops and says why."""
