@@ -105,8 +105,8 @@ def finetune_dataset(tok: Tokenizer, seq_len: int, labelled: Sequence[str] = (),
             exs = [ex for r in recs for ex in D.finetune_examples(tok, r, kind)]
             tokens, mask, segments = D.pack_examples(exs, seq_len, tok.pad_id)
             counts = np.zeros((2, len(tokens)), dtype=np.int64)  # the batch's, on its first row
-            if len(tokens):
-                counts[:, 0] = len(exs), sum(len(ex.ids) > seq_len + 1 for ex in exs)
+            if len(tokens):  # a row's largest segment number: the examples packed into it
+                counts[:, 0] = len(exs), len(exs) - int(segments.max(axis=1).sum())
             return {"tokens": tokens, "mask": mask, "segments": segments,
                     "examples": counts[0], "left_out": counts[1]}
 
